@@ -1,0 +1,99 @@
+"""``mixkd finetune | distill | evaluate`` — flags generated from the typed config.
+
+Precedence: the config's defaults < ``--config FILE.yaml`` < flags on the command line.
+Bad input prints one line ``mixkd: error: ...`` and exits with code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import os
+import sys
+from dataclasses import fields
+
+from .config import MixKDConfig, load_yaml
+from .errors import NonFiniteLossError, UsageError
+
+COMMANDS = {
+    "finetune": "fine-tune a model on a GLUE task (the teacher)",
+    "distill": "distil a fine-tuned teacher into a shallow student (ft, kd, tmkd, sm+tmkd)",
+    "evaluate": "GLUE dev metrics of a saved model",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, with a did-you-mean for misspelled flags
+        if "unrecognized arguments" in message:
+            bad = message.split(":", 1)[1].split()[0]
+            opts = [o for a in self._actions for o in a.option_strings]
+            hint = difflib.get_close_matches(bad.split("=")[0], opts, n=1)
+            message += f"; did you mean {hint[0]}?" if hint else f"; see `{self.prog} --help`"
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="mixkd", description="MixKD: distil BERT classifiers with mixup knowledge distillation.")
+    from . import __version__
+    p.add_argument("--version", action="version", version=f"mixkd {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for cmd, help_ in COMMANDS.items():
+        sp = sub.add_parser(cmd, help=help_, description=help_, prog=f"mixkd {cmd}")
+        sp.add_argument("--config", help="YAML file with config keys (flags override it)")
+        if cmd == "evaluate":
+            sp.add_argument("--output", help="also write the metrics JSON to this file")
+        for f in fields(MixKDConfig):
+            if cmd not in f.metadata["cmds"]:
+                continue
+            flag = "--" + f.name.replace("_", "-")
+            kw = dict(dest=f.name, default=argparse.SUPPRESS, help=f.metadata["help"])
+            typ = f.type if isinstance(f.type, str) else str(f.type)
+            if "bool" in typ:
+                sp.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+                continue
+            if f.metadata.get("choices"):
+                kw["choices"] = f.metadata["choices"]
+            kw["metavar"] = f.name.upper() if not f.metadata.get("choices") else None
+            if kw["metavar"] is None:
+                kw.pop("metavar")
+            sp.add_argument(flag, **kw)
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> MixKDConfig:
+    values = {}
+    if getattr(args, "config", None):
+        values.update(load_yaml(args.config))
+    names = {f.name for f in fields(MixKDConfig)}
+    values.update({k: v for k, v in vars(args).items() if k in names})
+    return MixKDConfig.from_dict(values, source=args.config or "command line")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+        from . import run
+        if args.command == "evaluate":
+            result = run.evaluate(cfg)
+            text = json.dumps(result, indent=2, default=str)
+            print(text)
+            if args.output:
+                with open(args.output, "w") as fh:
+                    fh.write(text + "\n")
+            return 0
+        result = getattr(run, args.command)(cfg)
+        print(json.dumps({k: result[k] for k in ("task", "variant", "primary_metric", "primary_value",
+                                                 "metrics", "params", "steps")}, indent=2))
+        print(f"results in {os.path.abspath(cfg.output_dir)}", file=sys.stderr)
+        return 0
+    except UsageError as e:
+        print(f"mixkd {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as e:
+        print(f"mixkd {args.command}: training stopped: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"mixkd {args.command}: interrupted; continue with the same command plus --resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,254 @@
+"""One typed config: CLI flags, YAML file, MLflow params and (later) the Tune search space source.
+
+Every field is declared once here with its default, help text and, where it matters, its choices.
+The CLI is generated from these fields (``--a-sm`` for ``a_sm``), a YAML file holds the same keys,
+and ``validate`` turns any bad value into a one-line :class:`UsageError` naming the value and the fix.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from .errors import UsageError
+
+VARIANTS = ("ft", "kd", "tmkd", "sm+tmkd")
+# Which loss terms each variant trains with (the weights a_* multiply the active ones).
+VARIANT_TERMS = {
+    "ft": ("mle",),
+    "kd": ("mle", "kd"),
+    "tmkd": ("mle", "tmkd"),
+    "sm+tmkd": ("mle", "sm", "tmkd"),
+}
+# Fields that change where/how a run executes but not what it computes; left out of the hash.
+RUNTIME_FIELDS = {"output_dir", "overwrite", "resume", "progress", "device", "data_dir"}
+
+
+ALL = ("finetune", "distill", "evaluate")
+
+
+def _f(default, help, choices=None, cmds=("finetune", "distill"), **kw):
+    return field(default=default, metadata={"help": help, "choices": choices, "cmds": cmds, **kw})
+
+
+@dataclass
+class MixKDConfig:
+    # --- what to run on ---------------------------------------------------------------------
+    task: Optional[str] = _f(None, "GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli", cmds=ALL)
+    data_dir: Optional[str] = _f(None, "GLUE folder in the original TSV layout (default: $GLUE_DIR, "
+                                       "else the Hugging Face hub nyu-mll/glue)", cmds=ALL)
+    data_fraction: Optional[float] = _f(None, "fraction of the training set to use, in (0, 1]; a fixed "
+                                              "seeded subset (default: the teacher's for distill, else 1)")
+    data_seed: Optional[int] = _f(None, "seed of the --data-fraction subset (default: the teacher's for "
+                                        "distill, else --seed)")
+    augment_file: Optional[str] = _f(None, "extra training rows (e.g. back-translation) as a TSV in the "
+                                           "task's own GLUE layout")
+    max_seq_length: int = _f(128, "truncate inputs to this many tokens (batches are padded dynamically)", cmds=ALL)
+    max_eval_samples: Optional[int] = _f(None, "evaluate on the first N rows of each dev split only", cmds=ALL)
+    # --- models ------------------------------------------------------------------------------
+    model: str = _f("minilm-l6", "backbone to fine-tune: hub id, local HF directory, or the alias "
+                                 "'minilm-l6' (packaged all-MiniLM-L6-v2, offline); for evaluate: the model "
+                                 "or run dir to score", cmds=("finetune", "evaluate"))
+    teacher: Optional[str] = _f(None, "fine-tuned teacher: a mixkd run dir or an HF model dir", cmds=("distill",))
+    student_model: Optional[str] = _f(None, "train this HF checkpoint as the student instead of "
+                                            "truncating the teacher", cmds=("distill",))
+    student_layers: int = _f(3, "student depth k: keep k of the teacher's encoder layers", cmds=("distill",))
+    layer_strategy: str = _f("first", "which teacher layers the student keeps: first k (paper), "
+                                      "skip (evenly spaced, ends at the last), last k",
+                             choices=("first", "skip", "last"), cmds=("distill",))
+    trust_remote_code: bool = _f(False, "allow models with custom code from the hub (off by default)", cmds=ALL)
+    # --- MixKD -------------------------------------------------------------------------------
+    variant: str = _f("sm+tmkd", "ft: labels only; kd: + Hinton KD; tmkd: + teacher-mixup KD; "
+                                 "sm+tmkd: + student mixup (the paper's MixKD)",
+                      choices=VARIANTS, cmds=("distill",))
+    alpha: float = _f(0.4, "mixup lambda ~ Beta(alpha, alpha)", cmds=("distill",))
+    mixup_ratio: int = _f(1, "mixed samples per original sample in each batch", cmds=("distill",))
+    w_mle: float = _f(1.0, "weight of L_MLE (labels on original data)", cmds=("distill",))
+    a_sm: float = _f(1.0, "weight of L_SM (student on mixed input vs mixed label)", cmds=("distill",))
+    a_tmkd: float = _f(1.0, "weight of L_TMKD (student vs teacher on mixed input)", cmds=("distill",))
+    a_kd: float = _f(1.0, "weight of L_KD (Hinton KD on original data; variant kd)", cmds=("distill",))
+    distance: str = _f("mse", "L_TMKD distance: mse on logits (paper) or kl with temperature (T^2 scaled)",
+                       choices=("mse", "kl"), cmds=("distill",))
+    temperature: float = _f(1.0, "softmax temperature of L_KD and of L_TMKD when --distance kl",
+                            cmds=("distill",))
+    mixup_padding: str = _f("zero", "embedding at padded positions before mixing: zero (paper: "
+                                    "zero-padded) or pad (the [PAD] token's embedding)",
+                            choices=("zero", "pad"), cmds=("distill",))
+    mixup_token_types: str = _f("mix", "segment embeddings of a mixed pair: mix them with the same "
+                                       "lambda, or keep the first example's",
+                                choices=("mix", "first"), cmds=("distill",))
+    # --- training ----------------------------------------------------------------------------
+    epochs: float = _f(3.0, "training epochs")
+    max_steps: int = _f(0, "stop after this many optimizer steps (0: run all epochs)")
+    batch_size: int = _f(32, "training batch size (original samples per optimizer micro-batch)")
+    eval_batch_size: int = _f(128, "evaluation batch size", cmds=ALL)
+    grad_accum: int = _f(1, "gradient accumulation steps")
+    lr: float = _f(5e-5, "peak learning rate (AdamW, linear warm-up and decay)")
+    weight_decay: float = _f(0.01, "AdamW weight decay (not on biases and LayerNorm)")
+    warmup_ratio: float = _f(0.1, "fraction of steps for linear warm-up")
+    max_grad_norm: float = _f(1.0, "gradient clipping norm (0: off)")
+    eval_steps: int = _f(0, "evaluate every N optimizer steps (0: once per epoch)")
+    final_model: str = _f("best", "which checkpoint becomes model/: best on the primary dev metric, or last",
+                          choices=("best", "last"))
+    seed: int = _f(42, "random seed (model init, data order, mixup)")
+    precision: str = _f("auto", "auto: bf16 autocast on GPU, fp32 on CPU", choices=("auto", "fp32", "bf16"), cmds=ALL)
+    device: str = _f("auto", "auto, cpu, cuda or cuda:N", cmds=ALL)
+    # --- output ------------------------------------------------------------------------------
+    output_dir: Optional[str] = _f(None, "where the run writes config.yaml, metrics.json, log.jsonl, model/")
+    overwrite: bool = _f(False, "replace a finished run in --output-dir")
+    resume: bool = _f(False, "continue an interrupted run from --output-dir/checkpoints/last")
+    allow_subset_mismatch: bool = _f(False, "let the student train on another data subset than its teacher",
+                                     cmds=("distill",))
+    progress: bool = _f(True, "show a progress bar")
+
+    # ------------------------------------------------------------------------------------------
+    @property
+    def resolved_data_seed(self) -> int:
+        return self.seed if self.data_seed is None else self.data_seed
+
+    @property
+    def terms(self) -> tuple[str, ...]:
+        return VARIANT_TERMS[self.variant]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def config_hash(self) -> str:
+        """Stable 12-hex hash of everything that changes what the run computes."""
+        d = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+    def replace(self, **kw) -> "MixKDConfig":
+        return dataclasses.replace(self, **kw)
+
+    # --- loading ------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> "MixKDConfig":
+        known = {f.name: f for f in fields(cls)}
+        unknown = [k for k in d if k not in known]
+        if unknown:
+            import difflib
+            hint = difflib.get_close_matches(unknown[0], known, n=1)
+            raise UsageError(f"{source}: unknown key '{unknown[0]}'"
+                             + (f"; did you mean '{hint[0]}'?" if hint else "; see `mixkd distill --help`"))
+        return cls(**{k: _coerce(known[k], v, source) for k, v in d.items()})
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> "MixKDConfig":
+        return cls.from_dict(load_yaml(path), source=str(path))
+
+    def save_yaml(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"config file '{path}' does not exist; pass the path of a YAML file")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UsageError(f"config file '{path}' is not valid YAML{where}; fix the syntax") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"config file '{path}' must hold a mapping of keys to values, not {type(data).__name__}")
+    return data
+
+
+def _coerce(f: dataclasses.Field, value: Any, source: str) -> Any:
+    """Turn a YAML/CLI value into the field's type, with a one-line error when it cannot be."""
+    if value is None:
+        return None
+    typ = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    base = typ.replace("Optional[", "").rstrip("]")
+    flag = "--" + f.name.replace("_", "-")
+    try:
+        if base == "bool":
+            if isinstance(value, bool):
+                return value
+            s = str(value).lower()
+            if s in ("1", "true", "yes", "on"):
+                return True
+            if s in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if base == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if base == "float":
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{source}: {flag} must be {base}, got {value!r}") from None
+
+
+def validate(cfg: MixKDConfig, command: str) -> MixKDConfig:
+    """Check every value the user can get wrong; raise UsageError with the fix. Returns cfg."""
+    from .tasks import get_task
+
+    def bad(flag, value, fix):
+        raise UsageError(f"--{flag} {value!r} is invalid: {fix}")
+
+    if cfg.task is None:
+        raise UsageError("--task is required; choose one of: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli")
+    task = get_task(cfg.task)
+    for f in fields(cfg):
+        ch = f.metadata.get("choices")
+        v = getattr(cfg, f.name)
+        if ch and v not in ch:
+            bad(f.name.replace("_", "-"), v, f"choose one of: {', '.join(ch)}")
+    if cfg.data_fraction is not None and not (0.0 < cfg.data_fraction <= 1.0):
+        bad("data-fraction", cfg.data_fraction, "use a value in (0, 1], e.g. 0.1 for 10%")
+    if cfg.max_seq_length < 8 or cfg.max_seq_length > 8192:
+        bad("max-seq-length", cfg.max_seq_length, "use a length between 8 and the model's maximum, e.g. 128")
+    if cfg.max_eval_samples is not None and cfg.max_eval_samples < 1:
+        bad("max-eval-samples", cfg.max_eval_samples, "use a positive number of rows or leave it unset")
+    if cfg.alpha <= 0:
+        bad("alpha", cfg.alpha, "Beta(alpha, alpha) needs alpha > 0; the paper uses 0.4")
+    if cfg.temperature <= 0:
+        bad("temperature", cfg.temperature, "the softmax temperature must be > 0, e.g. 1 or 4")
+    for w in ("w_mle", "a_sm", "a_tmkd", "a_kd"):
+        if getattr(cfg, w) < 0:
+            bad(w.replace("_", "-"), getattr(cfg, w), "loss weights must be >= 0")
+    if cfg.mixup_ratio < 1:
+        bad("mixup-ratio", cfg.mixup_ratio, "use at least 1 mixed sample per original (the paper uses 1)")
+    if cfg.student_layers < 1:
+        bad("student-layers", cfg.student_layers, "a student needs at least 1 layer")
+    for name, lo in (("batch_size", 1), ("eval_batch_size", 1), ("grad_accum", 1)):
+        if getattr(cfg, name) < lo:
+            bad(name.replace("_", "-"), getattr(cfg, name), f"use an integer >= {lo}")
+    if cfg.epochs <= 0 and cfg.max_steps <= 0:
+        bad("epochs", cfg.epochs, "train for > 0 epochs or set --max-steps")
+    if cfg.max_steps < 0 or cfg.eval_steps < 0:
+        raise UsageError("--max-steps and --eval-steps must be >= 0")
+    if cfg.lr <= 0:
+        bad("lr", cfg.lr, "the learning rate must be > 0, e.g. 5e-5")
+    if not (0 <= cfg.warmup_ratio < 1):
+        bad("warmup-ratio", cfg.warmup_ratio, "use a fraction in [0, 1)")
+    if cfg.weight_decay < 0 or cfg.max_grad_norm < 0:
+        raise UsageError("--weight-decay and --max-grad-norm must be >= 0")
+    if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
+        bad("device", cfg.device, "use auto, cpu, cuda or cuda:N")
+    if command != "evaluate" and cfg.output_dir in (None, ""):
+        raise UsageError("--output-dir is required; name a folder for the run's results")
+    if cfg.augment_file is not None and not Path(cfg.augment_file).is_file():
+        bad("augment-file", cfg.augment_file, "the file does not exist; give a TSV in the task's GLUE layout")
+    if command == "finetune":
+        if cfg.variant != "ft":
+            cfg = cfg.replace(variant="ft")
+    elif command == "distill":
+        if cfg.teacher is None:
+            raise UsageError("--teacher is required for distill; pass the output dir of `mixkd finetune`")
+        if task.regression and cfg.distance == "kl":
+            bad("distance", "kl", f"{task.name} is a regression task; use --distance mse")
+        if cfg.variant == "ft" and cfg.student_model is None:
+            pass  # FT student still needs the teacher for its initialisation
+    return cfg

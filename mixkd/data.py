@@ -1,0 +1,178 @@
+"""GLUE data: the original TSV layout (``--data-dir`` / ``$GLUE_DIR``) or the hub (``nyu-mll/glue``).
+
+Local files are parsed strictly (GLUE TSV is unquoted: quote characters are kept verbatim; CoLA
+has no header; every row is checked for its field count and label) so a bad row gives a one-line
+error naming the file and line. Rows become a ``datasets.Dataset``; tokenization runs through
+``Dataset.map`` with an on-disk cache keyed by the file contents, tokenizer and length.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import UsageError
+from .tasks import DevSplit, TaskSpec
+
+HUB_DATASET = "nyu-mll/glue"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MIXKD_CACHE", Path.home() / ".cache" / "mixkd"))
+
+
+def resolve_data_dir(data_dir: str | None) -> Path | None:
+    """--data-dir, else $GLUE_DIR, else None (the hub)."""
+    d = data_dir or os.environ.get("GLUE_DIR") or None
+    if d is None:
+        return None
+    p = Path(d).expanduser()
+    if not p.is_dir():
+        src = "--data-dir" if data_dir else "$GLUE_DIR"
+        raise UsageError(f"{src} '{d}' is not a directory; point it at a GLUE folder (with SST-2/, MRPC/, ...) "
+                         f"or leave it unset to load from the hub")
+    return p
+
+
+def read_glue_tsv(path: Path, task: TaskSpec) -> dict[str, list]:
+    """Columns ``{text_key: [...], 'label': [...]}`` of one GLUE TSV file, validated row by row."""
+    if not path.is_file():
+        raise UsageError(f"missing data file '{path}'; put the task's GLUE TSV files there "
+                         f"(see the GLUE layout in the README) or load the task from the hub")
+    cols: dict[str, list] = {k: [] for k in task.text_keys}
+    cols["label"] = []
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        lines = fh.read().split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    start = 1 if task.has_header else 0
+    for lineno, line in enumerate(lines[start:], start=start + 1):
+        line = line.rstrip("\r")
+        parts = line.split("\t")
+        if len(parts) < task.min_columns:
+            raise UsageError(f"{path}:{lineno}: malformed row, expected {task.min_columns} tab-separated "
+                             f"fields for {task.name}, found {len(parts)}; fix or remove the row")
+        for key, c in zip(task.text_keys, task.text_columns):
+            cols[key].append(parts[c])
+        raw = parts[task.label_column].strip()
+        if task.regression:
+            try:
+                y = float(raw)
+            except ValueError:
+                y = float("nan")
+            if not (0.0 <= y <= 5.0):
+                raise UsageError(f"{path}:{lineno}: label {raw!r} is not a similarity score in [0, 5]; "
+                                 f"fix the row")
+            cols["label"].append(y)
+        else:
+            if raw not in task.tsv_labels:
+                raise UsageError(f"{path}:{lineno}: label {raw!r} is not one of {task.name}'s labels "
+                                 f"({', '.join(task.tsv_labels)}); fix the row")
+            cols["label"].append(task.tsv_labels.index(raw))
+    if not cols["label"]:
+        raise UsageError(f"{path} has no data rows; give a non-empty {task.name} file")
+    return cols
+
+
+def _file_sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_split(task: TaskSpec, split: str, data_dir: Path | None, dev: DevSplit | None = None):
+    """One split ('train' or a dev split) as a Dataset with the text keys and 'label';
+    returns (dataset, source description, content id for caching)."""
+    from datasets import Dataset
+
+    if data_dir is not None:
+        folder = data_dir / task.folder
+        if not folder.is_dir():
+            raise UsageError(f"no {task.folder}/ folder in '{data_dir}'; add the task's GLUE files there "
+                             f"or load it from the hub by leaving --data-dir and $GLUE_DIR unset")
+        path = folder / ("train.tsv" if split == "train" else dev.tsv_file)
+        return Dataset.from_dict(read_glue_tsv(path, task)), str(path), _file_sha(path)
+    from datasets import load_dataset
+    hub_split = "train" if split == "train" else dev.hub_split
+    try:
+        ds = load_dataset(HUB_DATASET, task.hub_config, split=hub_split)
+    except Exception as e:  # offline, no such config, network errors
+        raise UsageError(f"cannot load {task.name} from the hub ({type(e).__name__}); give a local GLUE "
+                         f"folder with --data-dir or $GLUE_DIR") from None
+    ds = ds.select_columns([*task.text_keys, "label"])
+    return ds, f"hub:{HUB_DATASET}/{task.hub_config}/{hub_split}", ds._fingerprint
+
+
+def subset_indices(n: int, fraction: float, seed: int) -> np.ndarray:
+    """A fixed random subset of round(fraction * n) rows (at least 1), sorted, from a seeded RNG."""
+    if fraction >= 1.0:
+        return np.arange(n)
+    size = max(1, int(round(fraction * n)))
+    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+
+
+@dataclass
+class GlueData:
+    task: TaskSpec
+    train: Any                      # tokenized datasets.Dataset (None when only dev was loaded)
+    dev: dict[str, Any]             # DevSplit.name -> tokenized Dataset
+    dev_splits: list[DevSplit]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _tokenize(ds, task: TaskSpec, tokenizer, max_len: int, key: str):
+    keys = task.text_keys
+
+    def fn(batch):
+        texts = [batch[k] for k in keys]
+        enc = tokenizer(*texts, truncation=True, max_length=max_len)
+        enc["labels"] = batch["label"]
+        return enc
+
+    tok_id = hashlib.sha256(json.dumps([tokenizer.name_or_path, type(tokenizer).__name__, len(tokenizer),
+                                        sorted(tokenizer.get_vocab().items())[:50]]).encode()).hexdigest()
+    name = hashlib.sha256(f"{key}|{tok_id}|{max_len}|{keys}".encode()).hexdigest()[:24]
+    out = cache_dir() / "tokenized"
+    out.mkdir(parents=True, exist_ok=True)
+    return ds.map(fn, batched=True, remove_columns=ds.column_names, cache_file_name=str(out / f"{name}.arrow"),
+                  load_from_cache_file=True, desc=f"tokenize {task.name}")
+
+
+def load_glue(cfg, task: TaskSpec, tokenizer, train: bool = True) -> GlueData:
+    """Tokenized train (subset + augmentation) and dev splits for ``cfg``."""
+    from datasets import concatenate_datasets
+
+    import datasets
+    datasets.disable_progress_bars()
+    data_dir = resolve_data_dir(cfg.data_dir)
+    info: dict[str, Any] = {"data_source": str(data_dir) if data_dir else f"hub:{HUB_DATASET}"}
+    train_ds = None
+    if train:
+        raw, src, content = load_split(task, "train", data_dir)
+        idx = subset_indices(len(raw), cfg.data_fraction, cfg.resolved_data_seed)
+        info.update(train_rows_total=len(raw), train_rows_subset=int(len(idx)),
+                    data_fraction=cfg.data_fraction, data_seed=cfg.resolved_data_seed,
+                    subset_fingerprint=hashlib.sha256(idx.astype(np.int64).tobytes()).hexdigest()[:16])
+        if len(idx) < len(raw):
+            raw = raw.select(idx)
+        content = f"{content}|{info['subset_fingerprint']}"
+        if cfg.augment_file:
+            p = Path(cfg.augment_file)
+            aug = datasets.Dataset.from_dict(read_glue_tsv(p, task)).cast(raw.features)
+            info.update(augment_file=str(p), augment_rows=len(aug))
+            raw = concatenate_datasets([raw, aug])
+            content = f"{content}|aug:{_file_sha(p)}"
+        info["train_rows"] = len(raw)
+        train_ds = _tokenize(raw, task, tokenizer, cfg.max_seq_length, content)
+    dev = {}
+    for split in task.dev_splits:
+        raw, src, content = load_split(task, "dev", data_dir, split)
+        if cfg.max_eval_samples:
+            raw = raw.select(range(min(cfg.max_eval_samples, len(raw))))
+            content = f"{content}|first{len(raw)}"
+        info[f"dev_rows{'_' + split.name if split.name else ''}"] = len(raw)
+        dev[split.name] = _tokenize(raw, task, tokenizer, cfg.max_seq_length, content)
+    return GlueData(task, train_ds, dev, list(task.dev_splits), info)

@@ -1,0 +1,113 @@
+"""Mixup on word embeddings (the paper's Eq. 4), fed to HF models through ``inputs_embeds``.
+
+One *plan* (partner index and lambda per mixed sample) is drawn per step and applied to every
+model that needs the mixed input, each with its own embedding tables: the student's (which train)
+and the frozen teacher's. Choices the paper leaves open are explicit options:
+
+* ``padding="zero"`` (paper: "zero-padded to a common length"): a padded position contributes a
+  zero vector, so x'_t = (1 - lambda) x_j,t where x_i is shorter. ``"pad"`` mixes the [PAD]
+  token's embedding instead.
+* The attention mask of a mixed sample is the union of the two masks.
+* ``token_types="mix"`` mixes the segment embeddings with the same lambda (so the mixed sample is
+  lambda * (word + segment)_i + (1 - lambda) * (word + segment)_j); ``"first"`` keeps example i's
+  segment ids. Position embeddings are identical for both examples, so mixing them is a no-op.
+* The partner of example i is a different example of the same batch (a random derangement), which
+  the paper allows ("one extra random sample from the training data").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class MixPlan:
+    index: torch.Tensor    # (M,) row of example i in the batch
+    partner: torch.Tensor  # (M,) row of its partner j
+    lam: torch.Tensor      # (M,) lambda of example i
+
+    def __len__(self) -> int:
+        return int(self.index.numel())
+
+
+def derangement(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A random permutation with no fixed point (identity for n == 1)."""
+    perm = torch.randperm(n, generator=generator)
+    if n < 2:
+        return perm
+    fixed = (perm == torch.arange(n)).nonzero().flatten()
+    if len(fixed) >= 2:            # rotate the fixed points among themselves
+        perm[fixed] = fixed.roll(1)
+    elif len(fixed) == 1:          # swap the single fixed point with another position
+        i = int(fixed[0])
+        j = int(torch.randint(n - 1, (1,), generator=generator))
+        j = j + (j >= i)
+        perm[i], perm[j] = perm[j].clone(), perm[i].clone()
+    return perm
+
+
+def sample_plan(batch_size: int, alpha: float, ratio: int = 1,
+                generator: torch.Generator | None = None) -> MixPlan:
+    """``ratio`` mixed samples per original: each round pairs every example with a new partner."""
+    beta = torch.distributions.Beta(torch.tensor(float(alpha)), torch.tensor(float(alpha)))
+    index = torch.arange(batch_size).repeat(ratio)
+    partner = torch.cat([derangement(batch_size, generator) for _ in range(ratio)])
+    lam = beta.sample((batch_size * ratio,))
+    return MixPlan(index, partner, lam)
+
+
+def _token_type_table(model: nn.Module) -> nn.Embedding | None:
+    emb = getattr(model.base_model, "embeddings", None)
+    return getattr(emb, "token_type_embeddings", None)
+
+
+def mix_embeddings(model: nn.Module, word_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                   token_type_ids: torch.Tensor | None, plan: MixPlan, padding: str = "zero",
+                   token_types: str = "mix") -> dict[str, torch.Tensor]:
+    """Mixed model inputs for ``plan``, given the batch's word embeddings under ``model``.
+
+    Returns kwargs for ``model(**kwargs)``: inputs_embeds (M, T, H), attention_mask (M, T) and,
+    for models with segment embeddings, token_type_ids (M, T).
+    """
+    idx, par = plan.index.to(word_embeds.device), plan.partner.to(word_embeds.device)
+    lam = plan.lam.to(word_embeds.device, word_embeds.dtype).view(-1, 1, 1)
+    e = word_embeds
+    table = _token_type_table(model)
+    out_tt = None
+    if table is not None and token_type_ids is not None:
+        if token_types == "mix":
+            # add segment embeddings here, relative to segment 0, which the model then adds back
+            e = e + table(token_type_ids) - table.weight[0]
+            out_tt = torch.zeros_like(token_type_ids[idx])
+        else:
+            out_tt = token_type_ids[idx]
+    if padding == "zero":
+        e = e * attention_mask.unsqueeze(-1).to(e.dtype)
+    mixed = lam * e[idx] + (1.0 - lam) * e[par]
+    mask = torch.maximum(attention_mask[idx], attention_mask[par])
+    out = {"inputs_embeds": mixed, "attention_mask": mask}
+    if out_tt is not None:
+        out["token_type_ids"] = out_tt
+    return out
+
+
+def mixed_inputs(model: nn.Module, batch: dict[str, torch.Tensor], plan: MixPlan,
+                 padding: str = "zero", token_types: str = "mix") -> dict[str, torch.Tensor]:
+    """Embed ``batch`` with ``model``'s own word embeddings and mix it by ``plan``."""
+    word = model.get_input_embeddings()(batch["input_ids"])
+    return mix_embeddings(model, word, batch["attention_mask"], batch.get("token_type_ids"), plan,
+                          padding, token_types)
+
+
+def mix_labels(labels: torch.Tensor, plan: MixPlan, num_labels: int, regression: bool) -> torch.Tensor:
+    """y' = lambda * y_i + (1 - lambda) * y_j; one-hot rows (M, C) for classification, (M,) for regression."""
+    lam = plan.lam.to(labels.device)
+    idx, par = plan.index.to(labels.device), plan.partner.to(labels.device)
+    if regression:
+        y = labels.float()
+        return lam * y[idx] + (1 - lam) * y[par]
+    y = F.one_hot(labels.long(), num_labels).float()
+    return lam[:, None] * y[idx] + (1 - lam[:, None]) * y[par]

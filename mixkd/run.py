@@ -1,0 +1,207 @@
+"""The Python API: ``finetune(cfg)``, ``distill(cfg)``, ``evaluate(cfg)``.
+
+A run's output dir holds ``config.yaml`` (resolved config), ``log.jsonl`` (one row per eval with
+every loss term), ``checkpoints/{last,best}``, ``model/`` (save_pretrained + tokenizer) and, written
+last and atomically, ``metrics.json``. A dir without metrics.json is an unfinished run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .config import MixKDConfig, validate
+from .data import GlueData, load_glue
+from .errors import UsageError
+from .models import (build_student, check_same_vocab, count_parameters, encoder_layers, load_classifier,
+                     load_tokenizer)
+from .tasks import TaskSpec, get_task, metric_key
+from .trainer import EvalCallback, Trainer, evaluate_model, make_collator, resolve_device, seed_everything
+
+RESULT_FILES = ("config.yaml", "metrics.json", "log.jsonl", "model", "checkpoints")
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def check_output_dir(cfg: MixKDConfig) -> Path:
+    """Refuse to clobber a finished run; tell how to continue an interrupted one."""
+    out = Path(cfg.output_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--output-dir '{out}' is a file; choose a directory")
+    finished = (out / "metrics.json").is_file()
+    has_ckpt = (out / "checkpoints" / "last" / "trainer_state.pt").is_file()
+    if cfg.resume:
+        if finished and not cfg.overwrite:
+            raise UsageError(f"'{out}' holds a finished run; nothing to resume (use --overwrite to retrain)")
+        if not has_ckpt:
+            raise UsageError(f"--resume: no checkpoint in '{out}/checkpoints/last'; start without --resume")
+        saved = MixKDConfig.from_yaml(out / "config.yaml")
+        if saved.config_hash() != cfg.config_hash():
+            raise UsageError(f"--resume: the config differs from the interrupted run's ({saved.config_hash()} vs "
+                             f"{cfg.config_hash()}); resume with the same flags or pass --overwrite")
+    elif finished and not cfg.overwrite:
+        raise UsageError(f"'{out}' holds a finished run (metrics.json); pass --overwrite to replace it "
+                         f"or choose another --output-dir")
+    elif has_ckpt and not cfg.overwrite:
+        raise UsageError(f"'{out}' holds an interrupted run; pass --resume to continue it or --overwrite "
+                         f"to start over")
+    return out
+
+
+def _clear_results(out: Path) -> None:
+    for name in RESULT_FILES:
+        p = out / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+
+
+def _teacher_run(teacher: str) -> tuple[dict | None, dict | None]:
+    """The config and metrics of a mixkd teacher run dir (None, None for a plain HF model dir)."""
+    p = Path(teacher).expanduser()
+    cfg_file, met_file = p / "config.yaml", p / "metrics.json"
+    if not (p / "model").is_dir() or not cfg_file.is_file():
+        return None, None
+    if not met_file.is_file():
+        raise UsageError(f"teacher run '{teacher}' is unfinished (no metrics.json); finish it with "
+                         f"`mixkd finetune ... --resume` first")
+    return MixKDConfig.from_yaml(cfg_file).to_dict(), json.loads(met_file.read_text())
+
+
+def _resolve_subset(cfg: MixKDConfig, tcfg: dict | None) -> MixKDConfig:
+    """Fill data_fraction/data_seed: the teacher's subset for distill, else the full set and --seed."""
+    if tcfg is None:
+        return cfg.replace(data_fraction=1.0 if cfg.data_fraction is None else cfg.data_fraction,
+                           data_seed=cfg.resolved_data_seed)
+    t_frac, t_seed = tcfg["data_fraction"], tcfg["data_seed"]
+    frac = t_frac if cfg.data_fraction is None else cfg.data_fraction
+    seed = t_seed if cfg.data_seed is None else cfg.data_seed
+    if (frac, seed) != (t_frac, t_seed) and not cfg.allow_subset_mismatch:
+        raise UsageError(f"the teacher was trained on data_fraction={t_frac} (data_seed={t_seed}) but this run asks "
+                         f"for {frac} (seed {seed}); drop --data-fraction/--data-seed to use the teacher's subset "
+                         f"or pass --allow-subset-mismatch")
+    return cfg.replace(data_fraction=frac, data_seed=seed)
+
+
+def _environment() -> dict[str, Any]:
+    import transformers
+    return {"mixkd": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def _train(cfg: MixKDConfig, command: str, task: TaskSpec, student, tokenizer, data: GlueData,
+           teacher=None, extra: dict | None = None, callbacks: list[EvalCallback] | None = None) -> dict:
+    out = check_output_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    if not cfg.resume:
+        _clear_results(out)
+        cfg.save_yaml(out / "config.yaml")
+    trainer = Trainer(cfg, task, student, tokenizer, data, out, teacher=teacher, callbacks=callbacks)
+    t0 = time.time()
+    trainer.train(resume=cfg.resume)
+    # model/: the best (or last) checkpoint, written next to its final name then renamed
+    src = out / "checkpoints" / ("best" if cfg.final_model == "best" and trainer.best_step is not None else "last")
+    tmp = out / ".model.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("trainer_state.pt"))
+    tokenizer.save_pretrained(tmp)
+    if (out / "model").exists():
+        shutil.rmtree(out / "model")
+    tmp.rename(out / "model")
+    final_model = load_classifier(str(out / "model"), task, new_head=False)
+    final_metrics = evaluate_model(final_model.to(trainer.device), data, trainer.collator, cfg.eval_batch_size,
+                                   trainer.device, cfg.precision)
+    primary = metric_key(task.primary_metric, data.dev_splits[0])
+    metrics = {
+        "command": command, "task": task.name, "variant": cfg.variant,
+        "primary_metric": primary, "primary_value": final_metrics[primary], "metrics": final_metrics,
+        "final_model": cfg.final_model, "best_step": trainer.best_step, "steps": trainer.step,
+        "params": count_parameters(student), "layers": len(encoder_layers(student)),
+        "train_time_s": round(trainer.train_time, 2), "wall_time_s": round(time.time() - t0, 2),
+        "train_examples_per_s": round(trainer.examples_seen / max(trainer.train_time, 1e-9), 2),
+        "config_hash": cfg.config_hash(), "data": data.info, "device": str(trainer.device),
+        "environment": _environment(), **(extra or {}),
+    }
+    write_json_atomic(out / "metrics.json", metrics)
+    return metrics
+
+
+def finetune(cfg: MixKDConfig, callbacks: list[EvalCallback] | None = None) -> dict:
+    """Fine-tune ``cfg.model`` on ``cfg.task`` (the teacher step)."""
+    cfg = _resolve_subset(validate(cfg, "finetune"), None)
+    task = get_task(cfg.task)
+    seed_everything(cfg.seed)
+    tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
+    data = load_glue(cfg, task, tokenizer)
+    seed_everything(cfg.seed)
+    model = load_classifier(cfg.model, task, new_head=True, trust_remote_code=cfg.trust_remote_code)
+    return _train(cfg, "finetune", task, model, tokenizer, data, extra={"base_model": cfg.model},
+                  callbacks=callbacks)
+
+
+def distill(cfg: MixKDConfig, callbacks: list[EvalCallback] | None = None) -> dict:
+    """Distil the fine-tuned ``cfg.teacher`` into a student with ``cfg.variant``."""
+    cfg = validate(cfg, "distill")
+    task = get_task(cfg.task)
+    tcfg, tmetrics = _teacher_run(cfg.teacher)
+    if tcfg is not None and get_task(tcfg["task"]).name != task.name:
+        raise UsageError(f"teacher '{cfg.teacher}' was fine-tuned on {tcfg['task']}, not {task.name}; "
+                         f"use a teacher of the same task")
+    cfg = _resolve_subset(cfg, tcfg)
+    seed_everything(cfg.seed)
+    t_tok = load_tokenizer(cfg.teacher, cfg.trust_remote_code)
+    teacher = load_classifier(cfg.teacher, task, new_head=False, trust_remote_code=cfg.trust_remote_code)
+    teacher_layers = len(encoder_layers(teacher))
+    if cfg.student_model:
+        tokenizer = load_tokenizer(cfg.student_model, cfg.trust_remote_code)
+        check_same_vocab(t_tok, tokenizer, cfg.student_model)
+        student = load_classifier(cfg.student_model, task, new_head=True, trust_remote_code=cfg.trust_remote_code)
+        kept = None
+    else:
+        if cfg.student_layers > teacher_layers:
+            raise UsageError(f"--student-layers {cfg.student_layers} is invalid: the teacher has "
+                             f"{teacher_layers} layers; use 1..{teacher_layers}")
+        tokenizer = t_tok
+        student = build_student(teacher, cfg.student_layers, cfg.layer_strategy)
+        kept = student.config.mixkd_teacher_layers
+    data = load_glue(cfg, task, tokenizer)
+    if tmetrics and "subset_fingerprint" in tmetrics.get("data", {}) and not cfg.allow_subset_mismatch:
+        if tmetrics["data"]["subset_fingerprint"] != data.info["subset_fingerprint"]:
+            raise UsageError("the student's training subset differs from the teacher's although the fraction and "
+                             "seed match (the train file changed?); check --data-dir")
+    extra = {"teacher": str(cfg.teacher), "teacher_params": count_parameters(teacher),
+             "teacher_layers": teacher_layers, "student_layers_kept": kept,
+             "student_model": cfg.student_model, "teacher_primary_value": (tmetrics or {}).get("primary_value")}
+    needs_teacher = any(t in cfg.terms for t in ("tmkd", "kd"))
+    if not needs_teacher:
+        del teacher
+        teacher = None
+    return _train(cfg, "distill", task, student, tokenizer, data, teacher=teacher, extra=extra, callbacks=callbacks)
+
+
+def evaluate(cfg: MixKDConfig) -> dict:
+    """GLUE dev metrics of a saved model (a run dir, an HF dir, a hub id or the alias)."""
+    cfg = validate(cfg, "evaluate")
+    task = get_task(cfg.task)
+    tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
+    model = load_classifier(cfg.model, task, new_head=False, trust_remote_code=cfg.trust_remote_code)
+    data = load_glue(cfg, task, tokenizer, train=False)
+    device = resolve_device(cfg.device)
+    metrics = evaluate_model(model.to(device), data, make_collator(tokenizer), cfg.eval_batch_size, device,
+                             cfg.precision)
+    primary = metric_key(task.primary_metric, data.dev_splits[0])
+    return {"task": task.name, "model": cfg.model, "primary_metric": primary, "primary_value": metrics[primary],
+            "metrics": metrics, "params": count_parameters(model), "data": data.info}

@@ -1,0 +1,351 @@
+"""The training loop: a plain PyTorch loop (nanoGPT style) for fine-tuning and every distillation variant.
+
+One step of ``sm+tmkd``: draw a mixup plan; run the student *once* over the original batch and its
+mixed copies (concatenated along the batch); run the frozen teacher (eval, no grad) on the mixed
+copies only; combine L_MLE, L_SM and L_TMKD by their weights. ``kd`` queries the teacher on the
+original batch only, ``ft`` never. Checkpoints hold everything needed to resume exactly.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import losses
+from .data import GlueData
+from .errors import NonFiniteLossError, UsageError
+from .metrics import glue_metrics
+from .mixup import _token_type_table, mix_embeddings, mix_labels, sample_plan
+from .tasks import TaskSpec, metric_key
+
+EvalCallback = Callable[[dict[str, Any], Path], None]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {name} was asked for but no CUDA GPU is visible; use --device cpu or auto")
+    return torch.device(name)
+
+
+def autocast_for(device: torch.device, precision: str):
+    """bf16 autocast on GPU (auto or bf16); fp32 on CPU unless bf16 is forced (slow on AVX2 CPUs)."""
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if not use_bf16:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def model_inputs(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch keys ``model`` takes (drops token_type_ids for models without segment embeddings)."""
+    keys = ["input_ids", "attention_mask"]
+    if "token_type_ids" in batch and _token_type_table(model) is not None:
+        keys.append("token_type_ids")
+    return {k: batch[k] for k in keys}
+
+
+def make_collator(tokenizer):
+    from transformers import DataCollatorWithPadding
+    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=None)
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, dataset, collator, batch_size: int, device: torch.device,
+            precision: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels of ``model`` over ``dataset`` (dynamic padding per batch)."""
+    was_training = model.training
+    model.eval()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collator)
+    all_logits, all_labels = [], []
+    for batch in loader:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with autocast_for(device, precision):
+            logits = model(**model_inputs(model, batch)).logits
+        all_logits.append(logits.float().cpu())
+        all_labels.append(batch["labels"].cpu())
+    model.train(was_training)
+    return torch.cat(all_logits).numpy(), torch.cat(all_labels).numpy()
+
+
+def evaluate_model(model: nn.Module, data: GlueData, collator, batch_size: int, device: torch.device,
+                   precision: str = "auto") -> dict[str, float]:
+    """Official GLUE metrics on every dev split of the task."""
+    out: dict[str, float] = {}
+    for split in data.dev_splits:
+        logits, labels = predict(model, data.dev[split.name], collator, batch_size, device, precision)
+        out.update(glue_metrics(data.task, logits, labels, split))
+    return out
+
+
+def _atomic_replace_dir(tmp: Path, final: Path) -> None:
+    old = final.with_name(final.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+class Trainer:
+    """Trains ``student`` on ``data`` with the loss terms of ``cfg.variant``; ``teacher`` is frozen."""
+
+    def __init__(self, cfg, task: TaskSpec, student: nn.Module, tokenizer, data: GlueData,
+                 output_dir: Path, teacher: nn.Module | None = None,
+                 callbacks: list[EvalCallback] | None = None):
+        self.cfg, self.task, self.data, self.tokenizer = cfg, task, data, tokenizer
+        self.output_dir = Path(output_dir)
+        self.ckpt_dir = self.output_dir / "checkpoints"
+        self.device = resolve_device(cfg.device)
+        self.student = student.to(self.device)
+        self.terms = cfg.terms
+        self.needs_teacher = any(t in self.terms for t in ("tmkd", "kd"))
+        self.teacher = None
+        if self.needs_teacher:
+            if teacher is None:
+                raise UsageError(f"variant {cfg.variant} needs a teacher; pass --teacher")
+            self.teacher = teacher.to(self.device).eval()
+            for p in self.teacher.parameters():
+                p.requires_grad_(False)
+        self.weights = {"mle": cfg.w_mle, "sm": cfg.a_sm, "tmkd": cfg.a_tmkd, "kd": cfg.a_kd}
+        self.collator = make_collator(tokenizer)
+        self.callbacks = list(callbacks or [])
+
+        n = len(data.train)
+        self.micro_per_epoch = math.ceil(n / cfg.batch_size)
+        self.steps_per_epoch = math.ceil(self.micro_per_epoch / cfg.grad_accum)
+        self.total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
+        self.optimizer = self._make_optimizer()
+        from transformers import get_linear_schedule_with_warmup
+        self.scheduler = get_linear_schedule_with_warmup(
+            self.optimizer, int(cfg.warmup_ratio * self.total_steps), self.total_steps)
+        # progress counters (restored on resume)
+        self.step, self.epoch, self.step_in_epoch = 0, 0, 0
+        self.best_value: float | None = None
+        self.best_step: int | None = None
+        self.train_time = 0.0
+        self.examples_seen = 0
+        self._sums: dict[str, float] = {}
+        self._sum_count = 0
+
+    # --- setup ------------------------------------------------------------------------------
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        decay, no_decay = [], []
+        for name, p in self.student.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
+        groups = [{"params": decay, "weight_decay": self.cfg.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=self.cfg.lr, fused=self.device.type == "cuda")
+
+    def _epoch_steps(self, epoch: int) -> list[list[list[int]]]:
+        """Micro-batch index lists of one epoch, grouped by optimizer step. Seeded by (seed, epoch)."""
+        g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
+        perm = torch.randperm(len(self.data.train), generator=g).tolist()
+        bs, acc = self.cfg.batch_size, self.cfg.grad_accum
+        micro = [perm[i:i + bs] for i in range(0, len(perm), bs)]
+        return [micro[i:i + acc] for i in range(0, len(micro), acc)]
+
+    # --- one step -----------------------------------------------------------------------------
+    def compute_losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The named loss terms of the variant on one micro-batch (unweighted)."""
+        cfg, task, s = self.cfg, self.task, self.student
+        labels = batch["labels"]
+        terms: dict[str, torch.Tensor] = {}
+        inputs = model_inputs(s, batch)
+        if "sm" in self.terms or "tmkd" in self.terms:
+            B = labels.shape[0]
+            plan = sample_plan(B, cfg.alpha, cfg.mixup_ratio)
+            word = s.get_input_embeddings()(batch["input_ids"])
+            mixed = mix_embeddings(s, word, batch["attention_mask"], inputs.get("token_type_ids"), plan,
+                                   cfg.mixup_padding, cfg.mixup_token_types)
+            # one student forward over [original; mixed]
+            joint = {"inputs_embeds": torch.cat([word, mixed["inputs_embeds"]]),
+                     "attention_mask": torch.cat([batch["attention_mask"], mixed["attention_mask"]])}
+            if "token_type_ids" in mixed:
+                joint["token_type_ids"] = torch.cat([inputs["token_type_ids"], mixed["token_type_ids"]])
+            logits_all = s(**joint).logits
+            logits, mixed_logits = logits_all[:B], logits_all[B:]
+            if "sm" in self.terms:
+                targets = mix_labels(labels, plan, task.num_labels, task.regression)
+                terms["sm"] = losses.soft_label_loss(mixed_logits, targets, task.regression)
+            if "tmkd" in self.terms:
+                t = self.teacher
+                with torch.no_grad():
+                    t_in = model_inputs(t, batch)
+                    t_word = t.get_input_embeddings()(batch["input_ids"])
+                    t_mixed = mix_embeddings(t, t_word, batch["attention_mask"], t_in.get("token_type_ids"),
+                                             plan, cfg.mixup_padding, cfg.mixup_token_types)
+                    t_logits = t(**t_mixed).logits
+                terms["tmkd"] = losses.tmkd_loss(mixed_logits, t_logits, cfg.distance, cfg.temperature,
+                                                 task.regression)
+        else:
+            logits = s(**inputs).logits
+        terms["mle"] = losses.mle_loss(logits, labels, task.regression)
+        if "kd" in self.terms:
+            with torch.no_grad():
+                t_logits = self.teacher(**model_inputs(self.teacher, batch)).logits
+            terms["kd"] = losses.kd_loss(logits, t_logits, cfg.temperature, task.regression)
+        return {k: terms[k] for k in ("mle", "sm", "tmkd", "kd") if k in terms}
+
+    def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+        """Forward/backward over the step's micro-batches, then clip, step the optimizer and schedule."""
+        self.student.train()
+        totals: dict[str, float] = {}
+        n_micro = len(micro_batches)
+        for batch in micro_batches:
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            with autocast_for(self.device, self.cfg.precision):
+                terms = self.compute_losses(batch)
+            loss = losses.weighted_sum(terms, self.weights)
+            values = torch.stack([v.detach().float() for v in terms.values()] + [loss.detach().float()]).tolist()
+            for name, v in zip([*terms, "total"], values):
+                if not math.isfinite(v):
+                    raise NonFiniteLossError(self.step + 1, name, v)
+                totals[name] = totals.get(name, 0.0) + v / n_micro
+            (loss / n_micro).backward()
+            self.examples_seen += int(batch["labels"].shape[0])
+        if self.cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.student.parameters(), self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return totals
+
+    # --- checkpoints ------------------------------------------------------------------------
+    def _rng_state(self) -> dict[str, Any]:
+        st = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+              "python_version": random.getstate()[0]}
+        if torch.cuda.is_available():
+            st["cuda"] = torch.cuda.get_rng_state_all()
+        return st
+
+    def _set_rng_state(self, st: dict[str, Any]) -> None:
+        torch.set_rng_state(st["torch"])
+        random.setstate((st["python_version"], tuple(st["python"]), None))
+        if "cuda" in st and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(st["cuda"])
+
+    def save_checkpoint(self, which: str = "last") -> Path:
+        """Weights (safetensors) + optimizer, scheduler, RNG and counters; written atomically."""
+        final = self.ckpt_dir / which
+        tmp = self.ckpt_dir / f".{which}.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        self.student.save_pretrained(tmp, safe_serialization=True)
+        if which == "last":
+            torch.save({
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "rng": self._rng_state(), "step": self.step, "epoch": self.epoch,
+                "step_in_epoch": self.step_in_epoch, "best_value": self.best_value,
+                "best_step": self.best_step, "train_time": self.train_time,
+                "examples_seen": self.examples_seen, "total_steps": self.total_steps,
+            }, tmp / "trainer_state.pt")
+        else:
+            self.tokenizer.save_pretrained(tmp)
+        _atomic_replace_dir(tmp, final)
+        return final
+
+    def load_checkpoint(self, path: Path) -> None:
+        from safetensors.torch import load_file
+        state = torch.load(path / "trainer_state.pt", weights_only=True, map_location="cpu")
+        if state["total_steps"] != self.total_steps:
+            raise UsageError(f"checkpoint {path} was made for {state['total_steps']} steps, this run has "
+                             f"{self.total_steps}; resume with the same config or pass --overwrite")
+        weights = load_file(str(path / "model.safetensors"), device=str(self.device))
+        missing, unexpected = self.student.load_state_dict(weights, strict=False)
+        real_missing = [k for k in missing if not k.endswith("position_ids")]
+        if real_missing or unexpected:
+            raise UsageError(f"checkpoint {path} does not match the student ({len(real_missing)} missing, "
+                             f"{len(unexpected)} unexpected tensors); resume with the same config")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        for k in ("step", "epoch", "step_in_epoch", "best_value", "best_step", "train_time", "examples_seen"):
+            setattr(self, k, state[k])
+        self._set_rng_state(state["rng"])
+
+    # --- eval and logging -------------------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        return evaluate_model(self.student, self.data, self.collator, self.cfg.eval_batch_size,
+                              self.device, self.cfg.precision)
+
+    def _on_eval(self) -> dict[str, Any]:
+        metrics = self.evaluate()
+        primary = metrics[metric_key(self.task.primary_metric, self.data.dev_splits[0])]
+        improved = self.best_value is None or primary > self.best_value
+        if improved:
+            self.best_value, self.best_step = primary, self.step
+        row = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4),
+               "lr": self.scheduler.get_last_lr()[0],
+               **{f"loss/{k}": v / max(1, self._sum_count) for k, v in self._sums.items()},
+               **{f"eval/{k}": v for k, v in metrics.items()},
+               "primary": primary, "best_primary": self.best_value, "best_step": self.best_step,
+               "train_time_s": round(self.train_time, 3),
+               "train_examples_per_s": round(self.examples_seen / max(self.train_time, 1e-9), 2)}
+        self._sums, self._sum_count = {}, 0
+        if improved and self.cfg.final_model == "best":
+            self.save_checkpoint("best")
+        last = self.save_checkpoint("last")
+        with open(self.output_dir / "log.jsonl", "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        for cb in self.callbacks:
+            cb(row, last)
+        return row
+
+    # --- the loop ---------------------------------------------------------------------------
+    def train(self, resume: bool = False) -> dict[str, Any]:
+        from tqdm.auto import tqdm
+
+        if resume:
+            self.load_checkpoint(self.ckpt_dir / "last")
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.cfg.progress,
+                   desc=f"{self.cfg.variant} {self.task.name}", dynamic_ncols=True)
+        last_row = None
+        evaluated_at = self.step if resume else -1
+        while self.step < self.total_steps:
+            steps = self._epoch_steps(self.epoch)
+            for step_batches in steps[self.step_in_epoch:]:
+                t0 = time.perf_counter()
+                micro = [self.collator(self.data.train.__getitems__(idx)) for idx in step_batches]
+                totals = self.train_step(micro)
+                self.step_in_epoch += 1
+                self.train_time += time.perf_counter() - t0
+                for k, v in totals.items():
+                    self._sums[k] = self._sums.get(k, 0.0) + v
+                self._sum_count += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{totals['total']:.4f}")
+                end_of_epoch = self.step_in_epoch == len(steps)
+                if end_of_epoch:
+                    self.epoch, self.step_in_epoch = self.epoch + 1, 0
+                due = (self.cfg.eval_steps > 0 and self.step % self.cfg.eval_steps == 0) or \
+                      (self.cfg.eval_steps == 0 and end_of_epoch) or self.step == self.total_steps
+                if due:
+                    last_row = self._on_eval()
+                    evaluated_at = self.step
+                if self.step >= self.total_steps:
+                    break
+        bar.close()
+        if evaluated_at != self.step:
+            last_row = self._on_eval()
+        return last_row or {}
