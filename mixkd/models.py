@@ -38,7 +38,7 @@ def resolve_model(name: str) -> str:
     return name
 
 
-def _quiet_transformers():
+def quiet_transformers():
     import transformers
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
@@ -51,7 +51,7 @@ def _hub_error(name: str, e: Exception) -> UsageError:
 
 def load_tokenizer(name: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
-    _quiet_transformers()
+    quiet_transformers()
     path = resolve_model(name)
     try:
         return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -67,7 +67,7 @@ def load_classifier(name: str, task: TaskSpec, new_head: bool, trust_remote_code
     saved head to match the task.
     """
     from transformers import AutoModelForSequenceClassification
-    _quiet_transformers()
+    quiet_transformers()
     path = resolve_model(name)
     kw = dict(trust_remote_code=trust_remote_code)
     if new_head:

@@ -112,7 +112,7 @@ def _train(cfg: MixKDConfig, command: str, task: TaskSpec, student, tokenizer, d
     t0 = time.time()
     trainer.train(resume=cfg.resume)
     # model/: the best (or last) checkpoint, written next to its final name then renamed
-    src = out / "checkpoints" / ("best" if cfg.final_model == "best" and trainer.best_step is not None else "last")
+    src = out / "checkpoints" / cfg.final_model
     tmp = out / ".model.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -121,9 +121,7 @@ def _train(cfg: MixKDConfig, command: str, task: TaskSpec, student, tokenizer, d
     if (out / "model").exists():
         shutil.rmtree(out / "model")
     tmp.rename(out / "model")
-    final_model = load_classifier(str(out / "model"), task, new_head=False)
-    final_metrics = evaluate_model(final_model.to(trainer.device), data, trainer.collator, cfg.eval_batch_size,
-                                   trainer.device, cfg.precision)
+    final_metrics = trainer.final_metrics
     primary = metric_key(task.primary_metric, data.dev_splits[0])
     metrics = {
         "command": command, "task": task.name, "variant": cfg.variant,

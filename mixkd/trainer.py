@@ -110,6 +110,8 @@ class Trainer:
     def __init__(self, cfg, task: TaskSpec, student: nn.Module, tokenizer, data: GlueData,
                  output_dir: Path, teacher: nn.Module | None = None,
                  callbacks: list[EvalCallback] | None = None):
+        from .models import quiet_transformers
+        quiet_transformers()
         self.cfg, self.task, self.data, self.tokenizer = cfg, task, data, tokenizer
         self.output_dir = Path(output_dir)
         self.ckpt_dir = self.output_dir / "checkpoints"
@@ -140,6 +142,8 @@ class Trainer:
         self.step, self.epoch, self.step_in_epoch = 0, 0, 0
         self.best_value: float | None = None
         self.best_step: int | None = None
+        self.best_metrics: dict[str, float] = {}
+        self.last_metrics: dict[str, float] = {}
         self.train_time = 0.0
         self.examples_seen = 0
         self._sums: dict[str, float] = {}
@@ -258,7 +262,8 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "rng": self._rng_state(), "step": self.step, "epoch": self.epoch,
                 "step_in_epoch": self.step_in_epoch, "best_value": self.best_value,
-                "best_step": self.best_step, "train_time": self.train_time,
+                "best_step": self.best_step, "best_metrics": self.best_metrics,
+                "last_metrics": self.last_metrics, "train_time": self.train_time,
                 "examples_seen": self.examples_seen, "total_steps": self.total_steps,
             }, tmp / "trainer_state.pt")
         else:
@@ -280,9 +285,15 @@ class Trainer:
                              f"{len(unexpected)} unexpected tensors); resume with the same config")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        for k in ("step", "epoch", "step_in_epoch", "best_value", "best_step", "train_time", "examples_seen"):
+        for k in ("step", "epoch", "step_in_epoch", "best_value", "best_step", "best_metrics", "last_metrics",
+                  "train_time", "examples_seen"):
             setattr(self, k, state[k])
         self._set_rng_state(state["rng"])
+        # rows logged after this checkpoint (a crash between the log write and the save) are redone
+        log = self.output_dir / "log.jsonl"
+        if log.is_file():
+            rows = [r for r in log.read_text().splitlines() if r.strip() and json.loads(r)["step"] <= self.step]
+            log.write_text("".join(r + "\n" for r in rows))
 
     # --- eval and logging -------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
@@ -293,8 +304,9 @@ class Trainer:
         metrics = self.evaluate()
         primary = metrics[metric_key(self.task.primary_metric, self.data.dev_splits[0])]
         improved = self.best_value is None or primary > self.best_value
+        self.last_metrics = metrics
         if improved:
-            self.best_value, self.best_step = primary, self.step
+            self.best_value, self.best_step, self.best_metrics = primary, self.step, metrics
         row = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4),
                "lr": self.scheduler.get_last_lr()[0],
                **{f"loss/{k}": v / max(1, self._sum_count) for k, v in self._sums.items()},
@@ -303,16 +315,21 @@ class Trainer:
                "train_time_s": round(self.train_time, 3),
                "train_examples_per_s": round(self.examples_seen / max(self.train_time, 1e-9), 2)}
         self._sums, self._sum_count = {}, 0
-        if improved and self.cfg.final_model == "best":
+        with open(self.output_dir / "log.jsonl", "a") as fh:   # before the checkpoint: see load_checkpoint
+            fh.write(json.dumps(row) + "\n")
+        if improved:
             self.save_checkpoint("best")
         last = self.save_checkpoint("last")
-        with open(self.output_dir / "log.jsonl", "a") as fh:
-            fh.write(json.dumps(row) + "\n")
         for cb in self.callbacks:
             cb(row, last)
         return row
 
     # --- the loop ---------------------------------------------------------------------------
+    @property
+    def final_metrics(self) -> dict[str, float]:
+        """Dev metrics of the model that becomes model/ (best or last)."""
+        return self.best_metrics if self.cfg.final_model == "best" else self.last_metrics
+
     def train(self, resume: bool = False) -> dict[str, Any]:
         from tqdm.auto import tqdm
 
