@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import json
 import os
 from dataclasses import dataclass, field, fields
@@ -201,6 +202,9 @@ def validate(cfg: MixKDConfig, command: str) -> MixKDConfig:
         raise UsageError("--task is required; choose one of: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli")
     task = get_task(cfg.task)
     for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        if isinstance(v, float) and not math.isfinite(v):
+            bad(f.name.replace("_", "-"), v, "use a finite number")
         ch = f.metadata.get("choices")
         v = getattr(cfg, f.name)
         if ch and v not in ch:

@@ -152,9 +152,10 @@ def load_glue(cfg, task: TaskSpec, tokenizer, train: bool = True) -> GlueData:
     train_ds = None
     if train:
         raw, src, content = load_split(task, "train", data_dir)
-        idx = subset_indices(len(raw), cfg.data_fraction, cfg.resolved_data_seed)
+        fraction = 1.0 if cfg.data_fraction is None else cfg.data_fraction
+        idx = subset_indices(len(raw), fraction, cfg.resolved_data_seed)
         info.update(train_rows_total=len(raw), train_rows_subset=int(len(idx)),
-                    data_fraction=cfg.data_fraction, data_seed=cfg.resolved_data_seed,
+                    data_fraction=fraction, data_seed=cfg.resolved_data_seed,
                     subset_fingerprint=hashlib.sha256(idx.astype(np.int64).tobytes()).hexdigest()[:16])
         if len(idx) < len(raw):
             raw = raw.select(idx)

@@ -49,12 +49,15 @@ def derangement(n: int, generator: torch.Generator | None = None) -> torch.Tenso
     return perm
 
 
-def sample_plan(batch_size: int, alpha: float, ratio: int = 1,
-                generator: torch.Generator | None = None) -> MixPlan:
-    """``ratio`` mixed samples per original: each round pairs every example with a new partner."""
+def sample_plan(batch_size: int, alpha: float, ratio: int = 1) -> MixPlan:
+    """``ratio`` mixed samples per original: each round pairs every example with a new partner.
+
+    Partners and lambdas come from torch's global RNG, which the trainer seeds and checkpoints,
+    so a resumed run draws the same plans as an uninterrupted one.
+    """
     beta = torch.distributions.Beta(torch.tensor(float(alpha)), torch.tensor(float(alpha)))
     index = torch.arange(batch_size).repeat(ratio)
-    partner = torch.cat([derangement(batch_size, generator) for _ in range(ratio)])
+    partner = torch.cat([derangement(batch_size) for _ in range(ratio)])
     lam = beta.sample((batch_size * ratio,))
     return MixPlan(index, partner, lam)
 
