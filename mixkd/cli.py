@@ -22,11 +22,24 @@ COMMANDS = {
 }
 
 
+def _option_strings(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """Options of ``parser`` and of the subcommand named in ``argv`` (where unknown flags belong)."""
+    opts = [o for a in parser._actions for o in a.option_strings]
+    for a in parser._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for name, sub in a.choices.items():
+                if name in argv:
+                    opts += [o for b in sub._actions for o in b.option_strings]
+    return opts
+
+
 class _Parser(argparse.ArgumentParser):
+    _argv: list[str] | None = None   # the argv being parsed (None: sys.argv), for the did-you-mean
+
     def error(self, message):  # one line, exit 2, with a did-you-mean for misspelled flags
         if "unrecognized arguments" in message:
             bad = message.split(":", 1)[1].split()[0]
-            opts = [o for a in self._actions for o in a.option_strings]
+            opts = _option_strings(self, sys.argv[1:] if self._argv is None else self._argv)
             hint = difflib.get_close_matches(bad.split("=")[0], opts, n=1)
             message += f"; did you mean {hint[0]}?" if hint else f"; see `{self.prog} --help`"
         print(f"{self.prog}: error: {message}", file=sys.stderr)
@@ -71,9 +84,13 @@ def config_from_args(args: argparse.Namespace) -> MixKDConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    _Parser._argv = argv
+    args = parser.parse_args(argv)
     try:
         cfg = config_from_args(args)
+        from .config import validate
+        validate(cfg, args.command)          # fail fast, before importing torch and transformers
         from . import run
         if args.command == "evaluate":
             result = run.evaluate(cfg)

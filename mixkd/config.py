@@ -108,6 +108,13 @@ class MixKDConfig:
                                      cmds=("distill",))
     progress: bool = _f(True, "show a progress bar")
 
+    def __post_init__(self):
+        # normalise types (YAML/CLI strings, int for float...) so equal configs hash equally
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if v is not None:
+                object.__setattr__(self, f.name, _coerce(f, v, "config"))
+
     # ------------------------------------------------------------------------------------------
     @property
     def resolved_data_seed(self) -> int:

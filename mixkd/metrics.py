@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import pearsonr, spearmanr
-from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from .tasks import DevSplit, TaskSpec, metric_key
 
 
 def _compute(name: str, preds: np.ndarray, labels: np.ndarray) -> float:
+    from scipy.stats import pearsonr, spearmanr   # imported here: they cost ~2 s at CLI start-up
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
     if name == "accuracy":
         return float(accuracy_score(labels, preds))
     if name == "f1":

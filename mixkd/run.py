@@ -112,7 +112,7 @@ def _train(cfg: MixKDConfig, command: str, task: TaskSpec, student, tokenizer, d
     t0 = time.time()
     trainer.train(resume=cfg.resume)
     # model/: the best (or last) checkpoint, written next to its final name then renamed
-    src = out / "checkpoints" / cfg.final_model
+    src = out / "checkpoints" / trainer.final_checkpoint
     tmp = out / ".model.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)

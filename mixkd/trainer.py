@@ -303,7 +303,8 @@ class Trainer:
     def _on_eval(self) -> dict[str, Any]:
         metrics = self.evaluate()
         primary = metrics[metric_key(self.task.primary_metric, self.data.dev_splits[0])]
-        improved = self.best_value is None or primary > self.best_value
+        # a NaN score (e.g. Pearson of constant predictions) never counts as the best
+        improved = math.isfinite(primary) and (self.best_value is None or primary > self.best_value)
         self.last_metrics = metrics
         if improved:
             self.best_value, self.best_step, self.best_metrics = primary, self.step, metrics
@@ -328,7 +329,12 @@ class Trainer:
     @property
     def final_metrics(self) -> dict[str, float]:
         """Dev metrics of the model that becomes model/ (best or last)."""
-        return self.best_metrics if self.cfg.final_model == "best" else self.last_metrics
+        return self.best_metrics if self.final_checkpoint == "best" else self.last_metrics
+
+    @property
+    def final_checkpoint(self) -> str:
+        """'best', or 'last' when asked for or when no eval gave a finite score."""
+        return "best" if self.cfg.final_model == "best" and self.best_step is not None else "last"
 
     def train(self, resume: bool = False) -> dict[str, Any]:
         from tqdm.auto import tqdm

@@ -15,6 +15,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config):
+    # tiny models: one thread avoids oversubscribing small CPUs (2 threads on a shared 2-core box ran 30x slower)
+    import torch
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
     """Tokenization cache in a per-session temp dir, so tests never read a stale user cache."""

@@ -1,0 +1,141 @@
+"""The MixKD hyperparameter search space, declared once.
+
+Each key is a field of :class:`~mixkd.config.MixKDConfig`; each value is a distribution spec
+(``uniform``/``loguniform`` with low/high, ``int`` with low/high, ``choice`` with values). A preset's
+YAML ``search_space:`` section overrides entries by key or removes one with ``null``.
+
+Conditional knobs follow the variant: L_SM's weight is searched only for variants with L_SM, the
+temperature only where a temperature is used (``kd``, or ``distance: kl``). The space is turned into
+an Optuna define-by-run function for Tune's OptunaSearch, so conditional knobs never waste trials.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import fields
+from typing import Any
+
+from .config import VARIANT_TERMS, MixKDConfig, validate
+from .errors import UsageError
+
+# Ranges: the paper's sensitivity study (Fig. 3) covers a_sm, a_tmkd and alpha in [0.1, 10].
+DEFAULT_SPACE: dict[str, dict[str, Any]] = {
+    "variant": {"type": "choice", "values": ["sm+tmkd", "tmkd", "kd", "ft"]},
+    "student_layers": {"type": "choice", "values": [1, 2, 3]},
+    "layer_strategy": {"type": "choice", "values": ["first", "skip", "last"]},
+    "alpha": {"type": "loguniform", "low": 0.1, "high": 10.0},
+    "a_sm": {"type": "loguniform", "low": 0.1, "high": 10.0},
+    "a_tmkd": {"type": "loguniform", "low": 0.1, "high": 10.0},
+    "a_kd": {"type": "loguniform", "low": 0.1, "high": 10.0},
+    "temperature": {"type": "loguniform", "low": 1.0, "high": 8.0},
+    "lr": {"type": "loguniform", "low": 1e-5, "high": 3e-4},
+}
+TYPES = ("uniform", "loguniform", "int", "choice")
+
+
+def active(name: str, params: dict[str, Any]) -> bool:
+    """Whether knob ``name`` matters given the (already chosen) ``params`` of a trial."""
+    variant = params.get("variant", "sm+tmkd")
+    terms = VARIANT_TERMS[variant]
+    if name in ("alpha",):
+        return "sm" in terms or "tmkd" in terms
+    if name == "a_sm":
+        return "sm" in terms
+    if name == "a_tmkd":
+        return "tmkd" in terms
+    if name == "a_kd":
+        return "kd" in terms
+    if name == "temperature":
+        return "kd" in terms or ("tmkd" in terms and params.get("distance", "mse") == "kl")
+    return True
+
+
+def build_space(overrides: dict[str, Any] | None = None, base: dict[str, Any] | None = None) -> dict[str, dict]:
+    """DEFAULT_SPACE with ``overrides`` applied (``None`` removes a knob); validated.
+
+    ``base`` (the fixed config of the sweep) is used to check each spec's values against the
+    config's own validation, so a bad range fails before any trial runs.
+    """
+    space = copy.deepcopy(DEFAULT_SPACE)
+    names = {f.name for f in fields(MixKDConfig)}
+    for key, spec in (overrides or {}).items():
+        if key not in names:
+            import difflib
+            hint = difflib.get_close_matches(key, names, n=1)
+            raise UsageError(f"search_space: '{key}' is not a config field"
+                             + (f"; did you mean '{hint[0]}'?" if hint else ""))
+        if spec is None:
+            space.pop(key, None)
+        else:
+            space[key] = dict(spec)
+    if not space:
+        raise UsageError("search_space is empty; keep at least one knob or use grid mode")
+    for key, spec in space.items():
+        _check_spec(key, spec, base or {})
+    return space
+
+
+def _check_spec(key: str, spec: dict, base: dict) -> None:
+    t = spec.get("type")
+    if t not in TYPES:
+        raise UsageError(f"search_space.{key}: type {t!r} is invalid; use one of {', '.join(TYPES)}")
+    if t == "choice":
+        vals = spec.get("values")
+        if not isinstance(vals, list) or not vals:
+            raise UsageError(f"search_space.{key}: choice needs a non-empty 'values' list")
+        samples = vals
+    else:
+        lo, hi = spec.get("low"), spec.get("high")
+        if not isinstance(lo, (int, float)) or not isinstance(hi, (int, float)) or not lo < hi:
+            raise UsageError(f"search_space.{key}: {t} needs numbers low < high, got low={lo!r} high={hi!r}")
+        if t == "loguniform" and lo <= 0:
+            raise UsageError(f"search_space.{key}: loguniform needs low > 0, got {lo}")
+        samples = [lo, hi]
+    probe = {"task": "sst2", "teacher": "t", "output_dir": "o", **base}
+    for v in samples:
+        try:
+            validate(MixKDConfig.from_dict({**probe, key: v}, source=f"search_space.{key}"), "distill")
+        except UsageError as e:
+            raise UsageError(f"search_space.{key}: value {v!r} is invalid ({e})") from None
+
+
+def optuna_define_by_run(space: dict[str, dict], fixed: dict[str, Any] | None = None):
+    """An Optuna define-by-run function sampling only the knobs active for the chosen variant."""
+    fixed = dict(fixed or {})
+    order = sorted(space, key=lambda k: (k not in ("variant", "distance"), k))   # variant first
+
+    def define(trial):
+        chosen: dict[str, Any] = {}
+        for key in order:
+            ctx = {**fixed, **chosen}
+            if not active(key, ctx):
+                continue
+            spec = space[key]
+            t = spec["type"]
+            if t == "choice":
+                chosen[key] = trial.suggest_categorical(key, spec["values"])
+            elif t == "int":
+                chosen[key] = trial.suggest_int(key, int(spec["low"]), int(spec["high"]))
+            else:
+                chosen[key] = trial.suggest_float(key, float(spec["low"]), float(spec["high"]),
+                                                  log=t == "loguniform")
+        return None
+
+    return define
+
+
+def grid_cells(grid: dict[str, list]) -> list[dict[str, Any]]:
+    """Cartesian product of a grid spec ``{field: [values]}``, in a stable order."""
+    import itertools
+    names = {f.name for f in fields(MixKDConfig)}
+    for k, v in grid.items():
+        if k not in names:
+            raise UsageError(f"grid: '{k}' is not a config field")
+        if not isinstance(v, list) or not v:
+            raise UsageError(f"grid.{k}: give a non-empty list of values")
+    keys = list(grid)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
+
+
+def is_finite_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)

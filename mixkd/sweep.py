@@ -1,0 +1,402 @@
+"""Sweeps: Ray Tune (+ OptunaSearch and ASHA, or a grid) over MixKD students, recorded in MLflow.
+
+Layout of an experiment folder (``<storage_path>/<name>/``)::
+
+    sweep.yaml          the resolved sweep spec (a resumed sweep must match it)
+    teachers/<key>/     one fine-tuned teacher per (task, data fraction, seed), a normal mixkd run dir
+    trials/<trial_id>/  one mixkd run dir per trial (a resumed trial continues from its checkpoint)
+    tune/<group>/       Ray Tune's experiment state (Tuner.restore reads it on --resume)
+    optuna.db           Optuna's study storage (one study per search group)
+    mlflow.db           the default MLflow tracking store; mlartifacts/ its artifacts
+    summary.json        best trial per (task, variant, student depth), written at the end
+
+Single-worker trials run the core trainer in-process inside the Tune function (no Ray Train
+start-up cost); multi-worker trials launch a TorchTrainer (see :mod:`mixkd.ray_train`) whose
+results reach Tune through TuneReportCallback.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import MixKDConfig, load_yaml, validate
+from .errors import UsageError
+from .search_space import build_space, grid_cells, optuna_define_by_run
+from .tasks import get_task
+
+CONFIG_FIELDS = {f.name for f in fields(MixKDConfig)}
+# Teacher runs take the training knobs from the spec's `teacher:` section, never student knobs.
+STUDENT_ONLY = {"teacher", "student_model", "student_layers", "layer_strategy", "variant", "alpha", "mixup_ratio",
+                "w_mle", "a_sm", "a_tmkd", "a_kd", "distance", "temperature", "mixup_padding", "mixup_token_types",
+                "allow_subset_mismatch"}
+
+
+@dataclass
+class SweepSpec:
+    """What to sweep: loaded from a preset YAML, overridden by glue_sweep.py flags."""
+    name: str = "mixkd-sweep"
+    mode: str = "search"                      # search (Optuna + ASHA) or grid (every cell once)
+    tasks: list = field(default_factory=lambda: ["sst2"])
+    teacher_model: str = "minilm-l6"
+    seeds: list = field(default_factory=lambda: [42])
+    data_fractions: list = field(default_factory=lambda: [1.0])
+    num_samples: int = 8                      # search: trials per (task, data fraction, seed) group
+    base: dict = field(default_factory=dict)      # config fields fixed for every student trial
+    teacher: dict = field(default_factory=dict)   # config fields of the teacher fine-tune
+    search_space: dict = field(default_factory=dict)  # overrides of mixkd.search_space.DEFAULT_SPACE
+    grid: dict = field(default_factory=dict)      # grid mode: {config field: [values]}
+    searcher: str = "tpe"                     # tpe, random (Optuna samplers)
+    grace_period: int = 1                     # ASHA: evals before a trial can be stopped
+    reduction_factor: int = 2
+    workers_per_trial: int = 1
+    cpus_per_trial: float = 2.0
+    gpus_per_trial: float = 0.0
+    max_failures: int = 1                     # retries of a crashed trial (from its checkpoint)
+    storage_path: str = "runs/sweeps"
+    tracking_uri: str | None = None
+    experiment_name: str | None = None
+    data_dir: str | None = None
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> "SweepSpec":
+        return cls.from_dict(load_yaml(path), source=str(path))
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "sweep") -> "SweepSpec":
+        known = {f.name for f in fields(cls)}
+        for k in d:
+            if k not in known:
+                import difflib
+                hint = difflib.get_close_matches(k, known, n=1)
+                raise UsageError(f"{source}: unknown key '{k}'" + (f"; did you mean '{hint[0]}'?" if hint else ""))
+        return cls(**d)
+
+    @property
+    def experiment_dir(self) -> Path:
+        if "://" in self.storage_path:
+            raise UsageError(f"--storage-path {self.storage_path}: mixkd keeps teachers and trial folders on a "
+                             f"filesystem shared by all nodes; mount the bucket (e.g. NFS, EFS, s3fs) and pass its path")
+        return Path(self.storage_path).expanduser().resolve() / self.name
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def validate(self) -> "SweepSpec":
+        def bad(msg):
+            raise UsageError(msg)
+        if self.mode not in ("search", "grid"):
+            bad(f"mode {self.mode!r} is invalid; use search or grid")
+        if not self.tasks:
+            bad("tasks is empty; name at least one GLUE task")
+        self.tasks = [get_task(t).name for t in self.tasks]
+        if not self.seeds or not all(isinstance(s, int) for s in self.seeds):
+            bad(f"seeds must be a non-empty list of integers, got {self.seeds!r}")
+        for f in self.data_fractions:
+            if not isinstance(f, (int, float)) or not 0 < f <= 1:
+                bad(f"data fraction {f!r} is invalid; use values in (0, 1]")
+        if self.num_samples < 1:
+            bad(f"num_samples {self.num_samples} is invalid; run at least 1 trial")
+        if self.workers_per_trial < 1 or self.cpus_per_trial <= 0 or self.gpus_per_trial < 0:
+            bad("workers_per_trial must be >= 1, cpus_per_trial > 0 and gpus_per_trial >= 0")
+        if self.searcher not in ("tpe", "random"):
+            bad(f"searcher {self.searcher!r} is invalid; use tpe or random")
+        for section in ("base", "teacher"):
+            for k in getattr(self, section):
+                if k not in CONFIG_FIELDS:
+                    import difflib
+                    hint = difflib.get_close_matches(k, CONFIG_FIELDS, n=1)
+                    bad(f"{section}: '{k}' is not a config field" + (f"; did you mean '{hint[0]}'?" if hint else ""))
+        probe = self.student_config(self.tasks[0], self.data_fractions[0], self.seeds[0], "teacher", "out")
+        validate(probe, "distill")
+        if self.mode == "search":
+            build_space(self.search_space, self.base)
+        else:
+            if not self.grid:
+                bad("grid mode needs a grid: section, e.g. {variant: [ft, sm+tmkd], student_layers: [2, 3]}")
+            for cell in grid_cells(self.grid):
+                validate(probe.replace(**cell), "distill")
+        return self
+
+    # --- configs of the runs -----------------------------------------------------------------
+    def teacher_key(self, task: str, fraction: float, seed: int) -> str:
+        return f"{task}-f{fraction:g}-s{seed}"
+
+    def teacher_config(self, task: str, fraction: float, seed: int, output_dir: str) -> MixKDConfig:
+        base = {k: v for k, v in self.base.items() if k not in STUDENT_ONLY}
+        return MixKDConfig.from_dict({**base, **self.teacher, "task": task, "model": self.teacher_model,
+                                      "data_fraction": fraction, "data_seed": seed, "seed": seed,
+                                      "data_dir": self.data_dir, "output_dir": output_dir, "progress": False})
+
+    def student_config(self, task: str, fraction: float, seed: int, teacher_dir: str, output_dir: str,
+                       **knobs) -> MixKDConfig:
+        return MixKDConfig.from_dict({**self.base, **knobs, "task": task, "data_fraction": fraction,
+                                      "data_seed": seed, "seed": seed, "teacher": teacher_dir,
+                                      "data_dir": self.data_dir, "output_dir": output_dir, "progress": False})
+
+    def groups(self) -> list[tuple[str, float, int]]:
+        return [(t, f, s) for t in self.tasks for f in self.data_fractions for s in self.seeds]
+
+
+# --- trials -------------------------------------------------------------------------------------
+
+def tune_metrics(row: dict[str, Any]) -> dict[str, Any]:
+    """A log.jsonl eval row as a Tune result (flat, numeric)."""
+    return {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def run_trial(config: dict[str, Any], fixed: dict[str, Any]) -> None:
+    """One Tune trial: a student run in ``trials/<trial_id>``, resumed from its checkpoint if it has one."""
+    from ray import tune
+
+    trial_id = tune.get_context().get_trial_id()
+    cell = dict(config.get("cell", {}))
+    task, fraction, seed = cell.pop("task"), cell.pop("data_fraction"), cell.pop("seed")
+    knobs = {**cell, **{k: v for k, v in config.items() if k in CONFIG_FIELDS}}
+    spec = SweepSpec.from_dict(fixed["spec"])
+    out = Path(fixed["trials_dir"]) / trial_id
+    teacher_dir = fixed["teachers"][spec.teacher_key(task, fraction, seed)]
+    cfg = spec.student_config(task, fraction, seed, teacher_dir, str(out), **knobs)
+    if (out / "metrics.json").is_file():   # finished before a driver crash: report its record again
+        for line in (out / "log.jsonl").read_text().splitlines():
+            tune.report(tune_metrics(json.loads(line)))
+        return
+    resume = (out / "checkpoints" / "last" / "trainer_state.pt").is_file()
+    if resume:   # rows already logged were reported before the interruption; report them again for ASHA
+        for line in (out / "log.jsonl").read_text().splitlines():
+            tune.report(tune_metrics(json.loads(line)))
+    cfg = cfg.replace(resume=resume, overwrite=not resume)
+    if spec.workers_per_trial == 1:
+        from .run import distill
+        distill(cfg, callbacks=[lambda row, ckpt: tune.report(tune_metrics(row))])
+    else:
+        from .ray_train import fit_distributed
+        fit_distributed(cfg, spec, name=f"train-{trial_id}", storage_path=fixed["train_storage"])
+
+
+# --- teachers -----------------------------------------------------------------------------------
+
+def _finetune_task(cfg_dict: dict) -> dict:
+    from .run import finetune
+    cfg = MixKDConfig.from_dict(cfg_dict)
+    out = Path(cfg.output_dir)
+    if (out / "checkpoints" / "last" / "trainer_state.pt").is_file():
+        cfg = cfg.replace(resume=True)
+    else:
+        cfg = cfg.replace(overwrite=True)
+    return finetune(cfg)
+
+
+def prepare_teachers(spec: SweepSpec, exp_dir: Path, tracker=None) -> dict[str, str]:
+    """Fine-tune (or reuse) one teacher per (task, fraction, seed), as Ray tasks, before any trial."""
+    import ray
+    teachers, pending = {}, {}
+    remote = ray.remote(num_cpus=spec.cpus_per_trial, num_gpus=spec.gpus_per_trial, max_retries=0)(_finetune_task)
+    for task, fraction, seed in spec.groups():
+        key = spec.teacher_key(task, fraction, seed)
+        out = exp_dir / "teachers" / key
+        teachers[key] = str(out)
+        cfg = spec.teacher_config(task, fraction, seed, str(out))
+        if (out / "metrics.json").is_file():
+            print(f"teacher {key}: reusing {out}")
+        else:
+            print(f"teacher {key}: fine-tuning {spec.teacher_model} -> {out}")
+            pending[key] = (remote.remote(cfg.to_dict()), cfg)
+    for key, (ref, cfg) in pending.items():
+        ray.get(ref)
+    if tracker is not None:
+        for task, fraction, seed in spec.groups():
+            key = spec.teacher_key(task, fraction, seed)
+            cfg = MixKDConfig.from_yaml(Path(teachers[key]) / "config.yaml")
+            run_id = tracker.child(f"teacher-{key}", cfg, role="teacher", name=f"teacher {key}")
+            if key in pending:
+                for line in (Path(teachers[key]) / "log.jsonl").read_text().splitlines():
+                    tracker.log_eval(run_id, json.loads(line))
+                tracker.finish(run_id, Path(teachers[key]), log_model=False)
+    return teachers
+
+
+# --- the Tune callback that records trials in MLflow ----------------------------------------------
+
+def _mlflow_callback(tracker, trials_dir: Path, spec: SweepSpec):
+    from ray.tune import Callback
+
+    class MLflowSweepCallback(Callback):
+        """Driver-side: one nested MLflow run per trial, metrics per eval, artifacts at the end."""
+
+        def _cfg(self, trial) -> MixKDConfig:
+            cell = dict(trial.config.get("cell", {}))
+            task, fraction, seed = cell.pop("task"), cell.pop("data_fraction"), cell.pop("seed")
+            knobs = {**cell, **{k: v for k, v in trial.config.items() if k in CONFIG_FIELDS}}
+            return spec.student_config(task, fraction, seed, "teacher", str(trials_dir / trial.trial_id), **knobs)
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            tracker.child(trial.trial_id, self._cfg(trial), role="trial", name=f"trial {trial.trial_id}")
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            run_id = tracker.child(trial.trial_id, self._cfg(trial), role="trial")
+            tracker.log_eval(run_id, result)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            run_id = tracker.child(trial.trial_id, self._cfg(trial), role="trial")
+            out = trials_dir / trial.trial_id
+            finished = (out / "metrics.json").is_file()
+            tracker.finish(run_id, out, status="FINISHED" if finished else "KILLED",
+                           reason=None if finished else "stopped early by the scheduler", log_model=False)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            run_id = tracker.child(trial.trial_id, self._cfg(trial), role="trial")
+            reason = "error"
+            if trial.error_file and os.path.exists(trial.error_file):
+                lines = [l for l in Path(trial.error_file).read_text().splitlines() if l.strip()]
+                reason = lines[-1] if lines else reason
+            tracker.finish(run_id, trials_dir / trial.trial_id, status="FAILED", reason=reason, log_model=False)
+
+    return MLflowSweepCallback()
+
+
+# --- the sweep ----------------------------------------------------------------------------------
+
+def max_concurrent(spec: SweepSpec) -> int:
+    """How many trials fit on the cluster at once, from its resources (never 0)."""
+    import ray
+    res = ray.cluster_resources()
+    per_trial_cpu = spec.cpus_per_trial
+    n = int(res.get("CPU", 1) // per_trial_cpu) if per_trial_cpu else 10**6
+    if spec.gpus_per_trial > 0:
+        n = min(n, int(res.get("GPU", 0) // spec.gpus_per_trial))
+    return max(1, n)
+
+
+def _trainable(spec: SweepSpec, fixed: dict):
+    from ray import tune
+    fn = tune.with_parameters(run_trial, fixed=fixed)
+    if spec.workers_per_trial == 1:
+        return tune.with_resources(fn, {"CPU": spec.cpus_per_trial, "GPU": spec.gpus_per_trial})
+    # the trial only drives a TorchTrainer, whose workers hold the CPUs/GPUs (env_probe §4.4)
+    return tune.with_resources(fn, {"CPU": 0.01})
+
+
+def _tuner(spec: SweepSpec, exp_dir: Path, group: str, fixed: dict, callbacks, resume: bool,
+           param_space: dict, search_alg=None, scheduler=None, num_samples: int = 1):
+    from ray import tune
+    path = exp_dir / "tune" / group
+    trainable = _trainable(spec, fixed)
+    if resume and tune.Tuner.can_restore(str(path)):
+        print(f"{group}: resuming from {path}")
+        return tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True,
+                                  param_space=param_space)
+    return tune.Tuner(
+        trainable, param_space=param_space,
+        tune_config=tune.TuneConfig(metric="primary", mode="max", search_alg=search_alg, scheduler=scheduler,
+                                    num_samples=num_samples, max_concurrent_trials=max_concurrent(spec)),
+        run_config=tune.RunConfig(name=group, storage_path=str(exp_dir / "tune"), callbacks=callbacks,
+                                  failure_config=tune.FailureConfig(max_failures=spec.max_failures), verbose=1),
+    )
+
+
+def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
+    """Teachers first, then the trials of every group; returns the summary (also summary.json)."""
+    from .tracking import SweepTracker, default_tracking_uri
+
+    spec.validate()
+    exp_dir = spec.experiment_dir
+    spec_file = exp_dir / "sweep.yaml"
+    if spec_file.is_file():
+        saved = yaml.safe_load(spec_file.read_text())
+        if not resume:
+            raise UsageError(f"experiment '{exp_dir}' exists; pass --resume to continue it or choose another "
+                             f"--experiment-name")
+        if saved != spec.to_dict():
+            changed = sorted(k for k in saved if saved.get(k) != spec.to_dict().get(k))
+            raise UsageError(f"--resume: the sweep differs from the saved one in {', '.join(changed)}; resume "
+                             f"with the same preset and flags")
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    if not spec_file.is_file():
+        spec_file.write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    uri = spec.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(exp_dir)
+    tracker = SweepTracker(uri, spec.experiment_name or spec.name, sweep_id=str(exp_dir),
+                           artifact_dir=exp_dir / "mlartifacts",
+                           sweep_params={k: v for k, v in spec.to_dict().items() if k != "tracking_uri"})
+    teachers = prepare_teachers(spec, exp_dir, tracker)
+    trials_dir = exp_dir / "trials"
+    trials_dir.mkdir(exist_ok=True)
+    fixed = {"spec": spec.to_dict(), "trials_dir": str(trials_dir), "teachers": teachers,
+             "train_storage": str(exp_dir / "train")}
+    callbacks = [_mlflow_callback(tracker, trials_dir, spec)]
+    status = "FAILED"
+    try:
+        if spec.mode == "grid":
+            cells = [{**c, "task": t, "data_fraction": f, "seed": s}
+                     for (t, f, s) in spec.groups() for c in grid_cells(spec.grid)]
+            from ray import tune
+            tuner = _tuner(spec, exp_dir, "grid", fixed, callbacks, resume, {"cell": tune.grid_search(cells)})
+            tuner.fit()
+        else:
+            import optuna
+            from ray.tune.schedulers import ASHAScheduler
+            from ray.tune.search.optuna import OptunaSearch
+            space = build_space(spec.search_space, spec.base)
+            storage = optuna.storages.RDBStorage(f"sqlite:///{exp_dir / 'optuna.db'}")
+            epochs = spec.base.get("epochs", MixKDConfig.epochs)
+            max_t = max(1, math.ceil(epochs)) if not spec.base.get("eval_steps") else 1000
+            for task, fraction, seed in spec.groups():
+                group = f"search-{spec.teacher_key(task, fraction, seed)}"
+                sampler = (optuna.samplers.TPESampler(seed=seed) if spec.searcher == "tpe"
+                           else optuna.samplers.RandomSampler(seed=seed))
+                searcher = OptunaSearch(space=optuna_define_by_run(space, spec.base), metric="primary", mode="max",
+                                        sampler=sampler, study_name=f"{spec.name}-{group}", storage=storage)
+                scheduler = ASHAScheduler(metric="primary", mode="max", max_t=max_t,
+                                          grace_period=min(spec.grace_period, max_t),
+                                          reduction_factor=spec.reduction_factor)
+                cell = {"task": task, "data_fraction": fraction, "seed": seed}
+                tuner = _tuner(spec, exp_dir, group, fixed, callbacks, resume, {"cell": cell},
+                               search_alg=searcher, scheduler=scheduler, num_samples=spec.num_samples)
+                tuner.fit()
+        summary = summarize(exp_dir, tracker)
+        status = "FINISHED"
+        return summary
+    finally:
+        tracker.close(status)
+
+
+def summarize(exp_dir: Path, tracker=None) -> dict[str, Any]:
+    """Best finished trial per (task, variant, student depth), from the trial folders' metrics.json."""
+    best: dict[tuple, dict] = {}
+    n_finished = 0
+    for m in sorted((exp_dir / "trials").glob("*/metrics.json")):
+        d = json.loads(m.read_text())
+        cfg = MixKDConfig.from_yaml(m.parent / "config.yaml")
+        n_finished += 1
+        key = (d["task"], d["variant"], d["layers"], cfg.data_fraction)
+        row = {"task": d["task"], "variant": d["variant"], "student_layers": d["layers"],
+               "data_fraction": cfg.data_fraction, "trial": m.parent.name, "primary_metric": d["primary_metric"],
+               "primary_value": d["primary_value"], "metrics": d["metrics"], "params": d["params"],
+               "run_dir": str(m.parent)}
+        if key not in best or row["primary_value"] > best[key]["primary_value"]:
+            best[key] = row
+    rows = sorted(best.values(), key=lambda r: (r["task"], r["data_fraction"], r["student_layers"], r["variant"]))
+    summary = {"experiment_dir": str(exp_dir), "finished_trials": n_finished, "best": rows,
+               "tracking_uri": tracker.uri if tracker else None,
+               "parent_run_id": tracker.parent_id if tracker else None}
+    (exp_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if tracker is not None and rows:
+        top = max(rows, key=lambda r: r["primary_value"])
+        tracker.client.log_artifacts(tracker.parent_id, top["run_dir"] + "/model", artifact_path="best_student")
+        tracker.client.set_tag(tracker.parent_id, "best_trial", top["trial"])
+        tracker.client.log_artifact(tracker.parent_id, str(exp_dir / "summary.json"))
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    lines = [f"{'task':<6}{'frac':>6}{'layers':>7}  {'variant':<9}{'metric':<22}{'dev':>8}  {'params':>11}  trial"]
+    for r in summary["best"]:
+        lines.append(f"{r['task']:<6}{r['data_fraction']:>6g}{r['student_layers']:>7}  {r['variant']:<9}"
+                     f"{r['primary_metric']:<22}{100 * r['primary_value']:>8.2f}  {r['params']:>11,}  {r['trial']}")
+    lines.append(f"{summary['finished_trials']} finished trials; folders under {summary['experiment_dir']}/trials")
+    return "\n".join(lines)

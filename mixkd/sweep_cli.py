@@ -1,0 +1,131 @@
+"""``mixkd sweep`` / ``python experiments/glue_sweep.py``: connect to Ray, run a preset sweep, print a summary."""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from pathlib import Path
+
+from .errors import UsageError
+
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "experiments" / "presets"
+PRESETS = ("smoke", "ablation", "limited", "search", "paper")
+# environment the Ray workers need (offline mode, data and cache locations)
+WORKER_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "GLUE_DIR", "MIXKD_CACHE", "HF_HOME",
+              "TRANSFORMERS_OFFLINE", "MLFLOW_TRACKING_URI")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", default="auto",
+                   help="Ray cluster: 'auto' (a running cluster, else a local instance), 'local', or HOST:PORT / ray://...")
+    p.add_argument("--preset", default="smoke", help=f"one of {', '.join(PRESETS)} or a YAML file (see experiments/presets/)")
+    p.add_argument("--tasks", nargs="+", help="GLUE tasks (overrides the preset)")
+    p.add_argument("--teacher-model", help="teacher backbone: hub id, local dir or minilm-l6")
+    p.add_argument("--num-samples", type=int, help="search: trials per (task, data fraction, seed)")
+    p.add_argument("--seeds", type=int, nargs="+")
+    p.add_argument("--data-fraction", type=float, nargs="+", dest="data_fractions")
+    p.add_argument("--workers-per-trial", type=int)
+    p.add_argument("--gpus-per-trial", type=float)
+    p.add_argument("--cpus-per-trial", type=float)
+    p.add_argument("--storage-path", help="experiment storage (local path or a mount shared by all nodes)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite in the experiment folder)")
+    p.add_argument("--experiment-name", help="experiment (folder and MLflow experiment) name; default: the preset's")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name")
+    p.add_argument("--data-dir", help="GLUE folder (default: $GLUE_DIR, else the hub)")
+
+
+def load_spec(args: argparse.Namespace):
+    from .sweep import SweepSpec
+    preset = args.preset
+    path = PRESETS_DIR / f"{preset}.yaml" if preset in PRESETS else Path(preset)
+    if not path.is_file():
+        raise UsageError(f"--preset {preset!r} is neither one of {', '.join(PRESETS)} nor a YAML file")
+    spec = SweepSpec.from_yaml(path)
+    overrides = {k: getattr(args, k) for k in ("tasks", "teacher_model", "num_samples", "seeds", "data_fractions",
+                                               "workers_per_trial", "gpus_per_trial", "cpus_per_trial",
+                                               "storage_path", "tracking_uri", "data_dir")
+                 if getattr(args, k, None) is not None}
+    if args.experiment_name:
+        overrides["name"] = args.experiment_name
+        overrides["experiment_name"] = args.experiment_name
+    for k, v in overrides.items():
+        setattr(spec, k, v)
+    if spec.data_dir is None and os.environ.get("GLUE_DIR"):
+        spec.data_dir = os.environ["GLUE_DIR"]
+    return spec.validate()
+
+
+def _reachable(address: str, timeout: float = 3.0) -> bool:
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--address {address!r} is invalid; use auto, local, HOST:PORT or ray://HOST:PORT")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def connect(address: str) -> str:
+    """Connect to Ray; returns a one-line description of where the sweep runs."""
+    import ray
+    env = {k: os.environ[k] for k in WORKER_ENV if k in os.environ}
+    env.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")   # ray.train.report blocks ~2 s otherwise
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    runtime_env = {"env_vars": env}
+    if address == "auto":
+        try:
+            ray.init(address="auto", runtime_env=runtime_env, log_to_driver=True)
+            return f"connected to the running Ray cluster ({ray.cluster_resources()})"
+        except ConnectionError:
+            print("mixkd sweep: no running Ray cluster found; starting a local Ray instance on this machine",
+                  file=sys.stderr)
+            address = "local"
+    if address == "local":
+        ray.init(runtime_env=runtime_env, include_dashboard=True, dashboard_host="127.0.0.1")
+        return f"local Ray instance ({ray.cluster_resources()})"
+    if not address.startswith("ray://") and not _reachable(address):
+        raise UsageError(f"--address {address}: no Ray cluster answers there; check HOST:PORT, start one with "
+                         f"`ray start --head`, or use --address auto")
+    try:
+        ray.init(address=address, runtime_env=runtime_env)
+    except (ConnectionError, RuntimeError) as e:
+        raise UsageError(f"--address {address}: cannot connect to Ray ({str(e).splitlines()[0][:120]})") from None
+    return f"connected to {address} ({ray.cluster_resources()})"
+
+
+def main(args: argparse.Namespace) -> int:
+    from .sweep import format_summary, run_sweep
+    spec = load_spec(args)
+    spec.experiment_dir  # validates the storage path before Ray starts
+    where = connect(args.address)
+    print(f"mixkd sweep '{spec.name}' ({spec.mode}) on {where}", file=sys.stderr)
+    try:
+        summary = run_sweep(spec, resume=args.resume)
+    finally:
+        import ray
+        ray.shutdown()
+    print("\nBest trial per task / data fraction / student depth / variant:")
+    print(format_summary(summary))
+    uri = summary["tracking_uri"]
+    print(f"\nMLflow runs: {uri} (parent run {summary['parent_run_id']})")
+    if uri and uri.startswith("sqlite:"):
+        print(f"Open them with: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+    return 0
+
+
+def cli(argv=None, prog: str = "glue_sweep.py") -> int:
+    from .cli import _Parser
+    p = _Parser(prog=prog, description="Run a MixKD sweep (Ray Tune + Optuna/ASHA or a grid) recorded in MLflow.")
+    add_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        return main(args)
+    except UsageError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; continue with the same command plus --resume", file=sys.stderr)
+        return 130
