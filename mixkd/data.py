@@ -137,8 +137,9 @@ def _tokenize(ds, task: TaskSpec, tokenizer, max_len: int, key: str):
     name = hashlib.sha256(f"{key}|{tok_id}|{max_len}|{keys}".encode()).hexdigest()[:24]
     out = cache_dir() / "tokenized"
     out.mkdir(parents=True, exist_ok=True)
+    # new_fingerprint: our own cache key, so datasets does not hash (and dump) the closure
     return ds.map(fn, batched=True, remove_columns=ds.column_names, cache_file_name=str(out / f"{name}.arrow"),
-                  load_from_cache_file=True, desc=f"tokenize {task.name}")
+                  load_from_cache_file=True, new_fingerprint=name, desc=f"tokenize {task.name}")
 
 
 def load_glue(cfg, task: TaskSpec, tokenizer, train: bool = True) -> GlueData:

@@ -102,15 +102,25 @@ def _environment() -> dict[str, Any]:
 
 
 def _train(cfg: MixKDConfig, command: str, task: TaskSpec, student, tokenizer, data: GlueData,
-           teacher=None, extra: dict | None = None, callbacks: list[EvalCallback] | None = None) -> dict:
-    out = check_output_dir(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    if not cfg.resume:
-        _clear_results(out)
-        cfg.save_yaml(out / "config.yaml")
-    trainer = Trainer(cfg, task, student, tokenizer, data, out, teacher=teacher, callbacks=callbacks)
+           teacher=None, extra: dict | None = None, callbacks: list[EvalCallback] | None = None,
+           wrap_model=None, resume_from: Path | None = None) -> dict:
+    from .trainer import distributed_context
+    is_main = distributed_context()[1] == 0
+    out = Path(cfg.output_dir).expanduser()
+    if is_main:
+        if resume_from is None:
+            check_output_dir(cfg)
+        out.mkdir(parents=True, exist_ok=True)
+        if not cfg.resume and resume_from is None:
+            _clear_results(out)
+        if not (out / "config.yaml").is_file():
+            cfg.save_yaml(out / "config.yaml")
+    trainer = Trainer(cfg, task, student, tokenizer, data, out, teacher=teacher, callbacks=callbacks,
+                      wrap_model=wrap_model)
     t0 = time.time()
-    trainer.train(resume=cfg.resume)
+    trainer.train(resume=cfg.resume, resume_from=resume_from)
+    if not is_main:   # rank 0 writes the results
+        return {"task": task.name, "variant": cfg.variant, "metrics": trainer.final_metrics}
     # model/: the best (or last) checkpoint, written next to its final name then renamed
     src = out / "checkpoints" / trainer.final_checkpoint
     tmp = out / ".model.tmp"
@@ -137,7 +147,8 @@ def _train(cfg: MixKDConfig, command: str, task: TaskSpec, student, tokenizer, d
     return metrics
 
 
-def finetune(cfg: MixKDConfig, callbacks: list[EvalCallback] | None = None) -> dict:
+def finetune(cfg: MixKDConfig, callbacks: list[EvalCallback] | None = None, wrap_model=None,
+             resume_from: Path | None = None) -> dict:
     """Fine-tune ``cfg.model`` on ``cfg.task`` (the teacher step)."""
     cfg = _resolve_subset(validate(cfg, "finetune"), None)
     task = get_task(cfg.task)
@@ -147,10 +158,11 @@ def finetune(cfg: MixKDConfig, callbacks: list[EvalCallback] | None = None) -> d
     seed_everything(cfg.seed)
     model = load_classifier(cfg.model, task, new_head=True, trust_remote_code=cfg.trust_remote_code)
     return _train(cfg, "finetune", task, model, tokenizer, data, extra={"base_model": cfg.model},
-                  callbacks=callbacks)
+                  callbacks=callbacks, wrap_model=wrap_model, resume_from=resume_from)
 
 
-def distill(cfg: MixKDConfig, callbacks: list[EvalCallback] | None = None) -> dict:
+def distill(cfg: MixKDConfig, callbacks: list[EvalCallback] | None = None, wrap_model=None,
+            resume_from: Path | None = None) -> dict:
     """Distil the fine-tuned ``cfg.teacher`` into a student with ``cfg.variant``."""
     cfg = validate(cfg, "distill")
     task = get_task(cfg.task)
@@ -187,7 +199,8 @@ def distill(cfg: MixKDConfig, callbacks: list[EvalCallback] | None = None) -> di
     if not needs_teacher:
         del teacher
         teacher = None
-    return _train(cfg, "distill", task, student, tokenizer, data, teacher=teacher, extra=extra, callbacks=callbacks)
+    return _train(cfg, "distill", task, student, tokenizer, data, teacher=teacher, extra=extra, callbacks=callbacks,
+                  wrap_model=wrap_model, resume_from=resume_from)
 
 
 def evaluate(cfg: MixKDConfig) -> dict:

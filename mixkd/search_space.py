@@ -11,7 +11,6 @@ an Optuna define-by-run function for Tune's OptunaSearch, so conditional knobs n
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import fields
 from typing import Any
 
@@ -99,18 +98,23 @@ def _check_spec(key: str, spec: dict, base: dict) -> None:
             raise UsageError(f"search_space.{key}: value {v!r} is invalid ({e})") from None
 
 
-def optuna_define_by_run(space: dict[str, dict], fixed: dict[str, Any] | None = None):
-    """An Optuna define-by-run function sampling only the knobs active for the chosen variant."""
-    fixed = dict(fixed or {})
-    order = sorted(space, key=lambda k: (k not in ("variant", "distance"), k))   # variant first
+class DefineByRun:
+    """An Optuna define-by-run function sampling only the knobs active for the chosen variant.
 
-    def define(trial):
+    A class rather than a closure so Tune can pickle it with the searcher's state (for --resume).
+    """
+
+    def __init__(self, space: dict[str, dict], fixed: dict[str, Any] | None = None):
+        self.space = space
+        self.fixed = dict(fixed or {})
+        self.order = sorted(space, key=lambda k: (k not in ("variant", "distance"), k))   # variant first
+
+    def __call__(self, trial) -> None:
         chosen: dict[str, Any] = {}
-        for key in order:
-            ctx = {**fixed, **chosen}
-            if not active(key, ctx):
+        for key in self.order:
+            if not active(key, {**self.fixed, **chosen}):
                 continue
-            spec = space[key]
+            spec = self.space[key]
             t = spec["type"]
             if t == "choice":
                 chosen[key] = trial.suggest_categorical(key, spec["values"])
@@ -120,8 +124,6 @@ def optuna_define_by_run(space: dict[str, dict], fixed: dict[str, Any] | None = 
                 chosen[key] = trial.suggest_float(key, float(spec["low"]), float(spec["high"]),
                                                   log=t == "loguniform")
         return None
-
-    return define
 
 
 def grid_cells(grid: dict[str, list]) -> list[dict[str, Any]]:
@@ -135,7 +137,3 @@ def grid_cells(grid: dict[str, list]) -> list[dict[str, Any]]:
             raise UsageError(f"grid.{k}: give a non-empty list of values")
     keys = list(grid)
     return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
-
-
-def is_finite_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)

@@ -27,7 +27,7 @@ import yaml
 
 from .config import MixKDConfig, load_yaml, validate
 from .errors import UsageError
-from .search_space import build_space, grid_cells, optuna_define_by_run
+from .search_space import DefineByRun, build_space, grid_cells
 from .tasks import get_task
 
 CONFIG_FIELDS = {f.name for f in fields(MixKDConfig)}
@@ -172,8 +172,11 @@ def run_trial(config: dict[str, Any], fixed: dict[str, Any]) -> None:
             tune.report(tune_metrics(json.loads(line)))
     cfg = cfg.replace(resume=resume, overwrite=not resume)
     if spec.workers_per_trial == 1:
+        from .ray_train import FinalReportLast
         from .run import distill
-        distill(cfg, callbacks=[lambda row, ckpt: tune.report(tune_metrics(row))])
+        reporter = FinalReportLast(lambda row, ckpt: tune.report(tune_metrics(row)))
+        distill(cfg, callbacks=[reporter])
+        reporter.flush()
     else:
         from .ray_train import fit_distributed
         fit_distributed(cfg, spec, name=f"train-{trial_id}", storage_path=fixed["train_storage"])
@@ -293,7 +296,9 @@ def _tuner(spec: SweepSpec, exp_dir: Path, group: str, fixed: dict, callbacks, r
                                   param_space=param_space)
     return tune.Tuner(
         trainable, param_space=param_space,
-        tune_config=tune.TuneConfig(metric="primary", mode="max", search_alg=search_alg, scheduler=scheduler,
+        # metric/mode live on the searcher and scheduler when there are any (Tune refuses both places)
+        tune_config=tune.TuneConfig(metric=None if search_alg else "primary", mode=None if search_alg else "max",
+                                    search_alg=search_alg, scheduler=scheduler,
                                     num_samples=num_samples, max_concurrent_trials=max_concurrent(spec)),
         run_config=tune.RunConfig(name=group, storage_path=str(exp_dir / "tune"), callbacks=callbacks,
                                   failure_config=tune.FailureConfig(max_failures=spec.max_failures), verbose=1),
@@ -349,7 +354,7 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
                 group = f"search-{spec.teacher_key(task, fraction, seed)}"
                 sampler = (optuna.samplers.TPESampler(seed=seed) if spec.searcher == "tpe"
                            else optuna.samplers.RandomSampler(seed=seed))
-                searcher = OptunaSearch(space=optuna_define_by_run(space, spec.base), metric="primary", mode="max",
+                searcher = OptunaSearch(space=DefineByRun(space, spec.base), metric="primary", mode="max",
                                         sampler=sampler, study_name=f"{spec.name}-{group}", storage=storage)
                 scheduler = ASHAScheduler(metric="primary", mode="max", max_t=max_t,
                                           grace_period=min(spec.grace_period, max_t),

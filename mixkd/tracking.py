@@ -32,9 +32,11 @@ def git_commit() -> str:
 
 def run_tags(cfg: MixKDConfig, role: str) -> dict[str, str]:
     """The tags the report and selection find runs by."""
+    student = {} if role == "teacher" else {"student_layers": str(cfg.student_layers),
+                                            "layer_strategy": cfg.layer_strategy}
     return {
-        ROLE_TAG: role, "task": str(cfg.task), "variant": cfg.variant, "student_layers": str(cfg.student_layers),
-        "layer_strategy": cfg.layer_strategy, "data_fraction": str(cfg.data_fraction), "seed": str(cfg.seed),
+        ROLE_TAG: role, "task": str(cfg.task), "variant": cfg.variant, **student,
+        "data_fraction": str(cfg.data_fraction), "seed": str(cfg.seed),
         "augmentation": Path(cfg.augment_file).name if cfg.augment_file else "none",
         "config_hash": cfg.config_hash(), "git_commit": git_commit(),
     }

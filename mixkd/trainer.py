@@ -30,6 +30,14 @@ from .tasks import TaskSpec, metric_key
 EvalCallback = Callable[[dict[str, Any], Path], None]
 
 
+def distributed_context() -> tuple[int, int]:
+    """(world size, rank) of an initialised torch.distributed group, else (1, 0)."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -109,14 +117,22 @@ class Trainer:
 
     def __init__(self, cfg, task: TaskSpec, student: nn.Module, tokenizer, data: GlueData,
                  output_dir: Path, teacher: nn.Module | None = None,
-                 callbacks: list[EvalCallback] | None = None):
+                 callbacks: list[EvalCallback] | None = None,
+                 wrap_model: Callable[[nn.Module], nn.Module] | None = None):
         from .models import quiet_transformers
         quiet_transformers()
         self.cfg, self.task, self.data, self.tokenizer = cfg, task, data, tokenizer
         self.output_dir = Path(output_dir)
         self.ckpt_dir = self.output_dir / "checkpoints"
+        self.world_size, self.rank = distributed_context()
+        self.is_main = self.rank == 0
         self.device = resolve_device(cfg.device)
         self.student = student.to(self.device)
+        # ``model`` runs the forward passes: the student itself, or a DDP wrapper of it (e.g. Ray's
+        # prepare_model); ``student`` is used for attribute access (embeddings) and saving.
+        self.model = wrap_model(self.student) if wrap_model else self.student
+        if wrap_model:
+            self.device = next(self.student.parameters()).device
         self.terms = cfg.terms
         self.needs_teacher = any(t in self.terms for t in ("tmkd", "kd"))
         self.teacher = None
@@ -130,7 +146,7 @@ class Trainer:
         self.collator = make_collator(tokenizer)
         self.callbacks = list(callbacks or [])
 
-        n = len(data.train)
+        n = math.ceil(len(data.train) / self.world_size)   # this rank's shard
         self.micro_per_epoch = math.ceil(n / cfg.batch_size)
         self.steps_per_epoch = math.ceil(self.micro_per_epoch / cfg.grad_accum)
         self.total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
@@ -164,6 +180,8 @@ class Trainer:
         """Micro-batch index lists of one epoch, grouped by optimizer step. Seeded by (seed, epoch)."""
         g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
         perm = torch.randperm(len(self.data.train), generator=g).tolist()
+        if self.world_size > 1:   # equal shards (padded by wrapping around), one per rank
+            perm = (perm + perm[:(-len(perm)) % self.world_size])[self.rank::self.world_size]
         bs, acc = self.cfg.batch_size, self.cfg.grad_accum
         micro = [perm[i:i + bs] for i in range(0, len(perm), bs)]
         return [micro[i:i + acc] for i in range(0, len(micro), acc)]
@@ -186,7 +204,7 @@ class Trainer:
                      "attention_mask": torch.cat([batch["attention_mask"], mixed["attention_mask"]])}
             if "token_type_ids" in mixed:
                 joint["token_type_ids"] = torch.cat([inputs["token_type_ids"], mixed["token_type_ids"]])
-            logits_all = s(**joint).logits
+            logits_all = self.model(**joint).logits
             logits, mixed_logits = logits_all[:B], logits_all[B:]
             if "sm" in self.terms:
                 targets = mix_labels(labels, plan, task.num_labels, task.regression)
@@ -202,7 +220,7 @@ class Trainer:
                 terms["tmkd"] = losses.tmkd_loss(mixed_logits, t_logits, cfg.distance, cfg.temperature,
                                                  task.regression)
         else:
-            logits = s(**inputs).logits
+            logits = self.model(**inputs).logits
         terms["mle"] = losses.mle_loss(logits, labels, task.regression)
         if "kd" in self.terms:
             with torch.no_grad():
@@ -212,7 +230,7 @@ class Trainer:
 
     def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
         """Forward/backward over the step's micro-batches, then clip, step the optimizer and schedule."""
-        self.student.train()
+        self.model.train()
         totals: dict[str, float] = {}
         n_micro = len(micro_batches)
         for batch in micro_batches:
@@ -226,7 +244,7 @@ class Trainer:
                     raise NonFiniteLossError(self.step + 1, name, v)
                 totals[name] = totals.get(name, 0.0) + v / n_micro
             (loss / n_micro).backward()
-            self.examples_seen += int(batch["labels"].shape[0])
+            self.examples_seen += int(batch["labels"].shape[0]) * self.world_size
         if self.cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.student.parameters(), self.cfg.max_grad_norm)
         self.optimizer.step()
@@ -291,7 +309,7 @@ class Trainer:
         self._set_rng_state(state["rng"])
         # rows logged after this checkpoint (a crash between the log write and the save) are redone
         log = self.output_dir / "log.jsonl"
-        if log.is_file():
+        if self.is_main and log.is_file():
             rows = [r for r in log.read_text().splitlines() if r.strip() and json.loads(r)["step"] <= self.step]
             log.write_text("".join(r + "\n" for r in rows))
 
@@ -308,7 +326,8 @@ class Trainer:
         self.last_metrics = metrics
         if improved:
             self.best_value, self.best_step, self.best_metrics = primary, self.step, metrics
-        row = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4),
+        row = {"step": self.step, "total_steps": self.total_steps,
+               "epoch": round(self.step / self.steps_per_epoch, 4),
                "lr": self.scheduler.get_last_lr()[0],
                **{f"loss/{k}": v / max(1, self._sum_count) for k, v in self._sums.items()},
                **{f"eval/{k}": v for k, v in metrics.items()},
@@ -316,11 +335,13 @@ class Trainer:
                "train_time_s": round(self.train_time, 3),
                "train_examples_per_s": round(self.examples_seen / max(self.train_time, 1e-9), 2)}
         self._sums, self._sum_count = {}, 0
-        with open(self.output_dir / "log.jsonl", "a") as fh:   # before the checkpoint: see load_checkpoint
-            fh.write(json.dumps(row) + "\n")
-        if improved:
-            self.save_checkpoint("best")
-        last = self.save_checkpoint("last")
+        last = None
+        if self.is_main:   # one writer; every rank evaluates (cheap) so all agree on the best step
+            with open(self.output_dir / "log.jsonl", "a") as fh:   # before the checkpoint: see load_checkpoint
+                fh.write(json.dumps(row) + "\n")
+            if improved:
+                self.save_checkpoint("best")
+            last = self.save_checkpoint("last")
         for cb in self.callbacks:
             cb(row, last)
         return row
@@ -336,12 +357,17 @@ class Trainer:
         """'best', or 'last' when asked for or when no eval gave a finite score."""
         return "best" if self.cfg.final_model == "best" and self.best_step is not None else "last"
 
-    def train(self, resume: bool = False) -> dict[str, Any]:
+    def train(self, resume: bool = False, resume_from: Path | None = None) -> dict[str, Any]:
+        """Run to ``total_steps``; ``resume`` continues from checkpoints/last, ``resume_from`` from
+        another checkpoint folder (e.g. one handed back by Ray Train)."""
         from tqdm.auto import tqdm
 
-        if resume:
+        if resume_from is not None:
+            self.load_checkpoint(Path(resume_from))
+        elif resume:
             self.load_checkpoint(self.ckpt_dir / "last")
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.cfg.progress,
+        resume = resume or resume_from is not None
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.cfg.progress and self.is_main),
                    desc=f"{self.cfg.variant} {self.task.name}", dynamic_ncols=True)
         last_row = None
         evaluated_at = self.step if resume else -1
