@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench clean
+.PHONY: install demo demo-runs test bench bench-sweep clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,15 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# The main job on the offline default: packaged MiniLM teacher, SST-2 slice, every variant.
+# The main job on the offline default: the smoke sweep (packaged MiniLM teacher, SST-2 slice,
+# 3 Optuna trials with ASHA on a local Ray instance, recorded in MLflow). --resume starts it the
+# first time and continues (or just re-prints) it afterwards.
+SWEEP_ARGS ?=
 demo: install
+	$(BIN)/python experiments/glue_sweep.py --address auto --preset smoke --storage-path runs/sweeps --resume $(SWEEP_ARGS)
+
+# Single runs without Ray: fine-tune the teacher, distil one student per variant, print a table.
+demo-runs: install
 	PATH="$(abspath $(BIN)):$$PATH" bash experiments/demo.sh
 
 test: install
@@ -31,6 +38,9 @@ test: install
 
 bench: install
 	$(BIN)/python experiments/bench_step.py
+
+bench-sweep: install
+	$(BIN)/python experiments/bench_sweep.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

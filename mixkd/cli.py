@@ -19,6 +19,7 @@ COMMANDS = {
     "finetune": "fine-tune a model on a GLUE task (the teacher)",
     "distill": "distil a fine-tuned teacher into a shallow student (ft, kd, tmkd, sm+tmkd)",
     "evaluate": "GLUE dev metrics of a saved model",
+    "sweep": "run a sweep of students on Ray Tune (same as experiments/glue_sweep.py)",
 }
 
 
@@ -53,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for cmd, help_ in COMMANDS.items():
         sp = sub.add_parser(cmd, help=help_, description=help_, prog=f"mixkd {cmd}")
+        if cmd == "sweep":
+            from .sweep_cli import add_arguments
+            add_arguments(sp)
+            continue
         sp.add_argument("--config", help="YAML file with config keys (flags override it)")
         if cmd == "evaluate":
             sp.add_argument("--output", help="also write the metrics JSON to this file")
@@ -87,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     _Parser._argv = argv
     args = parser.parse_args(argv)
+    if args.command == "sweep":
+        from .sweep_cli import run_cli
+        return run_cli(args, prog="mixkd sweep")
     try:
         cfg = config_from_args(args)
         from .config import validate

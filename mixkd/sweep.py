@@ -58,6 +58,7 @@ class SweepSpec:
     cpus_per_trial: float = 2.0
     gpus_per_trial: float = 0.0
     max_failures: int = 1                     # retries of a crashed trial (from its checkpoint)
+    max_concurrent_trials: int | None = None  # default: what the cluster's current resources fit
     storage_path: str = "runs/sweeps"
     tracking_uri: str | None = None
     experiment_name: str | None = None
@@ -104,6 +105,8 @@ class SweepSpec:
             bad(f"num_samples {self.num_samples} is invalid; run at least 1 trial")
         if self.workers_per_trial < 1 or self.cpus_per_trial <= 0 or self.gpus_per_trial < 0:
             bad("workers_per_trial must be >= 1, cpus_per_trial > 0 and gpus_per_trial >= 0")
+        if self.max_concurrent_trials is not None and self.max_concurrent_trials < 1:
+            bad(f"max_concurrent_trials {self.max_concurrent_trials} is invalid; use >= 1 or leave it unset")
         if self.searcher not in ("tpe", "random"):
             bad(f"searcher {self.searcher!r} is invalid; use tpe or random")
         for section in ("base", "teacher"):
@@ -268,6 +271,8 @@ def _mlflow_callback(tracker, trials_dir: Path, spec: SweepSpec):
 def max_concurrent(spec: SweepSpec) -> int:
     """How many trials fit on the cluster at once, from its resources (never 0)."""
     import ray
+    if spec.max_concurrent_trials:
+        return spec.max_concurrent_trials
     res = ray.cluster_resources()
     per_trial_cpu = spec.cpus_per_trial
     n = int(res.get("CPU", 1) // per_trial_cpu) if per_trial_cpu else 10**6
@@ -299,7 +304,8 @@ def _tuner(spec: SweepSpec, exp_dir: Path, group: str, fixed: dict, callbacks, r
         # metric/mode live on the searcher and scheduler when there are any (Tune refuses both places)
         tune_config=tune.TuneConfig(metric=None if search_alg else "primary", mode=None if search_alg else "max",
                                     search_alg=search_alg, scheduler=scheduler,
-                                    num_samples=num_samples, max_concurrent_trials=max_concurrent(spec)),
+                                    num_samples=num_samples, max_concurrent_trials=max_concurrent(spec),
+                                    reuse_actors=True),   # a trial process imports torch/transformers once
         run_config=tune.RunConfig(name=group, storage_path=str(exp_dir / "tune"), callbacks=callbacks,
                                   failure_config=tune.FailureConfig(max_failures=spec.max_failures), verbose=1),
     )

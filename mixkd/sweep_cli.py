@@ -28,10 +28,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers-per-trial", type=int)
     p.add_argument("--gpus-per-trial", type=float)
     p.add_argument("--cpus-per-trial", type=float)
+    p.add_argument("--max-concurrent-trials", type=int,
+                   help="cap on trials at once (default: what the cluster's current CPUs/GPUs fit; set it on "
+                        "autoscaling clusters that start with fewer nodes)")
     p.add_argument("--storage-path", help="experiment storage (local path or a mount shared by all nodes)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite in the experiment folder)")
     p.add_argument("--experiment-name", help="experiment (folder and MLflow experiment) name; default: the preset's")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted sweep of the same name (starts it if there is none yet)")
     p.add_argument("--data-dir", help="GLUE folder (default: $GLUE_DIR, else the hub)")
 
 
@@ -43,7 +47,7 @@ def load_spec(args: argparse.Namespace):
         raise UsageError(f"--preset {preset!r} is neither one of {', '.join(PRESETS)} nor a YAML file")
     spec = SweepSpec.from_yaml(path)
     overrides = {k: getattr(args, k) for k in ("tasks", "teacher_model", "num_samples", "seeds", "data_fractions",
-                                               "workers_per_trial", "gpus_per_trial", "cpus_per_trial",
+                                               "workers_per_trial", "gpus_per_trial", "cpus_per_trial", "max_concurrent_trials",
                                                "storage_path", "tracking_uri", "data_dir")
                  if getattr(args, k, None) is not None}
     if args.experiment_name:
@@ -120,7 +124,11 @@ def cli(argv=None, prog: str = "glue_sweep.py") -> int:
     from .cli import _Parser
     p = _Parser(prog=prog, description="Run a MixKD sweep (Ray Tune + Optuna/ASHA or a grid) recorded in MLflow.")
     add_arguments(p)
-    args = p.parse_args(argv)
+    _Parser._argv = argv
+    return run_cli(p.parse_args(argv), prog)
+
+
+def run_cli(args: argparse.Namespace, prog: str) -> int:
     try:
         return main(args)
     except UsageError as e:
