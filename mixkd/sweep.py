@@ -229,7 +229,7 @@ def prepare_teachers(spec: SweepSpec, exp_dir: Path, tracker=None) -> dict[str, 
 
 # --- the Tune callback that records trials in MLflow ----------------------------------------------
 
-def _mlflow_callback(tracker, trials_dir: Path, spec: SweepSpec):
+def _mlflow_callback(tracker, trials_dir: Path, spec: SweepSpec, teachers: dict[str, str]):
     from ray.tune import Callback
 
     class MLflowSweepCallback(Callback):
@@ -239,7 +239,8 @@ def _mlflow_callback(tracker, trials_dir: Path, spec: SweepSpec):
             cell = dict(trial.config.get("cell", {}))
             task, fraction, seed = cell.pop("task"), cell.pop("data_fraction"), cell.pop("seed")
             knobs = {**cell, **{k: v for k, v in trial.config.items() if k in CONFIG_FIELDS}}
-            return spec.student_config(task, fraction, seed, "teacher", str(trials_dir / trial.trial_id), **knobs)
+            teacher = teachers[spec.teacher_key(task, fraction, seed)]
+            return spec.student_config(task, fraction, seed, teacher, str(trials_dir / trial.trial_id), **knobs)
 
         def on_trial_start(self, iteration, trials, trial, **info):
             tracker.child(trial.trial_id, self._cfg(trial), role="trial", name=f"trial {trial.trial_id}")
@@ -339,7 +340,7 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
     trials_dir.mkdir(exist_ok=True)
     fixed = {"spec": spec.to_dict(), "trials_dir": str(trials_dir), "teachers": teachers,
              "train_storage": str(exp_dir / "train")}
-    callbacks = [_mlflow_callback(tracker, trials_dir, spec)]
+    callbacks = [_mlflow_callback(tracker, trials_dir, spec, teachers)]
     status = "FAILED"
     try:
         if spec.mode == "grid":
@@ -347,7 +348,7 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
                      for (t, f, s) in spec.groups() for c in grid_cells(spec.grid)]
             from ray import tune
             tuner = _tuner(spec, exp_dir, "grid", fixed, callbacks, resume, {"cell": tune.grid_search(cells)})
-            tuner.fit()
+            _fit_all(tuner, len(cells))
         else:
             import optuna
             from ray.tune.schedulers import ASHAScheduler
@@ -368,12 +369,35 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
                 cell = {"task": task, "data_fraction": fraction, "seed": seed}
                 tuner = _tuner(spec, exp_dir, group, fixed, callbacks, resume, {"cell": cell},
                                search_alg=searcher, scheduler=scheduler, num_samples=spec.num_samples)
-                tuner.fit()
+                _fit_all(tuner, spec.num_samples)
         summary = summarize(exp_dir, tracker)
         status = "FINISHED"
         return summary
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
     finally:
         tracker.close(status)
+
+
+def _fit_all(tuner, expected: int):
+    """Tuner.fit(), raising KeyboardInterrupt when Ctrl+C ended it early.
+
+    Tune catches SIGINT itself and returns normally, which must not look like a finished sweep.
+    In the main thread tune.run swaps in its own SIGINT handler and puts the original back only
+    when interrupted (ray/tune/tune.py, _setup_signal_catching); elsewhere count the ended trials.
+    """
+    import signal
+    import threading
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGINT)
+    grid = tuner.fit()
+    interrupted = main and signal.getsignal(signal.SIGINT) is before
+    if main:
+        signal.signal(signal.SIGINT, before)   # tune.run leaves its handler installed otherwise
+    if interrupted or grid.num_terminated + grid.num_errors < expected:
+        raise KeyboardInterrupt("the sweep was interrupted before every trial ended")
+    return grid
 
 
 def summarize(exp_dir: Path, tracker=None) -> dict[str, Any]:

@@ -88,7 +88,7 @@ def connect(address: str) -> str:
                   file=sys.stderr)
             address = "local"
     if address == "local":
-        ray.init(runtime_env=runtime_env, include_dashboard=True, dashboard_host="127.0.0.1")
+        ray.init(address="local", runtime_env=runtime_env, include_dashboard=True, dashboard_host="127.0.0.1")
         return f"local Ray instance ({ray.cluster_resources()})"
     if not address.startswith("ray://") and not _reachable(address):
         raise UsageError(f"--address {address}: no Ray cluster answers there; check HOST:PORT, start one with "
@@ -103,7 +103,9 @@ def connect(address: str) -> str:
 def main(args: argparse.Namespace) -> int:
     from .sweep import format_summary, run_sweep
     spec = load_spec(args)
-    spec.experiment_dir  # validates the storage path before Ray starts
+    if (spec.experiment_dir / "sweep.yaml").is_file() and not args.resume:   # before Ray starts
+        raise UsageError(f"experiment '{spec.experiment_dir}' exists; pass --resume to continue it or choose "
+                         f"another --experiment-name")
     where = connect(args.address)
     print(f"mixkd sweep '{spec.name}' ({spec.mode}) on {where}", file=sys.stderr)
     try:

@@ -66,6 +66,7 @@ class SweepTracker:
         self.sweep_id = sweep_id
         self._mlflow = mlflow
         self._runs: dict[str, str] = {}
+        self._last_step: dict[str, int] = {}   # per run: evals already logged (a resumed trial re-reports them)
         found = self._find(f"tags.`{PARENT_TAG}` = '{sweep_id}' and tags.`{ROLE_TAG}` = 'sweep'")
         if found:
             self.parent_id = found
@@ -101,6 +102,12 @@ class SweepTracker:
     def log_eval(self, run_id: str, row: dict[str, Any]) -> None:
         """One eval row of log.jsonl / a Tune result: every loss term and dev metric at its step."""
         step = int(row.get("step", 0))
+        if run_id not in self._last_step:
+            history = self.client.get_metric_history(run_id, "primary")
+            self._last_step[run_id] = max((m.step for m in history), default=-1)
+        if step <= self._last_step[run_id]:
+            return
+        self._last_step[run_id] = step
         metrics = {k: float(v) for k, v in row.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)
                    and (k.startswith(("loss/", "eval/")) or k in ("primary", "lr", "epoch", "train_examples_per_s"))}
