@@ -441,8 +441,13 @@ def two_node_cluster():
     isolate_ray_env(mp)
     cluster = None
     try:
+        import socket
+        with socket.socket() as sock:   # a free dashboard port: 8265 may be held by another Ray instance
+            sock.bind(("127.0.0.1", 0))
+            dashboard_port = sock.getsockname()[1]
         cluster = Cluster(initialize_head=True, head_node_args={
-            "num_cpus": 1, "resources": {"node_a": 1}, "include_dashboard": True, "dashboard_host": "127.0.0.1"})
+            "num_cpus": 1, "resources": {"node_a": 1}, "include_dashboard": True, "dashboard_host": "127.0.0.1",
+            "dashboard_port": dashboard_port})
         cluster.add_node(num_cpus=1, resources={"node_b": 1})
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, runtime_env={"env_vars": worker_env()}, log_to_driver=False)
