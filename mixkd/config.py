@@ -260,6 +260,4 @@ def validate(cfg: MixKDConfig, command: str) -> MixKDConfig:
             raise UsageError("--teacher is required for distill; pass the output dir of `mixkd finetune`")
         if task.regression and cfg.distance == "kl":
             bad("distance", "kl", f"{task.name} is a regression task; use --distance mse")
-        if cfg.variant == "ft" and cfg.student_model is None:
-            pass  # FT student still needs the teacher for its initialisation
     return cfg
