@@ -22,6 +22,17 @@ COMMANDS = {
     "sweep": "run a sweep of students on Ray Tune (same as experiments/glue_sweep.py)",
 }
 
+# Subcommands that live in their own module: name -> (module, help). Each module defines
+# ``add_arguments(parser)`` and ``main(args) -> int`` (raising UsageError for bad input).
+EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
+    "sweep": ("sweep_cli", COMMANDS["sweep"]),
+}
+
+
+def _external(name: str):
+    import importlib
+    return importlib.import_module(f"mixkd.{EXTERNAL_COMMANDS[name][0]}")
+
 
 def _option_strings(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
     """Options of ``parser`` and of the subcommand named in ``argv`` (where unknown flags belong)."""
@@ -52,11 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     p.add_argument("--version", action="version", version=f"mixkd {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for cmd, help_ in COMMANDS.items():
+    commands = dict(COMMANDS, **{k: v[1] for k, v in EXTERNAL_COMMANDS.items()})
+    for cmd, help_ in commands.items():
         sp = sub.add_parser(cmd, help=help_, description=help_, prog=f"mixkd {cmd}")
-        if cmd == "sweep":
-            from .sweep_cli import add_arguments
-            add_arguments(sp)
+        if cmd in EXTERNAL_COMMANDS:
+            _external(cmd).add_arguments(sp)
             continue
         sp.add_argument("--config", help="YAML file with config keys (flags override it)")
         if cmd == "evaluate":
@@ -92,9 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     _Parser._argv = argv
     args = parser.parse_args(argv)
-    if args.command == "sweep":
-        from .sweep_cli import run_cli
-        return run_cli(args, prog="mixkd sweep")
+    if args.command in EXTERNAL_COMMANDS:
+        return run_external(_external(args.command).main, args, prog=f"mixkd {args.command}")
     try:
         cfg = config_from_args(args)
         from .config import validate
@@ -121,4 +131,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         print(f"mixkd {args.command}: interrupted; continue with the same command plus --resume", file=sys.stderr)
+        return 130
+
+
+def run_external(main_fn, args: argparse.Namespace, prog: str) -> int:
+    """Run a subcommand's ``main`` with the common error contract: UsageError -> one line, exit 2."""
+    try:
+        return main_fn(args)
+    except UsageError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; continue with the same command plus --resume", file=sys.stderr)
         return 130

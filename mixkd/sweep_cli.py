@@ -127,15 +127,5 @@ def cli(argv=None, prog: str = "glue_sweep.py") -> int:
     p = _Parser(prog=prog, description="Run a MixKD sweep (Ray Tune + Optuna/ASHA or a grid) recorded in MLflow.")
     add_arguments(p)
     _Parser._argv = argv
-    return run_cli(p.parse_args(argv), prog)
-
-
-def run_cli(args: argparse.Namespace, prog: str) -> int:
-    try:
-        return main(args)
-    except UsageError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted; continue with the same command plus --resume", file=sys.stderr)
-        return 130
+    from .cli import run_external
+    return run_external(main, p.parse_args(argv), prog)
