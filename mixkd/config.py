@@ -132,6 +132,13 @@ class MixKDConfig:
         d = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
+    def group_hash(self) -> str:
+        """Hash of the configuration without its seeds and teacher path: runs that differ only in
+        seed share it, so selection and the report average over seeds per group."""
+        skip = RUNTIME_FIELDS | {"seed", "data_seed", "teacher"}
+        d = {k: v for k, v in self.to_dict().items() if k not in skip}
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
     def replace(self, **kw) -> "MixKDConfig":
         return dataclasses.replace(self, **kw)
 
