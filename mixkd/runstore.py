@@ -188,7 +188,10 @@ def aggregate(df, by: list[str], metric: str):
                     "mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if n > 1 else math.nan,
                     "n": n, "run_ids": list(g["run_id"]),
                     "seeds": list(g["seed"]) if "seed" in g.columns else []})
-    return pd.DataFrame(out, columns=cols)
+    res = pd.DataFrame(out, columns=cols)
+    for b in by:  # keep the group keys as they were (3 stays 3 next to None, not 3.0 next to NaN)
+        res[b] = pd.Series([r[b] for r in out], index=res.index, dtype=object)
+    return res
 
 
 def _isnan(v: Any) -> bool:
