@@ -180,11 +180,10 @@ def aggregate(df, by: list[str], metric: str):
         return pd.DataFrame(columns=cols)
     sub = df[df[metric].notna()]
     out = []
-    for key, g in sub.groupby(list(by), dropna=False, sort=True):
-        key = key if isinstance(key, tuple) else (key,)
+    for _, g in sub.groupby(list(by), dropna=False, sort=True):
         vals = g[metric].astype(float)
         n = len(vals)
-        out.append({**{b: (None if _isnan(k) else k) for b, k in zip(by, key)},
+        out.append({**{b: (None if _missing(g[b].iloc[0]) else g[b].iloc[0]) for b in by},
                     "mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if n > 1 else math.nan,
                     "n": n, "run_ids": list(g["run_id"]),
                     "seeds": list(g["seed"]) if "seed" in g.columns else []})
