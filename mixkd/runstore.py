@@ -28,7 +28,7 @@ from .tracking import PARENT_TAG, ROLE_TAG
 TAG_COLUMNS = ("task", "variant", "student_layers", "layer_strategy", "data_fraction", "augmentation", "seed",
                "config_group", "config_hash", "run_dir")
 BASE_COLUMNS = ("run_id", "experiment", "experiment_id", "parent_run_id", "sweep_id", "role", "status",
-                "start_time", *TAG_COLUMNS, "artifact_uri", "params")
+                "start_time", *TAG_COLUMNS, "teacher_model", "teacher_run_id", "artifact_uri", "params")
 CHILD_ROLES = ("trial", "teacher")
 
 
@@ -120,7 +120,8 @@ def _row(run, exp) -> dict[str, Any]:
         "augmentation": tags.get("augmentation", "none"),
         "seed": _int(tags.get("seed")),
         "config_group": tags.get("config_group"), "config_hash": tags.get("config_hash"),
-        "run_dir": tags.get("run_dir"), "artifact_uri": info.artifact_uri,
+        "run_dir": tags.get("run_dir"), "teacher_model": None, "teacher_run_id": None,
+        "artifact_uri": info.artifact_uri,
         "params": dict(run.data.params),
     }
     row.update({k: float(v) for k, v in run.data.metrics.items()})
@@ -132,9 +133,11 @@ def load_runs(tracking_uri: str, experiment: str | None = None, roles: Iterable[
 
     Columns: run_id, experiment, experiment_id, parent_run_id, sweep_id, role, status, start_time,
     task, variant, student_layers (int, None for teachers), layer_strategy, data_fraction (float;
-    1.0 when unset), augmentation ('none' or the augment file name), seed (int), config_group,
-    config_hash, run_dir, artifact_uri, params (dict of str), then one column per metric key with
-    its latest value (NaN where a run did not log it).
+    1.0 when unset), augmentation ('none' or the augment file name), seed (int), config_group (the
+    tag; derived from the params for runs logged before it existed), config_hash, run_dir,
+    teacher_model (the teacher's backbone, e.g. 'minilm-l6'), teacher_run_id (None when the
+    teacher is not in the store), artifact_uri, params (dict of str), then one column per metric
+    key with its latest value (NaN where a run did not log it), sorted by experiment and start.
     """
     import pandas as pd
     uri = resolve_tracking_uri(tracking_uri)
@@ -158,13 +161,46 @@ def load_runs(tracking_uri: str, experiment: str | None = None, roles: Iterable[
     metric_cols = sorted(c for c in df.columns if c not in BASE_COLUMNS)
     df = df[list(BASE_COLUMNS) + metric_cols]
     df = df.sort_values(["experiment", "start_time"], kind="stable").reset_index(drop=True)
+    df["config_group"] = [g if isinstance(g, str) and g else _params_group(p)
+                          for g, p in zip(df["config_group"], df["params"])]
+    df["teacher_model"], df["teacher_run_id"] = _teachers(df)
     # tag columns hold Python ints / str / None (never float NaN), so 3 stays 3 and a missing tag is None
     for col in ("student_layers", "seed"):
         df[col] = pd.Series([None if _missing(v) else int(v) for v in df[col]], index=df.index, dtype=object)
     for col in ("parent_run_id", "sweep_id", "role", "task", "variant", "layer_strategy", "augmentation",
-                "config_group", "config_hash", "run_dir"):
+                "config_group", "config_hash", "run_dir", "teacher_model", "teacher_run_id"):
         df[col] = pd.Series([None if _missing(v) else v for v in df[col]], index=df.index, dtype=object)
     return df
+
+
+def _params_group(params: dict) -> str | None:
+    """For runs logged before the ``config_group`` tag: a hash of the params without seeds, teacher
+    path and runtime fields (prefixed ``p-``; consistent among such runs, not equal to the tag)."""
+    if not params:
+        return None
+    import hashlib
+    import json
+    from .config import RUNTIME_FIELDS
+    skip = RUNTIME_FIELDS | {"seed", "data_seed", "teacher"}
+    d = {k: v for k, v in params.items() if k not in skip}
+    return "p-" + hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _teachers(df) -> tuple[list, list]:
+    """Per row: the teacher backbone (a teacher run's ``model`` param; a trial's teacher found by its
+    run_dir, else the ``teacher`` param as written) and the teacher's run id when it is in the store."""
+    by_dir = {d: (r, p.get("model")) for d, r, p, role in zip(df["run_dir"], df["run_id"], df["params"], df["role"])
+              if role == "teacher" and isinstance(d, str)}
+    models, ids = [], []
+    for role, p in zip(df["role"], df["params"]):
+        if role == "teacher":
+            models.append(p.get("model")), ids.append(None)
+            continue
+        t = p.get("teacher")
+        t = None if t in (None, "", "None") else t
+        run, model = by_dir.get(t, (None, t))
+        models.append(model), ids.append(run)
+    return models, ids
 
 
 def aggregate(df, by: list[str], metric: str):
