@@ -26,6 +26,8 @@ COMMANDS = {
 # ``add_arguments(parser)`` and ``main(args) -> int`` (raising UsageError for bad input).
 EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("sweep_cli", COMMANDS["sweep"]),
+    "latency": ("latency_cli", "inference latency of a model or its k-layer student (p50/p90/p99, cached)"),
+    "select": ("select_cli", "the most accurate student of a sweep within a latency budget: export, card, plot"),
 }
 
 
