@@ -53,6 +53,7 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError(f"--threads {args.threads} is invalid; use a positive integer (e.g. {os.cpu_count()})")
     if args.num_labels is not None and args.num_labels < 1:
         raise UsageError(f"--num-labels {args.num_labels} is invalid; use a positive integer")
+    L.device_info(args.device, args.dtype, args.threads)     # bad device fails before any model is read
     if args.output and not Path(args.output).expanduser().resolve().parent.is_dir():
         raise UsageError(f"--output {args.output}: folder {Path(args.output).parent} does not exist; create it first")
 
