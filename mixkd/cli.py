@@ -28,6 +28,7 @@ EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("sweep_cli", COMMANDS["sweep"]),
     "latency": ("latency_cli", "inference latency of a model or its k-layer student (p50/p90/p99, cached)"),
     "select": ("select_cli", "the most accurate student of a sweep within a latency budget: export, card, plot"),
+    "report": ("report_cli", "the paper's tables (1-3, Fig. 1, Fig. 3) rebuilt from MLflow runs, paper numbers beside"),
 }
 
 
