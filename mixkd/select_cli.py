@@ -1,14 +1,68 @@
-"""``mixkd select`` (work in progress)."""
+"""``mixkd select``: the most accurate student of a sweep within a latency budget, exported with a model
+card, ``selection.json`` and a Pareto plot (see :mod:`mixkd.selection`)."""
 from __future__ import annotations
 
 import argparse
+import math
 
+from . import latency as L
 from .errors import UsageError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    pass
+    p.add_argument("--tracking-uri", required=True,
+                   help="MLflow store of the sweep: sqlite:///PATH/mlflow.db, a sweep folder or an http(s) server")
+    p.add_argument("--experiment", help="MLflow experiment (default: every mixkd experiment in the store)")
+    p.add_argument("--latency-budget-ms", type=float, required=True, help="latency budget in milliseconds")
+    p.add_argument("--out", required=True, help="new folder for the exported student (must not exist)")
+    p.add_argument("--percentile", default="p90", choices=L.PERCENTILES, help="latency statistic (default p90)")
+    p.add_argument("--batch-size", type=int, default=1, help="batch size of the latency (default 1)")
+    p.add_argument("--seq-len", type=int, default=L.DEFAULT_SEQ_LEN, help=f"sequence length (default {L.DEFAULT_SEQ_LEN})")
+    p.add_argument("--task", help="GLUE task (needed when the store holds runs of several tasks)")
+    p.add_argument("--device", default="cpu", help="device of the latency: cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--dtype", default="fp32", choices=L.DTYPES, help="dtype of the latency (default fp32)")
+    p.add_argument("--threads", type=int, help="torch threads when measuring here (default: torch's current)")
+    p.add_argument("--remeasure", action="store_true",
+                   help="ignore latencies logged by the sweep and measure on this machine (cached per architecture)")
+    p.add_argument("--warmup", type=int, default=L.DEFAULT_WARMUP, help="latency protocol: untimed runs")
+    p.add_argument("--min-iters", type=int, default=L.DEFAULT_MIN_ITERS, help="latency protocol: minimum timed runs")
+    p.add_argument("--min-seconds", type=float, default=L.DEFAULT_MIN_SECONDS,
+                   help="latency protocol: minimum timed seconds")
+    p.add_argument("--cache-dir", help="latency cache (default $MIXKD_CACHE/latency)")
 
 
 def main(args: argparse.Namespace) -> int:
-    raise UsageError("mixkd select is not finished yet")
+    from .selection import select
+    if not (math.isfinite(args.latency_budget_ms) and args.latency_budget_ms > 0):
+        raise UsageError(f"--latency-budget-ms {args.latency_budget_ms:g} is invalid; use a positive number of milliseconds")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads {args.threads} is invalid; use a positive integer")
+    if args.warmup < 0 or args.min_iters < 1 or not args.min_seconds >= 0:
+        raise UsageError(f"the latency protocol --warmup {args.warmup} --min-iters {args.min_iters} "
+                         f"--min-seconds {args.min_seconds:g} is invalid; use warmup >= 0, min-iters >= 1, min-seconds >= 0")
+    sel = select(args.tracking_uri, args.latency_budget_ms, args.out, experiment=args.experiment,
+                 percentile=args.percentile, batch_size=args.batch_size, seq_len=args.seq_len, task=args.task,
+                 device=args.device, dtype=args.dtype, threads=args.threads, remeasure=args.remeasure,
+                 cache_dir=args.cache_dir,
+                 protocol=dict(warmup=args.warmup, min_iters=args.min_iters, min_seconds=args.min_seconds))
+    ch = sel["chosen"]
+    std = ch.get("score_std")
+    pm = f" ± {std:.4f}" if isinstance(std, float) else ""
+    print(f"{'':2}{'configuration':<44} {'score':>18} {args.percentile + ' ms':>10}  on front  within budget")
+    front = {g["config_group"] for g in sel["front"]}
+    for g in sel["groups"]:
+        if g["latency_ms"] is None:
+            continue
+        mark = "*" if g["config_group"] == ch["config_group"] else " "
+        s = f"{g['score']:.4f}" + (f" ± {g['score_std']:.4f}" if isinstance(g.get("score_std"), float) else "")
+        print(f"{mark:2}{g['label'][:44]:<44} {s:>18} {g['latency_ms']:>10.2f}  "
+              f"{'yes' if g['config_group'] in front else 'no':<8}  "
+              f"{'yes' if g['latency_ms'] <= sel['budget_ms'] else 'no'}")
+    t = sel.get("teacher") or {}
+    sp = sel.get("speedup_vs_teacher")
+    print(f"chosen: {ch['label']}: {sel['primary_metric']} {ch['score']:.4f}{pm} over {ch['n']} seed(s), "
+          f"{args.percentile} {ch['latency_ms']:.2f} ms (batch {args.batch_size}, seq {args.seq_len}, {args.device}; "
+          f"{ch['latency_source']})" + (f", {sp:.2f}x faster than the teacher ({t.get('latency_ms'):.2f} ms)" if sp else ""))
+    print(f"exported run {ch['best_run_id']} (seed {ch['best_seed']}) to {args.out}: model, tokenizer, README.md, "
+          f"selection.json, pareto.png")
+    return 0

@@ -1,0 +1,100 @@
+"""The model card (README.md) of a student exported by ``mixkd select``, rendered from its selection dict."""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Mapping
+
+import yaml
+
+
+def _fmt(v: Any, nd: int = 4) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def _pm(mean: Any, std: Any, n: Any, nd: int = 4) -> str:
+    if std is None or (isinstance(std, float) and not math.isfinite(std)):
+        return f"{_fmt(mean, nd)} (1 seed, no std)" if n == 1 else _fmt(mean, nd)
+    return f"{_fmt(mean, nd)} ± {_fmt(std, nd)} (n={n})"
+
+
+def model_card(sel: Mapping[str, Any]) -> str:
+    """Markdown with YAML front matter: task, dev metrics mean ± std over seeds, latency statistics and
+    the hardware/software fingerprint, parameters, speed-up vs the teacher, the config, MLflow run ids."""
+    ch = sel["chosen"]
+    task = sel.get("task")
+    t = sel.get("teacher") or {}
+    front = {"library_name": "transformers", "pipeline_tag": "text-classification",
+             "tags": ["mixkd", "knowledge-distillation", "text-classification", "glue"],
+             "datasets": ["nyu-mll/glue"]}
+    lat = ch.get("latency") or {}
+    where = sel.get("out") or "PATH"
+    b, s, pct = sel["batch_size"], sel["seq_len"], sel["percentile"]
+    lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
+             f"# MixKD student for GLUE {task}: {ch.get('label')}", "",
+             f"Chosen by `mixkd select` as the most accurate configuration whose **{pct} latency at batch {b}, "
+             f"sequence length {s} on {sel.get('device')}** is within **{sel['budget_ms']:g} ms** "
+             f"({_fmt(ch.get('latency_ms'), 2)} ms). The weights are those of the best seed "
+             f"(seed {ch.get('best_seed')}, run `{ch.get('best_run_id')}`) of that configuration; the scores "
+             f"below are the mean ± sample std over its {ch.get('n')} seed(s).", "",
+             "```python", "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+             f"model = AutoModelForSequenceClassification.from_pretrained({where!r})",
+             f"tokenizer = AutoTokenizer.from_pretrained({where!r})", "```", "",
+             "## Model", "",
+             "| | |", "|---|---|",
+             f"| task | {task} |",
+             f"| variant | {ch.get('variant')} |",
+             f"| student layers | {ch.get('student_layers')} (layer strategy: {ch.get('layer_strategy')}) |",
+             f"| training data fraction | {ch.get('data_fraction')} |",
+             f"| augmentation | {ch.get('augmentation')} |",
+             f"| parameters | {sel.get('params'):,} |" if isinstance(sel.get("params"), int) else
+             f"| parameters | {_fmt(sel.get('params'))} |",
+             f"| teacher parameters | {sel['teacher_params']:,} |" if isinstance(sel.get("teacher_params"), int) else
+             "| teacher parameters | n/a |",
+             f"| config group | `{ch.get('config_group')}` |", "",
+             "## Dev metrics (mean ± std over seeds)", "",
+             f"Primary metric: {sel.get('primary_metric')}.", "",
+             "| metric | value |", "|---|---|"]
+    ci = ch.get("score_ci95")
+    lines.append(f"| primary ({sel.get('primary_metric')}) | {_pm(ch.get('score'), ch.get('score_std'), ch.get('n'))}"
+                 + (f", 95% CI [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "") + " |")
+    for k, v in (ch.get("metrics") or {}).items():
+        if k == "final/primary":
+            continue
+        lines.append(f"| {k.split('/', 1)[-1]} | {_pm(v[0], v[1], v[2])} |")
+    lines.append(f"| per seed (primary) | {', '.join(_fmt(x) for x in ch.get('scores') or [])} |")
+    if t:
+        lines += ["", f"Teacher ({t.get('label')}): primary {_pm(t.get('score'), t.get('score_std'), t.get('n'))}."]
+    lines += ["", f"## Latency (batch {b}, sequence length {s})", "",
+              "| | student | teacher |", "|---|---|---|"]
+    tl = t.get("latency") or {}
+    for k, name in (("p50_ms", "p50 (ms)"), ("p90_ms", "p90 (ms)"), ("p99_ms", "p99 (ms)"), ("mean_ms", "mean (ms)"),
+                    ("std_ms", "std (ms)"), ("throughput", "throughput (samples/s)")):
+        lines.append(f"| {name} | {_fmt(lat.get(k), 2)} | {_fmt(tl.get(k), 2)} |")
+    sp = sel.get("speedup_vs_teacher")
+    lines += ["", f"Speed-up vs the teacher at {pct}: **{_fmt(sp, 2)}×**." if sp else
+              "Speed-up vs the teacher: n/a (no teacher latency).",
+              f"Latency source: {ch.get('latency_source')} (sweep = logged by the sweep, measured/cache = measured by "
+              f"`mixkd latency`'s protocol on random weights of the same architecture).", ""]
+    fp = ch.get("latency_fingerprint")
+    if fp:
+        lines += ["Hardware/software fingerprint:", "", "```json", json.dumps(fp, indent=2, sort_keys=True), "```", ""]
+    else:
+        lines += ["Hardware/software fingerprint: not recorded with the sweep's latency metrics "
+                  "(tag `latency.fingerprint`); re-run with `--remeasure` to measure here.", ""]
+    if sel.get("plot"):
+        lines += [f"![accuracy vs latency]({sel['plot']})", ""]
+    lines += ["## Config", "", "The training config of the exported run (MLflow params):", "", "```yaml",
+              yaml.safe_dump(dict(sel.get("config") or {}), sort_keys=True).strip(), "```", "",
+              "## Provenance", "",
+              f"- MLflow tracking URI: `{sel.get('tracking_uri')}`, experiment `{sel.get('experiment')}`",
+              f"- exported run: `{ch.get('best_run_id')}`",
+              f"- runs of this configuration (seeds {ch.get('seeds')}): "
+              + ", ".join(f"`{r}`" for r in ch.get("run_ids") or []),
+              f"- teacher runs: " + (", ".join(f"`{r}`" for r in t.get("run_ids") or []) or "none in the store"),
+              f"- selected at {sel.get('created')}; `selection.json` holds the front and every configuration.", ""]
+    return "\n".join(lines)
