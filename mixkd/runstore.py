@@ -17,7 +17,10 @@ with a one-line message.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -54,11 +57,29 @@ def resolve_tracking_uri(tracking_uri: str) -> str:
         if not path or not Path(path).is_file():
             raise UsageError(f"tracking store {uri!r} not found (no SQLite file at {path or '?'!r}); "
                              f"check the path, e.g. sqlite:///runs/sweeps/smoke/mlflow.db")
+        _check_mlflow_sqlite(path, uri)
     if uri.startswith("file:"):
         path = uri[len("file://"):] if uri.startswith("file://") else uri[len("file:"):]
         if not Path(path).is_dir():
             raise UsageError(f"tracking store {uri!r} not found")
     return uri
+
+
+def _check_mlflow_sqlite(path: str, uri: str) -> None:
+    """Refuse an SQLite file that is not an MLflow store (e.g. optuna.db) before MLflow would add its
+    tables to it; opened read-only."""
+    import sqlite3
+    try:
+        con = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in con.execute("select name from sqlite_master where type='table'")}
+        finally:
+            con.close()
+    except sqlite3.Error as e:
+        raise UsageError(f"tracking store {uri!r} is not a readable SQLite database ({e})") from None
+    if not {"experiments", "runs"} <= tables:
+        raise UsageError(f"{uri!r} is an SQLite file but not an MLflow tracking store (no experiments/runs "
+                         f"tables); pass the sweep's mlflow.db")
 
 
 def _client(uri: str):
@@ -76,16 +97,38 @@ def _paged(fn, **kw) -> list:
             return out
 
 
+@contextlib.contextmanager
+def _quick_http(uri: str):
+    """Probe an http(s) server with few retries (MLflow's defaults wait minutes for a dead server);
+    variables the user set are kept."""
+    if not uri.startswith(("http://", "https://")):
+        yield
+        return
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+             "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+    added = [k for k in quick if k not in os.environ]
+    os.environ.update({k: quick[k] for k in added})
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
 def mixkd_experiments(tracking_uri: str) -> list:
     """The active experiments of the store that mixkd created (experiment tag ``mixkd`` = '1')."""
     uri = resolve_tracking_uri(tracking_uri)
     client = _client(uri)
     try:
-        exps = _paged(client.search_experiments, filter_string="tags.mixkd = '1'", max_results=1000)
+        with _quick_http(uri):
+            exps = _paged(client.search_experiments, filter_string="tags.mixkd = '1'", max_results=1000)
     except UsageError:
         raise
     except Exception as e:  # unreachable server, not an MLflow database, ...
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if uri.startswith(("http://", "https://")) and re.search(r"Max retries|Connection|timed out", msg):
+            raise UsageError(f"cannot reach tracking server {tracking_uri!r}; start it (mlflow server ...) "
+                             f"or check --tracking-uri") from None
         raise UsageError(f"cannot read tracking store {tracking_uri!r}: {msg[:300]}") from None
     return sorted(exps, key=lambda e: e.name)
 

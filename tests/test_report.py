@@ -156,6 +156,21 @@ def test_load_runs_errors(store, tmp_path):
         load_runs(str(tmp_path / "no-such-folder"))
 
 
+def test_sqlite_file_that_is_not_an_mlflow_store_is_left_alone(tmp_path):
+    import sqlite3
+    from mixkd.runstore import load_runs
+    db = tmp_path / "optuna.db"
+    con = sqlite3.connect(db)
+    con.execute("create table studies (id integer)")
+    con.commit()
+    con.close()
+    with pytest.raises(UsageError, match="not an MLflow tracking store"):
+        load_runs(f"sqlite:///{db}")
+    con = sqlite3.connect(db)
+    assert [r[0] for r in con.execute("select name from sqlite_master where type='table'")] == ["studies"]
+    con.close()
+
+
 def test_store_without_mixkd_experiments(tmp_path):
     from mlflow.tracking import MlflowClient
     from mixkd.runstore import load_runs
