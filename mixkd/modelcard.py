@@ -95,6 +95,6 @@ def model_card(sel: Mapping[str, Any]) -> str:
               f"- exported run: `{ch.get('best_run_id')}`",
               f"- runs of this configuration (seeds {ch.get('seeds')}): "
               + ", ".join(f"`{r}`" for r in ch.get("run_ids") or []),
-              f"- teacher runs: " + (", ".join(f"`{r}`" for r in t.get("run_ids") or []) or "none in the store"),
+              "- teacher runs: " + (", ".join(f"`{r}`" for r in t.get("run_ids") or []) or "none in the store"),
               f"- selected at {sel.get('created')}; `selection.json` holds the front and every configuration.", ""]
     return "\n".join(lines)

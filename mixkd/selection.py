@@ -529,6 +529,12 @@ def _teacher_from_dir(chosen: Mapping[str, Any], lat: Callable[[Any], dict], log
             "path": str(tpath)}
 
 
+def _kind(g: Mapping[str, Any]) -> str | None:
+    """Where a latency comes from: 'sweep' (logged by the sweep) or 'here' (measured or cached here)."""
+    src = g.get("latency_source")
+    return None if src is None else ("sweep" if src == "sweep" else "here")
+
+
 def _typed_params(params: Mapping[str, str]) -> dict:
     """MLflow params (strings) back to YAML types: '1.0' -> 1.0, 'False' -> False, 'None' -> None."""
     import yaml
@@ -598,13 +604,20 @@ def select(tracking_uri: str, budget_ms: float, out: str | os.PathLike, *, exper
     what = f"{percentile}, batch {batch_size}, seq {seq_len}, {device}"
     kw = dict(percentile=percentile, batch_size=batch_size, seq_len=seq_len, device=device, dtype=dtype,
               threads=threads, tracking_uri=uri, remeasure=remeasure, cache_dir=cache_dir, protocol=protocol, log=log)
+    teacher_rows = [r for r in rows if r.get("role") == "teacher" and r.get("task") == task]
     groups = group_runs(trials, **kw)
+    teachers = group_runs(teacher_rows, role="teacher", **kw)
+    if len({_kind(g) for g in groups + teachers} - {None}) > 1:
+        # latencies from the sweep's hardware and from this machine do not compare: measure all of them here
+        log("some latencies were logged by the sweep and others must be measured here; measuring all here so "
+            "they compare (once per architecture)")
+        kw["remeasure"] = True
+        groups = group_runs(trials, **kw)
+        teachers = group_runs(teacher_rows, role="teacher", **kw)
     usable = [g for g in groups if g["latency_ms"] is not None]
     if not usable:
         raise UsageError(f"no latency for any configuration in {where} ({what}): no logged latency metrics and "
                          f"no model configs found; check that the runs' run_dir or model/ artifacts exist")
-    teacher_rows = [r for r in rows if r.get("role") == "teacher" and r.get("task") == task]
-    teachers = group_runs(teacher_rows, role="teacher", **kw)
     for t in teachers:
         t["_rows"] = [r for r in teacher_rows if r["run_id"] in t["run_ids"]]
     chosen = choose(usable, budget_ms, what=what)
@@ -619,7 +632,11 @@ def select(tracking_uri: str, budget_ms: float, out: str | os.PathLike, *, exper
         teacher = _teacher_from_dir(chosen, measure_cfg, log) or teacher
     speedup = None
     if teacher is not None and _finite(teacher.get("latency_ms")) and float(chosen["latency_ms"]) > 0:
-        speedup = float(teacher["latency_ms"]) / float(chosen["latency_ms"])
+        if _kind(teacher) == _kind(chosen):    # both from the sweep or both measured here
+            speedup = float(teacher["latency_ms"]) / float(chosen["latency_ms"])
+        else:
+            log("the teacher's latency was measured here but the students' were logged by the sweep; "
+                "no speed-up reported (use --remeasure to measure all here)")
     teacher_params = None
     br = chosen.get("best_run") or {}
     if teacher is not None and teacher.get("best_run") and _finite(teacher["best_run"].get("params_count")):

@@ -2,12 +2,10 @@
 against an MLflow SQLite store filled with synthetic runs that point at tiny saved models."""
 from __future__ import annotations
 
-import itertools
 import json
 import random
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -15,6 +13,7 @@ from mixkd import cli
 from mixkd import latency as L
 from mixkd.errors import UsageError
 from mixkd.selection import choose, group_runs, pareto_front, plot_pareto
+from pathlib import Path
 
 from conftest import make_tiny_bert, tiny_cfg
 
@@ -180,25 +179,28 @@ def _finish(client, run_id, run_dir, score, params_count, metrics=None):
     client.set_terminated(run_id, "FINISHED")
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory, minilm_dir):
-    """An MLflow SQLite store with one mixkd sweep: a 4-layer teacher and three student configurations
-    (2 seeds each) pointing at tiny saved models, with the tags mixkd/tracking.py writes.
+SPEC = [("sm+tmkd", 1, [0.70, 0.72], 1.0), ("sm+tmkd", 2, [0.80, 0.84], 2.0), ("ft", 2, [0.78, 0.76], 2.0)]
 
-    | group            | k | scores      | logged p90 b1 s128 |
-    | sm+tmkd k=1      | 1 | 0.70, 0.72  | 1.0 ms |
-    | sm+tmkd k=2      | 2 | 0.80, 0.84  | 2.0 ms |   best seed 1 has no run dir on disk: export from MLflow
-    | ft k=2           | 2 | 0.78, 0.76  | 2.0 ms |   dominated
-    | teacher          | 4 | 0.90        | 4.0 ms |
-    """
-    from mlflow.tracking import MlflowClient
-    from mixkd.tracking import PARENT_TAG, ROLE_TAG, flat_params, run_tags
-    root = tmp_path_factory.mktemp("select_store")
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory, minilm_dir):
+    """Run dirs holding tiny saved classifiers (model/ with tokenizer) of 1, 2 and 4 layers."""
+    root = tmp_path_factory.mktemp("tiny_models")
     models = {}
     for k in (1, 2, 4):
-        run_dir = root / "runs" / f"k{k}"
-        make_tiny_bert(run_dir / "model", minilm_dir, layers=k, hidden=32, num_labels=2, seed=k)
-        models[k] = run_dir
+        make_tiny_bert(root / f"k{k}" / "model", minilm_dir, layers=k, hidden=32, num_labels=2, seed=k)
+        models[k] = root / f"k{k}"
+    return models
+
+
+def build_store(root: Path, models: dict, spec=SPEC, teacher_latency: float | None = 4.0) -> dict:
+    """An MLflow SQLite store with one mixkd sweep, written the way mixkd/tracking.py writes it: a
+    4-layer teacher and the ``spec`` student configurations (variant, k, scores per seed, logged p90 at
+    batch 1 / seq 128 or None), each run pointing at a tiny saved model. The best seed of sm+tmkd k=2
+    has no run dir on disk (a run dir on another node): its model exists only as the MLflow artifact."""
+    from mlflow.tracking import MlflowClient
+    from mixkd.tracking import PARENT_TAG, ROLE_TAG, flat_params, run_tags
+    root.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(uri)
     exp = client.create_experiment("smoke", artifact_location=(root / "artifacts").as_uri(), tags={"mixkd": "1"})
@@ -212,12 +214,15 @@ def store(tmp_path_factory, minilm_dir):
             client.log_param(rid, k, v)
         return rid
 
+    def lat_metrics(lat):
+        return {} if lat is None else {"latency/b1_s128_p90_ms": lat, "latency/b1_s128_p50_ms": lat / 2,
+                                       "latency/b32_s128_p90_ms": lat * 10}
+
     ids = {}
     tid = child(teacher_cfg, "teacher", "teacher")
-    _finish(client, tid, models[4], 0.90, 40_000, {"latency/b1_s128_p90_ms": 4.0, "latency/b1_s128_p50_ms": 3.0})
+    _finish(client, tid, models[4], 0.90, 40_000, lat_metrics(teacher_latency))
     client.set_tag(tid, L.LATENCY_DEVICE_TAG, "cpu")
     ids["teacher"] = tid
-    spec = [("sm+tmkd", 1, [0.70, 0.72], 1.0), ("sm+tmkd", 2, [0.80, 0.84], 2.0), ("ft", 2, [0.78, 0.76], 2.0)]
     for variant, k, scores, lat in spec:
         for seed, score in enumerate(scores):
             cfg = tiny_cfg(teacher=str(models[4]), variant=variant, student_layers=k, seed=seed,
@@ -226,13 +231,23 @@ def store(tmp_path_factory, minilm_dir):
             run_dir = models[k]
             if (variant, k, seed) == ("sm+tmkd", 2, 1):
                 client.log_artifacts(rid, str(models[2] / "model"), artifact_path="model")
-                run_dir = root / "runs" / "gone"              # e.g. a run dir on another node
-            _finish(client, rid, run_dir, score, 10_000 * k,
-                    {"latency/b1_s128_p90_ms": lat, "latency/b1_s128_p50_ms": lat / 2,
-                     "latency/b32_s128_p90_ms": lat * 10})
+                run_dir = root / "runs" / "gone"
+            _finish(client, rid, run_dir, score, 10_000 * k, lat_metrics(lat))
             ids[(variant, k, seed)] = rid
     client.set_terminated(parent, "FINISHED")
     return {"uri": uri, "root": root, "ids": ids, "models": models}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, tiny_models):
+    """
+    | group            | k | scores      | logged p90 b1 s128 |
+    | sm+tmkd k=1      | 1 | 0.70, 0.72  | 1.0 ms |
+    | sm+tmkd k=2      | 2 | 0.80, 0.84  | 2.0 ms |   best seed 1: model only in MLflow
+    | ft k=2           | 2 | 0.78, 0.76  | 2.0 ms |   dominated
+    | teacher          | 4 | 0.90        | 4.0 ms |
+    """
+    return build_store(tmp_path_factory.mktemp("select_store"), tiny_models)
 
 
 def _select(store, tmp_path, *extra):
@@ -341,3 +356,16 @@ def test_select_subprocess_exit_code(store, tmp_path):
                         "--latency-budget-ms", "0.1", "--out", str(tmp_path / "o")],
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "the fastest is" in p.stderr
+
+
+def test_select_mixed_latency_sources_are_all_measured_here(tiny_models, tmp_path, monkeypatch, capsys):
+    """One configuration without logged latency: sweep and local numbers do not compare, so all are measured here."""
+    monkeypatch.setenv("MIXKD_CACHE", str(tmp_path / "cache"))
+    st = build_store(tmp_path / "mixed", tiny_models, spec=[("sm+tmkd", 1, [0.70], 1.0), ("sm+tmkd", 2, [0.80], None)])
+    rc, out = _select(st, tmp_path, "--latency-budget-ms", 1e6, "--threads", 1, "--warmup", 1,
+                      "--min-iters", 3, "--min-seconds", 0)
+    assert rc == 0
+    assert "measuring all here" in capsys.readouterr().err
+    sel = json.loads((out / "selection.json").read_text())
+    assert {g["latency_source"] for g in sel["groups"]} <= {"measured", "cache"}
+    assert sel["teacher"]["latency_source"] in ("measured", "cache") and sel["speedup_vs_teacher"] > 0
