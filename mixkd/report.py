@@ -759,7 +759,9 @@ def build_report(df, mlflow_ui_url: str = DEFAULT_UI, figures: bool = True) -> R
     t2 = table2(d)
     f1 = fig1_table(d)
     f3 = fig3_tables(d)
-    tables += [t2, f1, *f3, *paper_only_tables()]
+    first3 = next(i for i, t in enumerate(tables) if t.key.startswith("table3"))
+    tables.insert(first3, t2)            # paper order: Table 1, Table 2, Table 3
+    tables += [f1, *f3, *paper_only_tables()]
     used = 0 if d is None else len(d)
     summary = [f"{total} mixkd runs in the store; {used} FINISHED with final metrics are used.",
                "Settings (teacher backbone, training-data fraction): "
