@@ -17,7 +17,7 @@ from .errors import NonFiniteLossError, UsageError
 
 COMMANDS = {
     "finetune": "fine-tune a model on a GLUE task (the teacher)",
-    "distill": "distil a fine-tuned teacher into a shallow student (ft, kd, tmkd, sm+tmkd)",
+    "distill": "distil a fine-tuned teacher into a shallow student (ft, kd, tmkd, sm+tmkd, pkd)",
     "evaluate": "GLUE dev metrics of a saved model",
     "sweep": "run a sweep of students on Ray Tune (same as experiments/glue_sweep.py)",
 }
@@ -28,6 +28,7 @@ EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("sweep_cli", COMMANDS["sweep"]),
     "latency": ("latency_cli", "inference latency of a model or its k-layer student (p50/p90/p99, cached)"),
     "select": ("select_cli", "the most accurate student of a sweep within a latency budget: export, card, plot"),
+    "augment": ("augment_cli", "back-translate a task's training rows (+BT data for --augment-file / --augment bt)"),
     "report": ("report_cli", "the paper's tables (1-3, Fig. 1, Fig. 3) rebuilt from MLflow runs, paper numbers beside"),
 }
 

@@ -19,16 +19,17 @@ import yaml
 
 from .errors import UsageError
 
-VARIANTS = ("ft", "kd", "tmkd", "sm+tmkd")
+VARIANTS = ("ft", "kd", "tmkd", "sm+tmkd", "pkd")
 # Which loss terms each variant trains with (the weights a_* multiply the active ones).
 VARIANT_TERMS = {
     "ft": ("mle",),
     "kd": ("mle", "kd"),
     "tmkd": ("mle", "tmkd"),
     "sm+tmkd": ("mle", "sm", "tmkd"),
+    "pkd": ("mle", "kd", "pt"),        # PKD (Sun et al. 2019): Hinton KD + the patient loss L_PT
 }
 # Fields that change where/how a run executes but not what it computes; left out of the hash.
-RUNTIME_FIELDS = {"output_dir", "overwrite", "resume", "progress", "device", "data_dir"}
+RUNTIME_FIELDS = {"output_dir", "overwrite", "resume", "progress", "device", "data_dir", "augment_dir"}
 
 
 ALL = ("finetune", "distill", "evaluate")
@@ -50,6 +51,22 @@ class MixKDConfig:
                                         "distill, else --seed)")
     augment_file: Optional[str] = _f(None, "extra training rows (e.g. back-translation) as a TSV in the "
                                            "task's own GLUE layout")
+    augment: str = _f("none", "data augmentation of the training subset: none, or bt (English -> --bt-pivot "
+                              "-> English back-translation, generated once and cached; see `mixkd augment`)",
+                      choices=("none", "bt"))
+    bt_pivot: str = _f("de", "--augment bt: pivot language (default models Helsinki-NLP/opus-mt-en-PIVOT "
+                             "and opus-mt-PIVOT-en)")
+    bt_forward_model: Optional[str] = _f(None, "--augment bt: English -> pivot translation model (hub id or "
+                                               "local dir; default Helsinki-NLP/opus-mt-en-PIVOT)")
+    bt_backward_model: Optional[str] = _f(None, "--augment bt: pivot -> English translation model (default "
+                                                "Helsinki-NLP/opus-mt-PIVOT-en)")
+    bt_num_beams: int = _f(4, "--augment bt: beam size of the translations (1: greedy or sampling)")
+    bt_do_sample: bool = _f(False, "--augment bt: sample the translations (with --bt-top-p, --bt-temperature) "
+                                   "instead of beam search")
+    bt_top_p: float = _f(0.9, "--augment bt: nucleus sampling mass when --bt-do-sample")
+    bt_temperature: float = _f(1.0, "--augment bt: sampling temperature when --bt-do-sample")
+    augment_dir: Optional[str] = _f(None, "--augment bt: folder of the cached back-translations "
+                                          "(default $MIXKD_CACHE/augment)")
     max_seq_length: int = _f(128, "truncate inputs to this many tokens (batches are padded dynamically)", cmds=ALL)
     max_eval_samples: Optional[int] = _f(None, "evaluate on the first N rows of each dev split only", cmds=ALL)
     # --- models ------------------------------------------------------------------------------
@@ -66,7 +83,8 @@ class MixKDConfig:
     trust_remote_code: bool = _f(False, "allow models with custom code from the hub (off by default)", cmds=ALL)
     # --- MixKD -------------------------------------------------------------------------------
     variant: str = _f("sm+tmkd", "ft: labels only; kd: + Hinton KD; tmkd: + teacher-mixup KD; "
-                                 "sm+tmkd: + student mixup (the paper's MixKD)",
+                                 "sm+tmkd: + student mixup (the paper's MixKD); pkd: Hinton KD + patient "
+                                 "loss on intermediate [CLS] states (Sun et al. 2019)",
                       choices=VARIANTS, cmds=("distill",))
     alpha: float = _f(0.4, "mixup lambda ~ Beta(alpha, alpha)", cmds=("distill",))
     mixup_ratio: int = _f(1, "mixed samples per original sample in each batch", cmds=("distill",))
@@ -78,6 +96,12 @@ class MixKDConfig:
                        choices=("mse", "kl"), cmds=("distill",))
     temperature: float = _f(1.0, "softmax temperature of L_KD and of L_TMKD when --distance kl",
                             cmds=("distill",))
+    pkd_beta: float = _f(100.0, "weight of L_PT, PKD's patient loss (MSE of L2-normalised [CLS] states of "
+                                "matched intermediate layers, mean over batch, layers and width; variant pkd)",
+                         cmds=("distill",))
+    pkd_layer_map: str = _f("auto", "teacher layers matched by L_PT: skip (every N/k-th, PKD-Skip), last "
+                                    "(the k-1 below the top, PKD-Last), or auto (last when --layer-strategy "
+                                    "last, else skip)", choices=("auto", "skip", "last"), cmds=("distill",))
     mixup_padding: str = _f("zero", "embedding at padded positions before mixing: zero (paper: "
                                     "zero-padded) or pad (the [PAD] token's embedding)",
                             choices=("zero", "pad"), cmds=("distill",))
@@ -123,6 +147,13 @@ class MixKDConfig:
     @property
     def terms(self) -> tuple[str, ...]:
         return VARIANT_TERMS[self.variant]
+
+    @property
+    def augmentation(self) -> str:
+        """Tag of the training-data augmentation: 'bt-<pivot>', the --augment-file name, or 'none'."""
+        if self.augment == "bt":
+            return f"bt-{self.bt_pivot}"
+        return Path(self.augment_file).name if self.augment_file else "none"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -233,7 +264,7 @@ def validate(cfg: MixKDConfig, command: str) -> MixKDConfig:
         bad("alpha", cfg.alpha, "Beta(alpha, alpha) needs alpha > 0; the paper uses 0.4")
     if cfg.temperature <= 0:
         bad("temperature", cfg.temperature, "the softmax temperature must be > 0, e.g. 1 or 4")
-    for w in ("w_mle", "a_sm", "a_tmkd", "a_kd"):
+    for w in ("w_mle", "a_sm", "a_tmkd", "a_kd", "pkd_beta"):
         if getattr(cfg, w) < 0:
             bad(w.replace("_", "-"), getattr(cfg, w), "loss weights must be >= 0")
     if cfg.mixup_ratio < 1:
@@ -259,6 +290,18 @@ def validate(cfg: MixKDConfig, command: str) -> MixKDConfig:
         raise UsageError("--output-dir is required; name a folder for the run's results")
     if cfg.augment_file is not None and not Path(cfg.augment_file).is_file():
         bad("augment-file", cfg.augment_file, "the file does not exist; give a TSV in the task's GLUE layout")
+    if cfg.augment == "bt":
+        if cfg.augment_file is not None:
+            raise UsageError("--augment bt and --augment-file both add training rows; use one (--augment-file "
+                             "with a `mixkd augment` output, or --augment bt to generate/reuse it)")
+        if not cfg.bt_pivot or not cfg.bt_pivot.replace("_", "").replace("-", "").isalnum():
+            bad("bt-pivot", cfg.bt_pivot, "use a language code such as de, fr or zh")
+        if cfg.bt_num_beams < 1:
+            bad("bt-num-beams", cfg.bt_num_beams, "use a beam size >= 1")
+        if not (0 < cfg.bt_top_p <= 1):
+            bad("bt-top-p", cfg.bt_top_p, "use a probability mass in (0, 1]")
+        if cfg.bt_temperature <= 0:
+            bad("bt-temperature", cfg.bt_temperature, "the sampling temperature must be > 0")
     if command == "finetune":
         if cfg.variant != "ft":
             cfg = cfg.replace(variant="ft")

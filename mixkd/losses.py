@@ -1,9 +1,10 @@
-"""The MixKD loss terms (paper Eq. 3, 6, 7 and Hinton KD), as named functions combined by weights.
+"""The MixKD loss terms (paper Eq. 3, 6, 7), Hinton KD and PKD's patient loss, as named functions
+combined by weights.
 
-    total = w_mle * L_MLE + a_sm * L_SM + a_tmkd * L_TMKD + a_kd * L_KD
+    total = w_mle * L_MLE + a_sm * L_SM + a_tmkd * L_TMKD + a_kd * L_KD + pkd_beta * L_PT
 
-Each term is a pure function of logits and targets, so each has a golden-value test. For the
-regression task (STS-B) cross-entropies become mean squared errors.
+Each term is a pure function of logits (hidden states for L_PT) and targets, so each has a
+golden-value test. For the regression task (STS-B) cross-entropies become mean squared errors.
 """
 from __future__ import annotations
 
@@ -54,6 +55,39 @@ def tmkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, distan
     if distance == "kl":
         return kd_loss(student_logits, teacher_logits, temperature, regression)
     raise ValueError(f"unknown distance {distance!r}")
+
+
+def pkd_layer_map(n_teacher: int, k: int, strategy: str = "skip") -> list[int]:
+    """PKD's teacher layers (1-based) matched to student layers 1..k-1 (Sun et al. 2019, Sec. 3.2).
+
+    ``skip`` (PKD-Skip): student layer i learns teacher layer i * N/k, i.e. every N/k-th layer
+    (12 -> 6: 2, 4, 6, 8, 10; 12 -> 3: 4, 8), rounded as :func:`mixkd.models.select_layers` rounds
+    its ``skip`` init when k does not divide N. ``last`` (PKD-Last): the k-1 layers just below the
+    top, N-k+i (12 -> 6: 7..11; 12 -> 3: 10, 11). The student's top layer is not matched: the logit
+    KD term covers the output.
+    """
+    if not 1 <= k <= n_teacher:
+        raise ValueError(f"a {k}-layer student of a {n_teacher}-layer teacher")
+    if strategy == "skip":
+        return [round(i * n_teacher / k) for i in range(1, k)]
+    if strategy == "last":
+        return [n_teacher - k + i for i in range(1, k)]
+    raise ValueError(f"unknown PKD layer map {strategy!r}; use skip or last")
+
+
+def patient_loss(student_hidden, teacher_hidden, pairs: list[tuple[int, int]]) -> torch.Tensor:
+    """L_PT, PKD's patient loss: MSE between the L2-normalised [CLS] vectors of matched layers.
+
+    ``student_hidden`` / ``teacher_hidden``: the models' ``hidden_states`` tuples (index 0 is the
+    embedding output, index i the output of layer i); ``pairs``: (student layer, teacher layer),
+    1-based. The mean runs over batch, matched layers and hidden units, as in the PKD reference code
+    (``F.mse_loss`` of normalised (batch, layers, width) tensors), so pkd_beta is on its scale.
+    """
+    if not pairs:
+        raise ValueError("patient_loss needs at least one matched layer pair")
+    s = torch.stack([student_hidden[i][:, 0] for i, _ in pairs], dim=1).float()
+    t = torch.stack([teacher_hidden[j][:, 0] for _, j in pairs], dim=1).float()
+    return F.mse_loss(F.normalize(s, p=2, dim=-1), F.normalize(t, p=2, dim=-1))
 
 
 def weighted_sum(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:

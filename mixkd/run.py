@@ -95,6 +95,16 @@ def _resolve_subset(cfg: MixKDConfig, tcfg: dict | None) -> MixKDConfig:
     return cfg.replace(data_fraction=frac, data_seed=seed)
 
 
+def _data_config(cfg: MixKDConfig) -> MixKDConfig:
+    """The config the data loader sees: with ``--augment bt``, the cached back-translation of the run's
+    subset as its augment file (generated first on a cache miss). The run's own config keeps
+    ``augment: bt`` (its hash and tags do not depend on where the cache lives)."""
+    if cfg.augment != "bt":
+        return cfg
+    from .augment import bt_file_for_config
+    return cfg.replace(augment_file=str(bt_file_for_config(cfg).path))
+
+
 def _environment() -> dict[str, Any]:
     import transformers
     return {"mixkd": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
@@ -134,7 +144,7 @@ def _train(cfg: MixKDConfig, command: str, task: TaskSpec, student, tokenizer, d
     final_metrics = trainer.final_metrics
     primary = metric_key(task.primary_metric, data.dev_splits[0])
     metrics = {
-        "command": command, "task": task.name, "variant": cfg.variant,
+        "command": command, "task": task.name, "variant": cfg.variant, "augmentation": cfg.augmentation,
         "primary_metric": primary, "primary_value": final_metrics[primary], "metrics": final_metrics,
         "final_model": cfg.final_model, "best_step": trainer.best_step, "steps": trainer.step,
         "params": count_parameters(student), "layers": len(encoder_layers(student)),
@@ -154,7 +164,7 @@ def finetune(cfg: MixKDConfig, callbacks: list[EvalCallback] | None = None, wrap
     task = get_task(cfg.task)
     seed_everything(cfg.seed)
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
-    data = load_glue(cfg, task, tokenizer)
+    data = load_glue(_data_config(cfg), task, tokenizer)
     seed_everything(cfg.seed)
     model = load_classifier(cfg.model, task, new_head=True, trust_remote_code=cfg.trust_remote_code)
     return _train(cfg, "finetune", task, model, tokenizer, data, extra={"base_model": cfg.model},
@@ -187,7 +197,7 @@ def distill(cfg: MixKDConfig, callbacks: list[EvalCallback] | None = None, wrap_
         tokenizer = t_tok
         student = build_student(teacher, cfg.student_layers, cfg.layer_strategy)
         kept = student.config.mixkd_teacher_layers
-    data = load_glue(cfg, task, tokenizer)
+    data = load_glue(_data_config(cfg), task, tokenizer)
     if tmetrics and "subset_fingerprint" in tmetrics.get("data", {}) and not cfg.allow_subset_mismatch:
         if tmetrics["data"]["subset_fingerprint"] != data.info["subset_fingerprint"]:
             raise UsageError("the student's training subset differs from the teacher's although the fraction and "
@@ -195,6 +205,9 @@ def distill(cfg: MixKDConfig, callbacks: list[EvalCallback] | None = None, wrap_
     extra = {"teacher": str(cfg.teacher), "teacher_params": count_parameters(teacher),
              "teacher_layers": teacher_layers, "student_layers_kept": kept,
              "student_model": cfg.student_model, "teacher_primary_value": (tmetrics or {}).get("primary_value")}
+    if cfg.variant == "pkd":   # (student layer, teacher layer) pairs of the patient loss, 1-based
+        from .trainer import pkd_pairs
+        extra["pkd_layer_pairs"] = pkd_pairs(cfg, teacher, student)
     needs_teacher = any(t in cfg.terms for t in ("tmkd", "kd"))
     if not needs_teacher:
         del teacher

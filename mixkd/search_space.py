@@ -5,7 +5,8 @@ Each key is a field of :class:`~mixkd.config.MixKDConfig`; each value is a distr
 YAML ``search_space:`` section overrides entries by key or removes one with ``null``.
 
 Conditional knobs follow the variant: L_SM's weight is searched only for variants with L_SM, the
-temperature only where a temperature is used (``kd``, or ``distance: kl``). The space is turned into
+temperature only where a temperature is used (``kd``, ``pkd``, or ``distance: kl``), PKD's beta only
+for ``pkd``, ``bt_*`` settings only with ``augment: bt``. The space is turned into
 an Optuna define-by-run function for Tune's OptunaSearch, so conditional knobs never waste trials.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .errors import UsageError
 
 # Ranges: the paper's sensitivity study (Fig. 3) covers a_sm, a_tmkd and alpha in [0.1, 10].
 DEFAULT_SPACE: dict[str, dict[str, Any]] = {
-    "variant": {"type": "choice", "values": ["sm+tmkd", "tmkd", "kd", "ft"]},
+    "variant": {"type": "choice", "values": ["sm+tmkd", "tmkd", "kd", "pkd", "ft"]},
     "student_layers": {"type": "choice", "values": [1, 2, 3]},
     "layer_strategy": {"type": "choice", "values": ["first", "skip", "last"]},
     "alpha": {"type": "loguniform", "low": 0.1, "high": 10.0},
@@ -27,6 +28,8 @@ DEFAULT_SPACE: dict[str, dict[str, Any]] = {
     "a_tmkd": {"type": "loguniform", "low": 0.1, "high": 10.0},
     "a_kd": {"type": "loguniform", "low": 0.1, "high": 10.0},
     "temperature": {"type": "loguniform", "low": 1.0, "high": 8.0},
+    # PKD's beta: the PKD paper searched {10, 100, 500, 1000} for its mean-squared patient loss
+    "pkd_beta": {"type": "loguniform", "low": 1.0, "high": 1000.0},
     "lr": {"type": "loguniform", "low": 1e-5, "high": 3e-4},
 }
 TYPES = ("uniform", "loguniform", "int", "choice")
@@ -46,6 +49,10 @@ def active(name: str, params: dict[str, Any]) -> bool:
         return "kd" in terms
     if name == "temperature":
         return "kd" in terms or ("tmkd" in terms and params.get("distance", "mse") == "kl")
+    if name in ("pkd_beta", "pkd_layer_map"):
+        return "pt" in terms
+    if name.startswith("bt_"):   # back-translation settings matter only with --augment bt
+        return params.get("augment", "none") == "bt"
     return True
 
 
@@ -107,7 +114,7 @@ class DefineByRun:
     def __init__(self, space: dict[str, dict], fixed: dict[str, Any] | None = None):
         self.space = space
         self.fixed = dict(fixed or {})
-        self.order = sorted(space, key=lambda k: (k not in ("variant", "distance"), k))   # variant first
+        self.order = sorted(space, key=lambda k: (k not in ("variant", "distance", "augment"), k))   # variant first
 
     def __call__(self, trial) -> None:
         chosen: dict[str, Any] = {}

@@ -3,7 +3,8 @@
 One step of ``sm+tmkd``: draw a mixup plan; run the student *once* over the original batch and its
 mixed copies (concatenated along the batch); run the frozen teacher (eval, no grad) on the mixed
 copies only; combine L_MLE, L_SM and L_TMKD by their weights. ``kd`` queries the teacher on the
-original batch only, ``ft`` never. Checkpoints hold everything needed to resume exactly.
+original batch only, ``ft`` never; ``pkd`` is ``kd`` with both models also returning their hidden
+states, for the patient loss L_PT. Checkpoints hold everything needed to resume exactly.
 """
 from __future__ import annotations
 
@@ -66,6 +67,30 @@ def model_inputs(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, 
     if "token_type_ids" in batch and _token_type_table(model) is not None:
         keys.append("token_type_ids")
     return {k: batch[k] for k in keys}
+
+
+def pkd_pairs(cfg, teacher: nn.Module, student: nn.Module) -> list[tuple[int, int]]:
+    """(student layer, teacher layer) pairs of PKD's patient loss, 1-based (hidden_states indices).
+
+    ``--pkd-layer-map auto`` follows the student's init: ``last`` for ``--layer-strategy last``, else
+    ``skip`` (PKD-Skip; with ``--layer-strategy skip`` each student layer is matched to the teacher
+    layer it was copied from). A 1-layer student has no intermediate layer: no pairs, L_PT is 0 and
+    pkd trains as kd.
+    """
+    from .models import encoder_layers
+    n_t, k = len(encoder_layers(teacher)), len(encoder_layers(student))
+    strategy = cfg.pkd_layer_map
+    if strategy == "auto":
+        strategy = "last" if cfg.layer_strategy == "last" and not cfg.student_model else "skip"
+    if k > n_t:
+        raise UsageError(f"variant pkd matches student layers to teacher layers, but the student has {k} layers "
+                         f"and the teacher {n_t}; use a student with at most {n_t} layers")
+    hs, ht = getattr(student.config, "hidden_size", None), getattr(teacher.config, "hidden_size", None)
+    if hs != ht:
+        raise UsageError(f"variant pkd compares hidden states, but the student is {hs} wide and the teacher "
+                         f"{ht}; use a student of the teacher's width (e.g. drop --student-model)")
+    from .losses import pkd_layer_map
+    return list(zip(range(1, k), pkd_layer_map(n_t, k, strategy)))
 
 
 def make_collator(tokenizer):
@@ -142,7 +167,13 @@ class Trainer:
             self.teacher = teacher.to(self.device).eval()
             for p in self.teacher.parameters():
                 p.requires_grad_(False)
-        self.weights = {"mle": cfg.w_mle, "sm": cfg.a_sm, "tmkd": cfg.a_tmkd, "kd": cfg.a_kd}
+        self.weights = {"mle": cfg.w_mle, "sm": cfg.a_sm, "tmkd": cfg.a_tmkd, "kd": cfg.a_kd, "pt": cfg.pkd_beta}
+        # PKD: hidden states are requested (from student and teacher) only when L_PT is trained
+        self.pkd_pairs = pkd_pairs(cfg, self.teacher, self.student) if "pt" in self.terms else None
+        if self.pkd_pairs == [] and self.is_main:
+            import warnings
+            warnings.warn("variant pkd with a 1-layer student: no intermediate layer to match, L_PT is 0 "
+                          "(the run is Hinton KD)", stacklevel=2)
         self.collator = make_collator(tokenizer)
         self.callbacks = list(callbacks or [])
 
@@ -193,6 +224,7 @@ class Trainer:
         labels = batch["labels"]
         terms: dict[str, torch.Tensor] = {}
         inputs = model_inputs(s, batch)
+        hidden = {"output_hidden_states": True} if "pt" in self.terms else {}
         if "sm" in self.terms or "tmkd" in self.terms:
             B = labels.shape[0]
             plan = sample_plan(B, cfg.alpha, cfg.mixup_ratio)
@@ -220,13 +252,17 @@ class Trainer:
                 terms["tmkd"] = losses.tmkd_loss(mixed_logits, t_logits, cfg.distance, cfg.temperature,
                                                  task.regression)
         else:
-            logits = self.model(**inputs).logits
+            out = self.model(**inputs, **hidden)
+            logits = out.logits
         terms["mle"] = losses.mle_loss(logits, labels, task.regression)
         if "kd" in self.terms:
             with torch.no_grad():
-                t_logits = self.teacher(**model_inputs(self.teacher, batch)).logits
-            terms["kd"] = losses.kd_loss(logits, t_logits, cfg.temperature, task.regression)
-        return {k: terms[k] for k in ("mle", "sm", "tmkd", "kd") if k in terms}
+                t_out = self.teacher(**model_inputs(self.teacher, batch), **hidden)
+            terms["kd"] = losses.kd_loss(logits, t_out.logits, cfg.temperature, task.regression)
+            if "pt" in self.terms:   # 1-layer student: nothing to match, L_PT = 0 (logged as such)
+                terms["pt"] = (losses.patient_loss(out.hidden_states, t_out.hidden_states, self.pkd_pairs)
+                               if self.pkd_pairs else logits.new_zeros(()).float())
+        return {k: terms[k] for k in ("mle", "sm", "tmkd", "kd", "pt") if k in terms}
 
     def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
         """Forward/backward over the step's micro-batches, then clip, step the optimizer and schedule."""

@@ -1,0 +1,477 @@
+"""Back-translation (+BT) augmentation: English -> pivot -> English with two translation models.
+
+``backtranslate(task, ...)`` rewrites the training subset (``--data-fraction`` / ``--data-seed``,
+the same rows :func:`mixkd.data.load_glue` selects) through a forward and a backward
+``AutoModelForSeq2SeqLM`` (default the MarianMT pair ``Helsinki-NLP/opus-mt-en-{pivot}`` and
+``opus-mt-{pivot}-en``) and writes the result as a TSV in the task's own GLUE layout, loadable with
+``--augment-file`` (or used directly by ``--augment bt``):
+
+- both sentences of a sentence-pair task are translated; the label and every other column of the
+  source row are copied;
+- a row whose round trip is empty, or equal to its source (ignoring case and whitespace), is dropped;
+  both are counted;
+- generation is batched (rows sorted by length), on the GPU when there is one, and seeded per batch,
+  so a result does not depend on where an interrupted run was resumed;
+- completed batches are appended to ``<file>.partial`` with a sidecar state ``<file>.partial.json``
+  (written atomically after each batch); an interrupted run truncates the partial file to the last
+  recorded batch and continues, so no row is written twice; the final file (rows back in source
+  order) replaces the partial one with ``os.replace``;
+- results are cached under ``$MIXKD_CACHE/augment/`` (or ``augment_dir``) by a key of the task, the
+  source file's content, fraction, data seed, both models and every generation setting; a second call
+  with the same inputs returns the cached file without loading any model.
+
+No Ray or MLflow here; torch and transformers are imported only when a translation is generated.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+from .data import cache_dir, load_split, read_glue_tsv, resolve_data_dir, subset_indices
+from .errors import UsageError
+from .tasks import TaskSpec, get_task
+
+FORMAT_VERSION = 1          # bump when the output of the same inputs changes
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_MAX_LENGTH = 256
+
+# a round trip: (texts, batch index) -> one back-translated string per text
+RoundTrip = Callable[[list[str], int], list[str]]
+
+
+def default_models(pivot: str) -> tuple[str, str]:
+    return f"Helsinki-NLP/opus-mt-en-{pivot}", f"Helsinki-NLP/opus-mt-{pivot}-en"
+
+
+@dataclass(frozen=True)
+class BTSettings:
+    """Everything that decides the generated text (and so the cache key), besides the data."""
+    pivot: str = "de"
+    forward_model: str | None = None      # default Helsinki-NLP/opus-mt-en-{pivot}
+    backward_model: str | None = None     # default Helsinki-NLP/opus-mt-{pivot}-en
+    num_beams: int = 4
+    do_sample: bool = False
+    top_p: float = 0.9
+    temperature: float = 1.0
+    max_length: int = DEFAULT_MAX_LENGTH  # input truncation and max new tokens, per translation
+    batch_size: int = DEFAULT_BATCH_SIZE  # rows per generate call (pairs: 2 sentences per row)
+    seed: int = 42
+    trust_remote_code: bool = False
+
+    @property
+    def models(self) -> tuple[str, str]:
+        fwd, bwd = default_models(self.pivot)
+        return self.forward_model or fwd, self.backward_model or bwd
+
+    def check(self) -> "BTSettings":
+        def bad(flag, value, fix):
+            raise UsageError(f"--{flag} {value!r} is invalid: {fix}")
+        if not self.pivot or not self.pivot.replace("_", "").replace("-", "").isalnum():
+            bad("pivot", self.pivot, "use a language code such as de, fr or zh")
+        if self.num_beams < 1:
+            bad("num-beams", self.num_beams, "use a beam size >= 1")
+        if not 0 < self.top_p <= 1:
+            bad("top-p", self.top_p, "use a probability mass in (0, 1]")
+        if self.temperature <= 0:
+            bad("temperature", self.temperature, "the sampling temperature must be > 0")
+        if self.max_length < 1:
+            bad("max-length", self.max_length, "use a positive number of tokens, e.g. 256")
+        if self.batch_size < 1:
+            bad("batch-size", self.batch_size, "use a positive number of rows per batch, e.g. 32")
+        return self
+
+    def generation_kwargs(self) -> dict:
+        kw = {"num_beams": self.num_beams, "do_sample": self.do_sample, "max_new_tokens": self.max_length}
+        if self.do_sample:   # pure nucleus sampling: top_k=0 turns off transformers' default top-k of 50
+            kw.update(top_p=self.top_p, temperature=self.temperature, top_k=0)
+        return kw
+
+    def key_dict(self) -> dict:
+        """The settings that change the output (sampling knobs only when sampling)."""
+        d = {"pivot": self.pivot, **self.generation_kwargs(), "batch_size": self.batch_size, "seed": self.seed}
+        return d
+
+
+@dataclass
+class AugmentResult:
+    path: Path                 # the cached TSV (or --out, when given)
+    cache_path: Path
+    cached: bool               # True: found in the cache, nothing generated
+    source_rows: int
+    kept: int
+    dropped_empty: int
+    dropped_unchanged: int
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        return (f"{self.source_rows} source rows -> {self.kept} kept, {self.dropped_unchanged} dropped as "
+                f"unchanged, {self.dropped_empty} dropped as empty")
+
+
+# --- source rows ------------------------------------------------------------------------------------
+
+@dataclass
+class SourceRows:
+    header: str | None          # the header line, verbatim (None: the task's files have none)
+    rows: list[list[str]]       # the tab-separated fields of every data row, in file order
+    description: str            # file path or hub split
+    content_id: str             # what the cache key uses for the data
+
+
+def _synth_row(task: TaskSpec, texts: Sequence[str], label: str) -> list[str]:
+    fields = [""] * task.min_columns
+    for c, text in zip(task.text_columns, texts):
+        fields[c] = text
+    fields[task.label_column] = label
+    return fields
+
+
+def load_source_rows(task: TaskSpec, data_dir: str | None) -> SourceRows:
+    """The raw training rows: the local GLUE file's own fields (validated by the normal loader), or
+    rows synthesised in the GLUE column layout from the hub split."""
+    d = resolve_data_dir(data_dir)
+    if d is not None:
+        path = d / task.folder / "train.tsv"
+        read_glue_tsv(path, task)                # every row checked, errors name file:line
+        raw = path.read_bytes()
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            lines = fh.read().split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+        lines = [line.rstrip("\r") for line in lines]
+        header = lines[0] if task.has_header else None
+        rows = [line.split("\t") for line in lines[(1 if task.has_header else 0):]]
+        return SourceRows(header, rows, str(path), hashlib.sha256(raw).hexdigest())
+    ds, src, content = load_split(task, "train", None)
+    rows = []
+    for ex in ds:
+        y = ex["label"]
+        label = repr(float(y)) if task.regression else task.tsv_labels[int(y)]
+        rows.append(_synth_row(task, [ex[k] for k in task.text_keys], label))
+    header = None
+    if task.has_header:
+        names = [f"col{i}" for i in range(task.min_columns)]
+        for c, k in zip(task.text_columns, task.text_keys):
+            names[c] = k
+        names[task.label_column] = "label"
+        header = "\t".join(names)
+    return SourceRows(header, rows, src, str(content))
+
+
+# --- filtering --------------------------------------------------------------------------------------
+
+def clean_text(text: str) -> str:
+    """One TSV field: tabs and line breaks become spaces, runs of whitespace one space."""
+    return " ".join(text.replace("\t", " ").replace("\r", " ").replace("\n", " ").split())
+
+
+def _norm(text: str) -> str:
+    return "".join(text.lower().split())
+
+
+def judge(sources: Sequence[str], outputs: Sequence[str]) -> str:
+    """'empty' when any back-translation is empty, 'unchanged' when every one equals its source
+    (ignoring case and whitespace, so "it 's" == "It's"), else 'ok'."""
+    if any(not o.strip() for o in outputs):
+        return "empty"
+    if all(_norm(o) == _norm(s) for s, o in zip(sources, outputs)):
+        return "unchanged"
+    return "ok"
+
+
+# --- models -----------------------------------------------------------------------------------------
+
+def model_fingerprint(name: str) -> str:
+    """A hub id as is; a local directory by its absolute path, config and weight-file sizes."""
+    p = Path(name).expanduser()
+    if not p.is_dir():
+        return name
+    h = hashlib.sha256(str(p.resolve()).encode())
+    for f in sorted(p.iterdir()):
+        if f.name in ("config.json", "generation_config.json"):
+            h.update(f.read_bytes())
+        elif f.suffix in (".safetensors", ".bin", ".model", ".spm", ".json"):
+            h.update(f"{f.name}:{f.stat().st_size}".encode())
+    return f"{p.resolve()}@{h.hexdigest()[:16]}"
+
+
+def load_translation_model(name: str, flag: str, device, trust_remote_code: bool = False):
+    """(tokenizer, model) of a seq2seq translation model; any failure is one UsageError line naming
+    the model and the fix."""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from .models import quiet_transformers
+    quiet_transformers()
+    p = Path(name).expanduser()
+    looks_local = name.startswith((".", "/", "~")) or p.exists()
+    if looks_local and not p.is_dir():
+        raise UsageError(f"translation model '{name}' ({flag}) does not exist; pass an existing local model "
+                         f"directory or a hub id with {flag}")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(p) if looks_local else name, trust_remote_code=trust_remote_code)
+        model = AutoModelForSeq2SeqLM.from_pretrained(str(p) if looks_local else name,
+                                                      trust_remote_code=trust_remote_code)
+    except Exception as e:  # offline hub, missing files, not a seq2seq model, missing sentencepiece ...
+        msg = (str(e).strip().splitlines() or [""])[0][:160]
+        fix = (f"pass {flag} a local directory with a saved translation model (save_pretrained of the model "
+               f"and its tokenizer)" if looks_local else
+               f"without network, download it where there is one (e.g. `hf download {name}`) and pass the "
+               f"local directory with {flag}; Marian models also need `pip install sentencepiece`")
+        raise UsageError(f"cannot load translation model '{name}' ({type(e).__name__}: {msg}); {fix}") from None
+    return tok, model.to(device).eval()
+
+
+class MarianRoundTrip:
+    """English -> pivot -> English with two seq2seq models, batched and seeded per batch."""
+
+    def __init__(self, settings: BTSettings, device: str = "auto", flags: tuple[str, str] = ("--forward-model",
+                                                                                            "--backward-model")):
+        from .trainer import resolve_device
+        self.settings = settings
+        self.device = resolve_device(device)
+        fwd, bwd = settings.models
+        self.forward = load_translation_model(fwd, flags[0], self.device, settings.trust_remote_code)
+        self.backward = load_translation_model(bwd, flags[1], self.device, settings.trust_remote_code)
+
+    def _generate(self, pair, texts: list[str], seed: int) -> list[str]:
+        import torch
+        tok, model = pair
+        n = self.settings.max_length     # never past the model's position table (decoder start included)
+        positions = getattr(model.config, "max_position_embeddings", None)
+        if positions:
+            n = min(n, positions - 1)
+        enc = tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=n)
+        enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+        torch.manual_seed(seed)          # CPU and CUDA generators: sampling repeats exactly per batch
+        with torch.inference_mode():
+            out = model.generate(**enc, **{**self.settings.generation_kwargs(), "max_new_tokens": n})
+        return tok.batch_decode(out, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+
+    def __call__(self, texts: list[str], batch_index: int) -> list[str]:
+        base = self.settings.seed * 1_000_003 + 2 * batch_index
+        pivot = self._generate(self.forward, texts, base)
+        return self._generate(self.backward, pivot, base + 1)
+
+
+# --- the cache --------------------------------------------------------------------------------------
+
+def augment_root(augment_dir: str | None = None) -> Path:
+    return Path(augment_dir).expanduser() if augment_dir else cache_dir() / "augment"
+
+
+def cache_path(task: TaskSpec, source: SourceRows, fraction: float, data_seed: int, settings: BTSettings,
+               augment_dir: str | None = None) -> tuple[Path, dict]:
+    """Deterministic path of the back-translation of this subset with these models and settings."""
+    fwd, bwd = settings.models
+    key = {"format": FORMAT_VERSION, "method": "backtranslate", "task": task.name, "source": source.content_id,
+           "data_fraction": float(fraction), "data_seed": int(data_seed), "forward_model": model_fingerprint(fwd),
+           "backward_model": model_fingerprint(bwd), "settings": settings.key_dict()}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    name = f"{task.name}-bt-{settings.pivot}-f{float(fraction):g}-s{data_seed}-{digest}.tsv"
+    return augment_root(augment_dir) / name, key
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` (two processes never append to the same partial file)."""
+    import fcntl
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    tmp.write_bytes(src.read_bytes())
+    os.replace(tmp, dst)
+
+
+def meta_path(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+# --- the job ----------------------------------------------------------------------------------------
+
+def backtranslate(task: str | TaskSpec, data_dir: str | None = None, data_fraction: float | None = None,
+                  data_seed: int | None = None, settings: BTSettings | None = None, device: str = "auto",
+                  out: str | os.PathLike | None = None, augment_dir: str | None = None,
+                  translator: RoundTrip | None = None, progress: bool = True,
+                  log: Callable[[str], None] | None = None,
+                  flags: tuple[str, str] = ("--forward-model", "--backward-model")) -> AugmentResult:
+    """Back-translate the training subset of ``task``; returns where the TSV is and what was dropped.
+
+    ``data_seed`` defaults to ``settings.seed`` (as ``--data-seed`` defaults to ``--seed``).
+    ``translator`` replaces the model round trip (tests); it is built only on a cache miss.
+    """
+    t0 = time.time()
+    settings = (settings or BTSettings()).check()
+    task = task if isinstance(task, TaskSpec) else get_task(task)
+    fraction = 1.0 if data_fraction is None else float(data_fraction)
+    if not 0.0 < fraction <= 1.0:
+        raise UsageError(f"--data-fraction {fraction!r} is invalid: use a value in (0, 1], e.g. 0.1 for 10%")
+    data_seed = settings.seed if data_seed is None else int(data_seed)
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    source = load_source_rows(task, data_dir)
+    final, key = cache_path(task, source, fraction, data_seed, settings, augment_dir)
+    final.parent.mkdir(parents=True, exist_ok=True)
+
+    def finish(result: AugmentResult) -> AugmentResult:
+        if out is not None and Path(out).expanduser().resolve() != final.resolve():
+            _copy_atomic(final, Path(out).expanduser())
+            result.path = Path(out).expanduser()
+        result.seconds = round(time.time() - t0, 2)
+        return result
+
+    def from_cache() -> AugmentResult:
+        meta = json.loads(meta_path(final).read_text()) if meta_path(final).is_file() else {}
+        n = meta.get("kept")
+        if n is None:
+            n = sum(1 for _ in open(final, encoding="utf-8")) - (1 if task.has_header else 0)
+        log(f"mixkd augment: cache hit {final}")
+        return finish(AugmentResult(final, final, True, meta.get("source_rows", -1), n,
+                                    meta.get("dropped_empty", -1), meta.get("dropped_unchanged", -1)))
+
+    if final.is_file():
+        return from_cache()
+    with _locked(final.with_name(final.name + ".lock")):
+        if final.is_file():                      # another process finished it while we waited
+            return from_cache()
+        result = _generate(task, source, fraction, data_seed, settings, final, key, device, translator,
+                           progress, log, flags)
+    return finish(result)
+
+
+def _generate(task: TaskSpec, source: SourceRows, fraction: float, data_seed: int, settings: BTSettings,
+              final: Path, key: dict, device: str, translator: RoundTrip | None, progress: bool,
+              log: Callable[[str], None], flags: tuple[str, str]) -> AugmentResult:
+    idx = subset_indices(len(source.rows), fraction, data_seed).tolist()
+    cols = task.text_columns
+    # long rows together: less padding per generate call; the plan is fixed by the data alone
+    order = sorted(idx, key=lambda i: (sum(len(source.rows[i][c]) for c in cols), i))
+    bs = settings.batch_size
+    batches = [order[i:i + bs] for i in range(0, len(order), bs)]
+    partial = final.with_name(final.name + ".partial")
+    state_file = final.with_name(final.name + ".partial.json")
+    state = {"key": key, "batches_done": 0, "bytes": 0, "kept": 0, "dropped_empty": 0, "dropped_unchanged": 0,
+             "num_batches": len(batches)}
+    if state_file.is_file() and partial.is_file():
+        saved = json.loads(state_file.read_text())
+        if saved.get("key") == key and saved.get("num_batches") == len(batches):
+            state = saved
+            log(f"mixkd augment: resuming {final.name} at batch {state['batches_done']}/{len(batches)}")
+    with open(partial, "ab") as fh:              # drop a batch written after the last recorded state
+        fh.truncate(state["bytes"])
+    if state["batches_done"] == 0:
+        _write_json_atomic(state_file, state)
+    fwd, bwd = settings.models
+    if state["batches_done"] < len(batches):
+        if translator is None:   # models load first: an unloadable one is the only line printed
+            translator = MarianRoundTrip(settings, device, flags)
+            log(f"mixkd augment: back-translating {len(idx)} {task.name} rows via {fwd} -> {bwd} "
+                f"on {translator.device}")
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(batches), initial=state["batches_done"], disable=not progress, file=sys.stderr,
+                   desc=f"back-translate {task.name}", dynamic_ncols=True)
+        for b in range(state["batches_done"], len(batches)):
+            rows = [source.rows[i] for i in batches[b]]
+            texts = [row[c] for row in rows for c in cols]
+            outputs = [clean_text(o) for o in translator(texts, b)]
+            if len(outputs) != len(texts):
+                raise RuntimeError(f"translation returned {len(outputs)} texts for {len(texts)}")
+            lines = []
+            for j, (i, row) in enumerate(zip(batches[b], rows)):
+                src, new = texts[j * len(cols):(j + 1) * len(cols)], outputs[j * len(cols):(j + 1) * len(cols)]
+                verdict = judge(src, new)
+                if verdict != "ok":
+                    state[f"dropped_{verdict}"] += 1
+                    continue
+                fields = list(row)
+                for c, text in zip(cols, new):
+                    fields[c] = text
+                lines.append(f"{i}\t" + "\t".join(fields) + "\n")
+                state["kept"] += 1
+            with open(partial, "ab") as fh:
+                fh.write("".join(lines).encode("utf-8"))
+                fh.flush()
+                os.fsync(fh.fileno())
+                state["bytes"] = fh.tell()
+            state["batches_done"] = b + 1
+            _write_json_atomic(state_file, state)
+            bar.update(1)
+        bar.close()
+    # finalize: header + rows in source order, then the meta sidecar, then the atomic rename
+    entries = []
+    for line in partial.read_text(encoding="utf-8").splitlines():
+        i, row = line.split("\t", 1)
+        entries.append((int(i), row))
+    entries.sort()
+    if len(entries) != state["kept"] or len({i for i, _ in entries}) != len(entries):
+        raise RuntimeError(f"{partial}: {len(entries)} rows for {state['kept']} kept; delete it and run again")
+    if not entries:   # an empty file would not load as --augment-file; nothing is cached
+        raise UsageError(f"back-translation kept none of {len(idx)} rows ({state['dropped_empty']} empty, "
+                         f"{state['dropped_unchanged']} unchanged); check the translation models ({fwd}, {bwd})")
+    tmp = final.with_name(f".{final.name}.tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as fh:
+        if source.header is not None:
+            fh.write(source.header + "\n")
+        fh.writelines(row + "\n" for _, row in entries)
+    meta = {"task": task.name, "method": "backtranslate", "pivot": settings.pivot, "forward_model": fwd,
+            "backward_model": bwd, **{k: v for k, v in dataclasses.asdict(settings).items()
+                                      if k not in ("forward_model", "backward_model", "pivot")},
+            "data_source": source.description, "data_fraction": fraction, "data_seed": data_seed,
+            "source_rows": len(idx), "kept": state["kept"], "dropped_empty": state["dropped_empty"],
+            "dropped_unchanged": state["dropped_unchanged"], "key": key}
+    _write_json_atomic(meta_path(final), meta)
+    os.replace(tmp, final)
+    partial.unlink(missing_ok=True)
+    state_file.unlink(missing_ok=True)
+    return AugmentResult(final, final, False, len(idx), state["kept"], state["dropped_empty"],
+                         state["dropped_unchanged"])
+
+
+# --- the config switch (--augment bt) ---------------------------------------------------------------
+
+def settings_from_config(cfg) -> BTSettings:
+    return BTSettings(pivot=cfg.bt_pivot, forward_model=cfg.bt_forward_model, backward_model=cfg.bt_backward_model,
+                      num_beams=cfg.bt_num_beams, do_sample=cfg.bt_do_sample, top_p=cfg.bt_top_p,
+                      temperature=cfg.bt_temperature, seed=cfg.resolved_data_seed,
+                      trust_remote_code=cfg.trust_remote_code)
+
+
+CONFIG_FLAGS = ("--bt-forward-model", "--bt-backward-model")
+
+
+def bt_cache_path(cfg) -> Path:
+    """Where ``--augment bt`` finds (or will write) the back-translation of ``cfg``'s subset."""
+    task = get_task(cfg.task)
+    settings = settings_from_config(cfg).check()
+    fraction = 1.0 if cfg.data_fraction is None else cfg.data_fraction
+    return cache_path(task, load_source_rows(task, cfg.data_dir), fraction, cfg.resolved_data_seed, settings,
+                      cfg.augment_dir)[0]
+
+
+def bt_file_for_config(cfg, progress: bool | None = None) -> AugmentResult:
+    """The back-translation of ``cfg``'s training subset: from the cache, else generated now (on
+    ``cfg.device``). The generation seed is the data seed: runs on the same subset share one file."""
+    return backtranslate(cfg.task, cfg.data_dir, cfg.data_fraction, cfg.resolved_data_seed,
+                         settings_from_config(cfg), device=cfg.device, augment_dir=cfg.augment_dir,
+                         progress=cfg.progress if progress is None else progress, flags=CONFIG_FLAGS)

@@ -1,0 +1,70 @@
+"""``mixkd augment``: back-translate a task's training subset into a TSV for ``--augment-file``.
+
+    mixkd augment --task sst2 --method backtranslate --pivot de --data-fraction 0.1 --out runs/sst2-bt.tsv
+
+The result is cached under ``$MIXKD_CACHE/augment/`` (``--augment-dir``) by task, data, fraction, seed,
+models and settings; running the same command again prints "cache hit" and copies the cached file.
+An interrupted run continues where it stopped when the same command is run again.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+METHODS = ("backtranslate",)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .augment import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH
+    p.add_argument("--task", required=True, help="GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli")
+    p.add_argument("--method", default="backtranslate", choices=METHODS,
+                   help="augmentation method (default: backtranslate, English -> pivot -> English)")
+    p.add_argument("--pivot", default="de", help="pivot language (default de: Helsinki-NLP/opus-mt-en-de and "
+                                                 "opus-mt-de-en)")
+    p.add_argument("--forward-model", help="English -> pivot model: hub id or local dir "
+                                           "(default Helsinki-NLP/opus-mt-en-PIVOT)")
+    p.add_argument("--backward-model", help="pivot -> English model: hub id or local dir "
+                                            "(default Helsinki-NLP/opus-mt-PIVOT-en)")
+    p.add_argument("--data-dir", help="GLUE folder (default: $GLUE_DIR, else the hub)")
+    p.add_argument("--data-fraction", type=float, help="back-translate this fraction of the training set: the "
+                                                      "same seeded subset as a run's --data-fraction (default 1)")
+    p.add_argument("--data-seed", type=int, help="seed of the subset (default: --seed)")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="rows per generate call")
+    p.add_argument("--num-beams", type=int, default=4, help="beam size (1 with --do-sample: pure sampling)")
+    p.add_argument("--do-sample", action=argparse.BooleanOptionalAction, default=False,
+                   help="sample translations (top-p) instead of beam search")
+    p.add_argument("--top-p", type=float, default=0.9, help="nucleus mass when --do-sample")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature when --do-sample")
+    p.add_argument("--seed", type=int, default=42, help="generation seed (and default --data-seed)")
+    p.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH,
+                   help="truncate inputs to and generate at most this many tokens per translation")
+    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda or cuda:N")
+    p.add_argument("--out", help="also write the result here (default: only the cache file, printed)")
+    p.add_argument("--augment-dir", help="cache folder (default $MIXKD_CACHE/augment)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow translation models with custom code")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
+
+
+def main(args: argparse.Namespace) -> int:
+    from .augment import BTSettings, backtranslate
+    from .errors import UsageError
+    if not (args.device in ("auto", "cpu", "cuda") or args.device.startswith("cuda:")):
+        raise UsageError(f"--device {args.device!r} is invalid: use auto, cpu, cuda or cuda:N")
+    settings = BTSettings(pivot=args.pivot, forward_model=args.forward_model, backward_model=args.backward_model,
+                          num_beams=args.num_beams, do_sample=args.do_sample, top_p=args.top_p,
+                          temperature=args.temperature, max_length=args.max_length, batch_size=args.batch_size,
+                          seed=args.seed, trust_remote_code=args.trust_remote_code)
+    try:
+        r = backtranslate(args.task, args.data_dir, args.data_fraction, args.data_seed, settings, device=args.device,
+                          out=args.out, augment_dir=args.augment_dir, progress=args.progress)
+    except KeyboardInterrupt:
+        print("mixkd augment: interrupted; run the same command again to continue where it stopped",
+              file=sys.stderr)
+        return 130
+    how = "cached" if r.cached else f"generated in {r.seconds:.1f} s"
+    print(f"mixkd augment: {r.summary()} ({how}); use it with --augment-file {r.path}", file=sys.stderr)
+    print(json.dumps({"path": str(r.path), "cache_path": str(r.cache_path), "cached": r.cached,
+                      "source_rows": r.source_rows, "kept": r.kept, "dropped_empty": r.dropped_empty,
+                      "dropped_unchanged": r.dropped_unchanged}, indent=2))
+    return 0
