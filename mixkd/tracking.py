@@ -37,7 +37,7 @@ def run_tags(cfg: MixKDConfig, role: str) -> dict[str, str]:
     return {
         ROLE_TAG: role, "task": str(cfg.task), "variant": cfg.variant, **student,
         "data_fraction": str(cfg.data_fraction), "seed": str(cfg.seed),
-        "augmentation": Path(cfg.augment_file).name if cfg.augment_file else "none",
+        "augmentation": cfg.augmentation,   # 'bt-de' for --augment bt, an --augment-file's name, or 'none'
         "config_hash": cfg.config_hash(), "config_group": cfg.group_hash(), "git_commit": git_commit(),
     }
 
