@@ -224,7 +224,7 @@ def load_translation_model(name: str, flag: str, device, trust_remote_code: bool
         fix = (f"pass {flag} a local directory with a saved translation model (save_pretrained of the model "
                f"and its tokenizer)" if looks_local else
                f"without network, download it where there is one (e.g. `hf download {name}`) and pass the "
-               f"local directory with {flag}; Marian models also need `pip install sentencepiece`")
+               f"local directory with {flag}; Marian tokenizers also need `pip install sentencepiece`")
         raise UsageError(f"cannot load translation model '{name}' ({type(e).__name__}: {msg}); {fix}") from None
     return tok, model.to(device).eval()
 
