@@ -128,7 +128,8 @@ def main(argv=None) -> int:
         s_fb2 = timed(fwd_bwd(2), args.steps, args.warmup, sync)
         t_f = timed(teacher_fwd, args.steps, args.warmup, sync)
         opt = max(step_time["ft"] - s_fb1, 0.0)
-        predicted = {"ft": s_fb1 + opt, "kd": s_fb1 + t_f + opt, "tmkd": s_fb2 + t_f + opt, "sm+tmkd": s_fb2 + t_f + opt}
+        predicted = {"ft": s_fb1 + opt, "kd": s_fb1 + t_f + opt, "tmkd": s_fb2 + t_f + opt, "sm+tmkd": s_fb2 + t_f + opt,
+                     "pkd": s_fb1 + t_f + opt}   # kd's passes; hidden states and L_PT are cheap extras
 
         print(f"\nstudent {k} layers ({count_parameters(s):,} params): student fwd+bwd B {s_fb1 * 1e3:.0f} ms, "
               f"2B {s_fb2 * 1e3:.0f} ms; teacher fwd B {t_f * 1e3:.0f} ms; optimizer+rest {opt * 1e3:.0f} ms")
