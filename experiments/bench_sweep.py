@@ -1,18 +1,26 @@
 """Overhead of running trials through the sweep (Ray Tune) vs in-process one after another.
 
 N identical small trials (a 2-layer sm+tmkd student of the packaged MiniLM on an SST-2 slice) run
-(1) in this process, one after another, with mixkd.run.distill, and (2) as a grid sweep of N
-identical cells through mixkd.sweep.run_sweep on a local Ray instance, one trial at a time with the
-same CPUs. The teacher is prepared once beforehand and reused by both. Prints both wall times, their
-ratio (target <= 1.15 for single-worker trials) and the fixed overhead per trial.
+(1) in a fresh Python process, one after another, with mixkd.run.distill, and (2) as a grid sweep
+of N identical cells through mixkd.sweep.run_sweep in a fresh Python process on a local Ray
+instance, one trial at a time with the same CPUs. Both are timed from process start to exit, so
+both pay their imports once; ray.init is timed separately and reported beside (on a cluster it is
+already running). The teacher is prepared once beforehand and reused by both.
 
-    python experiments/bench_sweep.py [--trials 4] [--fraction 0.01] [--cpus 2]
+Prints both wall times, their ratio (target <= 1.15 for single-worker trials), the fixed overhead
+per trial, and where the sweep's extra time went: the trials' own wall time inside the trial
+process (Tune's time_total_s) against the in-process trials, and the rest (actor start-up, Tune and
+MLflow bookkeeping).
+
+    python experiments/bench_sweep.py [--trials 5] [--fraction 0.01] [--cpus 2]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -20,61 +28,114 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_spec(args):
+    from mixkd.sweep import SweepSpec
+    base = {"epochs": args.epochs, "max_seq_length": 64, "student_layers": 2, "variant": "sm+tmkd",
+            "max_eval_samples": 200, "lr": 1e-4}
+    return SweepSpec(name="bench", mode="grid", tasks=["sst2"], teacher_model="minilm-l6", seeds=[42],
+                     data_fractions=[args.fraction], base=base, teacher={"max_steps": 1, "max_eval_samples": 50},
+                     grid={"w_mle": [1.0] * args.trials}, cpus_per_trial=args.cpus,
+                     storage_path=str(Path(args.workdir)), data_dir=args.data_dir)
+
+
+def run_inproc(args) -> dict:
+    """Child process: the N trials one after another in this process."""
+    import torch
+    from mixkd.run import distill
+    spec = make_spec(args)
+    torch.set_num_threads(max(1, int(args.cpus)))
+    teacher = spec.experiment_dir / "teachers" / spec.teacher_key("sst2", args.fraction, 42)
+    per_trial = []
+    for i in range(args.trials):
+        t0 = time.perf_counter()
+        distill(spec.student_config("sst2", args.fraction, 42, str(teacher), str(Path(args.workdir) / "inproc" / str(i))))
+        per_trial.append(time.perf_counter() - t0)
+    return {"per_trial": per_trial}
+
+
+def run_swept(args) -> dict:
+    """Child process: ray.init (timed apart), then the N trials as a grid sweep."""
+    t0 = time.perf_counter()
+    from mixkd.sweep_cli import connect
+    connect("local")
+    init = time.perf_counter() - t0
+    from mixkd.sweep import run_sweep
+    import ray
+    spec = make_spec(args)
+    summary = run_sweep(spec)
+    trial_s = []
+    for f in sorted((spec.experiment_dir / "tune" / "grid").glob("*/result.json")):
+        rows = [json.loads(l) for l in f.read_text().splitlines() if l.strip()]
+        trial_s.append(rows[-1]["time_total_s"])
+    ray.shutdown()
+    return {"init": init, "finished": summary["finished_trials"], "trial_s": trial_s}
+
+
+def child(mode: str, args) -> tuple[float, dict]:
+    argv = [sys.executable, __file__, "--child", mode, "--trials", str(args.trials), "--fraction", str(args.fraction),
+            "--epochs", str(args.epochs), "--cpus", str(args.cpus), "--data-dir", args.data_dir,
+            "--workdir", args.workdir]
+    t0 = time.perf_counter()
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("BENCH ")]
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
+        raise SystemExit(f"bench_sweep: the {mode} run failed (exit {proc.returncode})")
+    return wall, json.loads(lines[-1][6:])
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--trials", type=int, default=4)
+    ap.add_argument("--trials", type=int, default=5)
     ap.add_argument("--fraction", type=float, default=0.01, help="SST-2 training fraction per trial")
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--cpus", type=float, default=2.0, help="CPUs per trial (and for the in-process runs)")
-    ap.add_argument("--data-dir", default=os.environ.get("GLUE_DIR") or str(Path(__file__).resolve().parents[1].parent / "shared" / "glue_data"))
+    ap.add_argument("--data-dir", default=os.environ.get("GLUE_DIR") or str(ROOT.parent / "shared" / "glue_data"))
     ap.add_argument("--workdir", default=None, help="scratch folder (default: a temp dir, removed at the end)")
+    ap.add_argument("--child", choices=("inproc", "sweep"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.child:
+        out = run_inproc(args) if args.child == "inproc" else run_swept(args)
+        print("BENCH " + json.dumps(out), flush=True)
+        return 0
 
-    import ray
-    import torch
+    keep = args.workdir is not None
+    args.workdir = str(Path(args.workdir or tempfile.mkdtemp(prefix="mixkd-bench-sweep-")).resolve())
+    from mixkd.run import finetune
+    spec = make_spec(args)
+    teacher = spec.experiment_dir / "teachers" / spec.teacher_key("sst2", args.fraction, 42)
+    print(f"preparing the teacher once ({teacher}) ...", flush=True)
+    finetune(spec.teacher_config("sst2", args.fraction, 42, str(teacher)).replace(overwrite=True))
 
-    from mixkd.config import MixKDConfig
-    from mixkd.run import distill, finetune
-    from mixkd.sweep import SweepSpec, run_sweep
-
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="mixkd-bench-sweep-"))
-    seed, key = 42, f"sst2-f{args.fraction:g}-s42"
-    base = {"epochs": args.epochs, "max_seq_length": 64, "student_layers": 2, "variant": "sm+tmkd",
-            "max_eval_samples": 200, "lr": 1e-4}
-    spec = SweepSpec(name="bench", mode="grid", tasks=["sst2"], teacher_model="minilm-l6", seeds=[seed],
-                     data_fractions=[args.fraction], base=base, teacher={"max_steps": 1, "max_eval_samples": 50},
-                     grid={"w_mle": [1.0] * args.trials}, cpus_per_trial=args.cpus, storage_path=str(work),
-                     data_dir=args.data_dir)
-    teacher_dir = spec.experiment_dir / "teachers" / key
-    print(f"preparing the teacher once ({teacher_dir}) ...", flush=True)
-    finetune(spec.teacher_config("sst2", args.fraction, seed, str(teacher_dir)))
-
-    torch.set_num_threads(max(1, int(args.cpus)))
-    t0 = time.perf_counter()
-    for i in range(args.trials):
-        cfg = spec.student_config("sst2", args.fraction, seed, str(teacher_dir), str(work / "inproc" / str(i)))
-        distill(cfg)
-    inproc = time.perf_counter() - t0
-    print(f"in-process: {args.trials} trials in {inproc:.1f} s ({inproc / args.trials:.1f} s per trial)", flush=True)
-
-    t0 = time.perf_counter()
-    ray.init(num_cpus=int(args.cpus), include_dashboard=True, dashboard_host="127.0.0.1",
-             runtime_env={"env_vars": {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if k in os.environ}})
-    init = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    summary = run_sweep(spec)
-    swept = time.perf_counter() - t0
-    ray.shutdown()
-    n = summary["finished_trials"]
-    ratio = swept / inproc
-    print(f"sweep:      {n} trials in {swept:.1f} s ({swept / max(n, 1):.1f} s per trial), plus ray.init {init:.1f} s")
+    inproc_wall, inproc = child("inproc", args)
+    n = args.trials
+    print(f"in-process: {n} trials in {inproc_wall:.1f} s ({inproc_wall / n:.1f} s per trial; "
+          f"trials alone {sum(inproc['per_trial']):.1f} s, imports and start-up {inproc_wall - sum(inproc['per_trial']):.1f} s)",
+          flush=True)
+    # the sweep refuses an existing experiment folder: keep only the prepared teacher
+    for p in spec.experiment_dir.iterdir():
+        if p.name != "teachers":
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    swept_wall, swept = child("sweep", args)
+    swept_wall -= swept["init"]
+    ratio = swept_wall / inproc_wall
+    in_trials = sum(swept["trial_s"])
+    print(f"sweep:      {swept['finished']} trials in {swept_wall:.1f} s ({swept_wall / n:.1f} s per trial), "
+          f"plus ray.init {swept['init']:.1f} s")
+    print(f"  inside the trials (Tune time_total_s): {in_trials:.1f} s "
+          f"(per trial: {', '.join(f'{t:.1f}' for t in swept['trial_s'])}); "
+          f"in-process trials: {', '.join(f'{t:.1f}' for t in inproc['per_trial'])}")
+    print(f"  outside the trials (process start, imports, actor start-up, Tune and MLflow bookkeeping): "
+          f"{swept_wall - in_trials:.1f} s vs {inproc_wall - sum(inproc['per_trial']):.1f} s in-process")
     print(f"ratio sweep / in-process: {ratio:.3f} (target <= 1.15: {'met' if ratio <= 1.15 else 'NOT met'}); "
-          f"fixed overhead per trial: {(swept - inproc) / args.trials:.1f} s")
-    if not args.workdir:
-        shutil.rmtree(work, ignore_errors=True)
-    return 0 if n == args.trials else 1
+          f"fixed overhead per trial: {(swept_wall - inproc_wall) / n:.1f} s")
+    if not keep:
+        shutil.rmtree(args.workdir, ignore_errors=True)
+    return 0 if swept["finished"] == n else 1
 
 
 if __name__ == "__main__":

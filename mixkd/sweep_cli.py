@@ -106,6 +106,9 @@ def main(args: argparse.Namespace) -> int:
     if (spec.experiment_dir / "sweep.yaml").is_file() and not args.resume:   # before Ray starts
         raise UsageError(f"experiment '{spec.experiment_dir}' exists; pass --resume to continue it or choose "
                          f"another --experiment-name")
+    from .tracking import check_tracking_uri, default_tracking_uri
+    check_tracking_uri(spec.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+                       or default_tracking_uri(spec.experiment_dir))   # one line now, not after the sweep
     where = connect(args.address)
     print(f"mixkd sweep '{spec.name}' ({spec.mode}) on {where}", file=sys.stderr)
     try:

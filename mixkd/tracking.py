@@ -22,6 +22,37 @@ def default_tracking_uri(experiment_dir: Path) -> str:
     return f"sqlite:///{Path(experiment_dir).resolve() / 'mlflow.db'}"
 
 
+def check_tracking_uri(uri: str) -> None:
+    """Fail fast (one line) on a tracking store a sweep could not write: an http(s) server that does
+    not answer, a sqlite file in a folder that cannot be created or written."""
+    from urllib.parse import urlparse
+    from .errors import UsageError
+    import os
+    import socket
+    u = urlparse(uri)
+    if u.scheme in ("http", "https"):
+        port = u.port or (443 if u.scheme == "https" else 80)
+        try:
+            with socket.create_connection((u.hostname or "127.0.0.1", port), timeout=5):
+                return
+        except OSError as e:
+            raise UsageError(f"--tracking-uri {uri}: no MLflow server answers there ({e.strerror or e}); start "
+                             f"one (mlflow server --host 127.0.0.1) or leave the flag out for a SQLite file in "
+                             f"the experiment folder") from None
+    if u.scheme == "sqlite":
+        path = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+        if path is None or str(path) in ("", ":memory:"):
+            raise UsageError(f"--tracking-uri {uri}: use sqlite:////absolute/path/mlflow.db")
+        folder = path.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not os.access(folder, os.W_OK):
+            raise UsageError(f"--tracking-uri {uri}: {folder} is not writable; choose another path")
+    elif u.scheme in ("", "file"):
+        raise UsageError(f"--tracking-uri {uri}: MLflow's file store is retired; use sqlite:///PATH/mlflow.db "
+                         f"or an http(s) server")
+
+
 def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -92,15 +123,18 @@ class SweepTracker:
                     "mlflow.parentRunId": self.parent_id}
             run = self.client.create_run(self.experiment_id, run_name=name or key, tags=tags)
             run_id = run.info.run_id
-            for k, v in flat_params(cfg).items():
-                self.client.log_param(run_id, k, v)
+            from mlflow.entities import Param
+            params = [Param(k, v) for k, v in flat_params(cfg).items()]
+            for i in range(0, len(params), 100):   # one write per 100 params (MLflow's batch limit)
+                self.client.log_batch(run_id, params=params[i:i + 100])
         else:
             self.client.update_run(run_id, status="RUNNING")
         self._runs[key] = run_id
         return run_id
 
-    def log_eval(self, run_id: str, row: dict[str, Any]) -> None:
+    def log_eval(self, key: str, row: dict[str, Any]) -> None:
         """One eval row of log.jsonl / a Tune result: every loss term and dev metric at its step."""
+        run_id = self._runs[key]
         step = int(row.get("step", 0))
         if run_id not in self._last_step:
             history = self.client.get_metric_history(run_id, "primary")
@@ -117,9 +151,10 @@ class SweepTracker:
             ts = int(time.time() * 1000)
             self.client.log_batch(run_id, metrics=[Metric(k, v, ts, step) for k, v in metrics.items()])
 
-    def finish(self, run_id: str, run_dir: Path | None, status: str = "FINISHED", reason: str | None = None,
+    def finish(self, key: str, run_dir: Path | None, status: str = "FINISHED", reason: str | None = None,
                log_model: bool = True) -> None:
         """Artifacts of a finished run (config, metrics.json, log.jsonl, model/) and its final status."""
+        run_id = self._runs[key]
         if run_dir is not None and Path(run_dir).is_dir():
             run_dir = Path(run_dir)
             for name in ("config.yaml", "metrics.json", "log.jsonl"):
@@ -130,8 +165,10 @@ class SweepTracker:
                 final = {f"final/{k}": float(v) for k, v in m.get("metrics", {}).items()}
                 final["final/primary"] = float(m["primary_value"])
                 final["params_count"] = float(m.get("params", 0))
-                for k, v in final.items():
-                    self.client.log_metric(run_id, k, v)
+                from mlflow.entities import Metric
+                import time
+                ts = int(time.time() * 1000)
+                self.client.log_batch(run_id, metrics=[Metric(k, v, ts, 0) for k, v in final.items()])
                 self.client.set_tag(run_id, "run_dir", str(run_dir))
             if log_model and (run_dir / "model").is_dir():
                 self.client.log_artifacts(run_id, str(run_dir / "model"), artifact_path="model")
@@ -139,5 +176,156 @@ class SweepTracker:
             self.client.set_tag(run_id, "mixkd.end_reason", reason[:5000])
         self.client.set_terminated(run_id, status=status)
 
+    def record_finished(self, key: str, cfg: MixKDConfig, role: str, run_dir: Path, log_model: bool = False,
+                        name: str | None = None) -> bool:
+        """Make sure a run folder that finished (metrics.json) has a FINISHED child run with its evals;
+        repairs what a driver crash between a trial's end and its record left out. True if it wrote."""
+        found = self._runs.get(key) or self._find(f"tags.`{PARENT_TAG}` = '{self.sweep_id}' and tags.`mixkd.key` = '{key}'")
+        if found and self.client.get_run(found).info.status == "FINISHED":
+            self._runs[key] = found
+            return False
+        self.child(key, cfg, role, name)
+        log = Path(run_dir) / "log.jsonl"
+        for line in (log.read_text().splitlines() if log.is_file() else []):
+            if line.strip():
+                self.log_eval(key, json.loads(line))
+        self.finish(key, Path(run_dir), log_model=log_model)
+        return True
+
+    def log_parent_artifact(self, path: str, artifact_path: str | None = None) -> None:
+        if Path(path).is_dir():
+            self.client.log_artifacts(self.parent_id, path, artifact_path=artifact_path)
+        else:
+            self.client.log_artifact(self.parent_id, path, artifact_path=artifact_path)
+
+    def set_parent_tag(self, key: str, value: str) -> None:
+        self.client.set_tag(self.parent_id, key, value)
+
     def close(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.parent_id, status=status)
+
+
+_ACTIVE: dict[str, "BackgroundTracker"] = {}
+
+
+def _active_tracker(sweep_id: str) -> "BackgroundTracker | None":
+    return _ACTIVE.get(sweep_id)
+
+
+class BackgroundTracker:
+    """A :class:`SweepTracker` driven by one writer thread, so Tune's event loop never waits on MLflow.
+
+    Every write is queued in order and done on that thread (still one writer for a SQLite store);
+    the tracker itself is created there too, so importing MLflow and opening the store overlap
+    with the sweep's start. :meth:`call` runs a function on the writer and returns its result;
+    :meth:`close` drains the queue. A write that fails is reported on stderr once per kind and
+    counted in :attr:`errors`; the run folders keep everything, and the sweep's end (or a
+    ``--resume``) records finished trials that are missing (:meth:`SweepTracker.record_finished`).
+    """
+
+    def __init__(self, *args, **kwargs):
+        import queue
+        import threading
+        self.sweep_id = kwargs["sweep_id"]
+        self.uri = args[0] if args else kwargs["tracking_uri"]
+        _ACTIVE[self.sweep_id] = self
+        self._queue: queue.Queue = queue.Queue()
+        self._ready = threading.Event()
+        self._tracker: SweepTracker | None = None
+        self._init_error: BaseException | None = None
+        self.errors: list[str] = []
+        self._thread = threading.Thread(target=self._work, args=(args, kwargs), name="mixkd-mlflow", daemon=True)
+        self._thread.start()
+
+    def _work(self, args, kwargs) -> None:
+        try:   # everything MLflow happens on this thread, the store's one writer
+            self._tracker = SweepTracker(*args, **kwargs)
+        except BaseException as e:   # surfaced by .tracker in the caller's thread
+            self._init_error = e
+        finally:
+            self._ready.set()
+        while True:
+            item = self._queue.get()
+            if item is None:
+                self._queue.task_done()
+                return
+            fn, a, kw, future = item
+            try:
+                if self._tracker is None:
+                    raise RuntimeError(f"the tracker did not start: {self._init_error}")
+                result = fn(self._tracker, *a, **kw)
+                if future is not None:
+                    future.set_result(result)
+            except BaseException as e:
+                if future is not None:
+                    future.set_exception(e)
+                else:
+                    msg = f"{getattr(fn, '__name__', fn)}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                    if not any(m.split(':')[0] == msg.split(':')[0] for m in self.errors):
+                        import sys
+                        print(f"mixkd: MLflow write failed ({msg}); the run folders keep the results", file=sys.stderr)
+                    self.errors.append(msg)
+            finally:
+                self._queue.task_done()
+
+    def __reduce__(self):   # Tune pickles callbacks: a pickle names the live tracker of its sweep
+        return (_active_tracker, (self.sweep_id,))
+
+    @property
+    def tracker(self) -> SweepTracker:
+        self._ready.wait()
+        if self._tracker is None:
+            raise self._init_error   # type: ignore[misc]
+        return self._tracker
+
+    @property
+    def parent_id(self) -> str | None:
+        """The sweep's parent run id (None when the store could not be opened)."""
+        self._ready.wait()
+        return self._tracker.parent_id if self._tracker is not None else None
+
+    def failed(self) -> str | None:
+        """Without waiting: why the store could not be opened, or None."""
+        return f"{type(self._init_error).__name__}: {self._init_error}" if self._init_error else None
+
+    def submit(self, fn, *args, **kwargs) -> None:
+        """Queue ``fn(tracker, *args, **kwargs)``; returns at once."""
+        self._queue.put((fn, args, kwargs, None))
+
+    def call(self, fn, *args, **kwargs):
+        """Run ``fn(tracker, *args, **kwargs)`` on the writer after everything queued; its result."""
+        from concurrent.futures import Future
+        future: Future = Future()
+        self._queue.put((fn, args, kwargs, future))
+        return future.result()
+
+    def child(self, key: str, cfg: MixKDConfig, role: str, name: str | None = None) -> None:
+        self.submit(SweepTracker.child, key, cfg, role, name)
+
+    def log_eval(self, key: str, row: dict[str, Any]) -> None:
+        self.submit(SweepTracker.log_eval, key, dict(row))
+
+    def finish(self, key: str, run_dir: Path | None, **kwargs) -> None:
+        self.submit(SweepTracker.finish, key, run_dir, **kwargs)
+
+    def flush(self) -> None:
+        self._queue.join()
+
+    def close(self, status: str = "FINISHED", quiet: bool = False) -> None:
+        """Drain the queue, end the parent run and stop the writer."""
+        if self._thread.is_alive():
+            self.submit(SweepTracker.close, status)
+            self._queue.put(None)
+            self._thread.join()
+        if _ACTIVE.get(self.sweep_id) is self:
+            del _ACTIVE[self.sweep_id]
+        import sys
+        if quiet:
+            return
+        if self._init_error is not None:
+            print(f"mixkd: MLflow store {self.uri} could not be opened ({self.failed()[:300]}); nothing was "
+                  f"recorded there. The run folders hold every result: fix the store and rerun with --resume "
+                  f"to record them", file=sys.stderr)
+        elif self.errors:
+            print(f"mixkd: {len(self.errors)} MLflow writes failed (first: {self.errors[0]}); the run folders "
+                  f"hold every result: rerun with --resume to record finished runs", file=sys.stderr)
