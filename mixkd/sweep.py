@@ -34,7 +34,10 @@ CONFIG_FIELDS = {f.name for f in fields(MixKDConfig)}
 # Teacher runs take the training knobs from the spec's `teacher:` section, never student knobs.
 STUDENT_ONLY = {"teacher", "student_model", "student_layers", "layer_strategy", "variant", "alpha", "mixup_ratio",
                 "w_mle", "a_sm", "a_tmkd", "a_kd", "distance", "temperature", "mixup_padding", "mixup_token_types",
-                "allow_subset_mismatch"}
+                "allow_subset_mismatch", "pkd_beta", "pkd_layer_map",
+                # +BT is a student setting (teachers are shared by +BT and plain cells): see prepare_augmentations
+                "augment", "bt_pivot", "bt_forward_model", "bt_backward_model", "bt_num_beams", "bt_do_sample",
+                "bt_top_p", "bt_temperature", "augment_dir"}
 
 
 @dataclass
@@ -215,16 +218,78 @@ def prepare_teachers(spec: SweepSpec, exp_dir: Path, tracker=None) -> dict[str, 
             pending[key] = (remote.remote(cfg.to_dict()), cfg)
     for key, (ref, cfg) in pending.items():
         ray.get(ref)
-    if tracker is not None:
+    if tracker is not None:   # record each teacher once (also one a crash left unrecorded)
+        from .tracking import SweepTracker
         for task, fraction, seed in spec.groups():
             key = spec.teacher_key(task, fraction, seed)
             cfg = MixKDConfig.from_yaml(Path(teachers[key]) / "config.yaml")
-            run_id = tracker.child(f"teacher-{key}", cfg, role="teacher", name=f"teacher {key}")
-            if key in pending:
-                for line in (Path(teachers[key]) / "log.jsonl").read_text().splitlines():
-                    tracker.log_eval(run_id, json.loads(line))
-                tracker.finish(run_id, Path(teachers[key]), log_model=False)
+            tracker.submit(SweepTracker.record_finished, f"teacher-{key}", cfg, "teacher", Path(teachers[key]),
+                           name=f"teacher {key}")
     return teachers
+
+
+# --- back-translation (+BT) data (issue 6) ------------------------------------------------------------
+
+def _bt_task(cfg_dict: dict) -> str:
+    from .augment import bt_file_for_config
+    return str(bt_file_for_config(MixKDConfig.from_dict(cfg_dict), progress=False).path)
+
+
+def _bt_cells(spec: SweepSpec) -> list[dict]:
+    """Knob sets of the sweep's student runs that can decide ``augment``: the grid cells, or, in search
+    mode, ``augment: bt`` when the search space offers it."""
+    if spec.mode == "grid":
+        return grid_cells(spec.grid) if spec.grid else [{}]
+    aug = build_space(spec.search_space, spec.base).get("augment")
+    return [{}, {"augment": "bt"}] if aug and "bt" in (aug.get("values") or []) else [{}]
+
+
+def prepare_augmentations(spec: SweepSpec, exp_dir: Path, tracker=None) -> dict[str, str]:
+    """Back-translate once per (task, fraction, seed, BT settings) that a +BT student uses, as Ray tasks
+    (with a trial's CPUs/GPUs) before any trial; a no-op for sweeps without ``augment: bt``.
+
+    The files go to ``<experiment>/augment/`` (the experiment folder is on storage every node sees) unless
+    ``base.augment_dir`` names another folder; ``spec.base['augment_dir']`` is set to it, so trials built
+    from the spec find the files there (a cache hit) instead of generating them again. Returns
+    {"<teacher key>/bt-<pivot>": path}."""
+    import ray
+
+    from .augment import bt_cache_path
+    aug_dir = spec.base.get("augment_dir") or str(exp_dir / "augment")
+    wanted: dict[str, tuple[str, MixKDConfig]] = {}
+    for task, fraction, seed in spec.groups():
+        for cell in _bt_cells(spec):
+            cfg = spec.student_config(task, fraction, seed, "teacher", "out", **cell).replace(augment_dir=aug_dir)
+            if cfg.augment == "bt":
+                path = str(bt_cache_path(cfg))
+                wanted.setdefault(path, (f"{spec.teacher_key(task, fraction, seed)}/{cfg.augmentation}", cfg))
+    if not wanted:
+        return {}
+    spec.base.setdefault("augment_dir", aug_dir)
+    remote = ray.remote(num_cpus=spec.cpus_per_trial, num_gpus=spec.gpus_per_trial, max_retries=0)(_bt_task)
+    pending, files = {}, {}
+    for path, (key, cfg) in wanted.items():
+        files[key] = path
+        if Path(path).is_file():
+            print(f"augment {key}: reusing {path}")
+        else:
+            print(f"augment {key}: back-translating -> {path}")
+            pending[key] = remote.remote(cfg.to_dict())
+    for key, ref in pending.items():
+        try:
+            ray.get(ref)
+        except Exception as e:   # a RayTaskError wrapping the task's one-line UsageError
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, UsageError):
+                raise UsageError(f"augment {key}: {cause}") from None
+            raise
+    if tracker is not None:
+        for key, path in files.items():
+            meta = Path(path + ".json")
+            if meta.is_file():
+                from .tracking import SweepTracker
+                tracker.submit(SweepTracker.log_parent_artifact, str(meta), "augment")
+    return files
 
 
 # --- the Tune callback that records trials in MLflow ----------------------------------------------
@@ -246,23 +311,24 @@ def _mlflow_callback(tracker, trials_dir: Path, spec: SweepSpec, teachers: dict[
             tracker.child(trial.trial_id, self._cfg(trial), role="trial", name=f"trial {trial.trial_id}")
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            run_id = tracker.child(trial.trial_id, self._cfg(trial), role="trial")
-            tracker.log_eval(run_id, result)
+            tracker.child(trial.trial_id, self._cfg(trial), role="trial")   # no-op once created
+            tracker.log_eval(trial.trial_id, result)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            run_id = tracker.child(trial.trial_id, self._cfg(trial), role="trial")
+            tracker.child(trial.trial_id, self._cfg(trial), role="trial")
             out = trials_dir / trial.trial_id
             finished = (out / "metrics.json").is_file()
-            tracker.finish(run_id, out, status="FINISHED" if finished else "KILLED",
+            tracker.finish(trial.trial_id, out, status="FINISHED" if finished else "KILLED",
                            reason=None if finished else "stopped early by the scheduler", log_model=False)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            run_id = tracker.child(trial.trial_id, self._cfg(trial), role="trial")
+            tracker.child(trial.trial_id, self._cfg(trial), role="trial")
             reason = "error"
             if trial.error_file and os.path.exists(trial.error_file):
                 lines = [l for l in Path(trial.error_file).read_text().splitlines() if l.strip()]
                 reason = lines[-1] if lines else reason
-            tracker.finish(run_id, trials_dir / trial.trial_id, status="FAILED", reason=reason, log_model=False)
+            tracker.finish(trial.trial_id, trials_dir / trial.trial_id, status="FAILED", reason=reason,
+                           log_model=False)
 
     return MLflowSweepCallback()
 
@@ -314,7 +380,7 @@ def _tuner(spec: SweepSpec, exp_dir: Path, group: str, fixed: dict, callbacks, r
 
 def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
     """Teachers first, then the trials of every group; returns the summary (also summary.json)."""
-    from .tracking import SweepTracker, default_tracking_uri
+    from .tracking import BackgroundTracker, check_tracking_uri, default_tracking_uri
 
     spec.validate()
     exp_dir = spec.experiment_dir
@@ -332,10 +398,15 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
     if not spec_file.is_file():
         spec_file.write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
     uri = spec.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(exp_dir)
-    tracker = SweepTracker(uri, spec.experiment_name or spec.name, sweep_id=str(exp_dir),
-                           artifact_dir=exp_dir / "mlartifacts",
-                           sweep_params={k: v for k, v in spec.to_dict().items() if k != "tracking_uri"})
+    check_tracking_uri(uri)
+    tracker = BackgroundTracker(uri, spec.experiment_name or spec.name, sweep_id=str(exp_dir),
+                                artifact_dir=exp_dir / "mlartifacts",
+                                sweep_params={k: v for k, v in spec.to_dict().items() if k != "tracking_uri"})
+    prepare_augmentations(spec, exp_dir, tracker)   # +BT files first (sets base.augment_dir); no-op without BT
     teachers = prepare_teachers(spec, exp_dir, tracker)
+    if tracker.failed():   # the store opens on the writer thread meanwhile (see BackgroundTracker)
+        tracker.close("FAILED", quiet=True)
+        raise UsageError(f"MLflow store {uri}: {tracker.failed()[:300]}")
     trials_dir = exp_dir / "trials"
     trials_dir.mkdir(exist_ok=True)
     fixed = {"spec": spec.to_dict(), "trials_dir": str(trials_dir), "teachers": teachers,
@@ -408,8 +479,8 @@ def summarize(exp_dir: Path, tracker=None) -> dict[str, Any]:
         d = json.loads(m.read_text())
         cfg = MixKDConfig.from_yaml(m.parent / "config.yaml")
         n_finished += 1
-        key = (d["task"], d["variant"], d["layers"], cfg.data_fraction)
-        row = {"task": d["task"], "variant": d["variant"], "student_layers": d["layers"],
+        key = (d["task"], d["variant"], d["layers"], cfg.data_fraction, cfg.augmentation)
+        row = {"task": d["task"], "variant": d["variant"], "augmentation": cfg.augmentation, "student_layers": d["layers"],
                "data_fraction": cfg.data_fraction, "trial": m.parent.name, "primary_metric": d["primary_metric"],
                "primary_value": d["primary_value"], "metrics": d["metrics"], "params": d["params"],
                "run_dir": str(m.parent)}
@@ -420,18 +491,24 @@ def summarize(exp_dir: Path, tracker=None) -> dict[str, Any]:
                "tracking_uri": tracker.uri if tracker else None,
                "parent_run_id": tracker.parent_id if tracker else None}
     (exp_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    if tracker is not None and rows:
-        top = max(rows, key=lambda r: r["primary_value"])
-        tracker.client.log_artifacts(tracker.parent_id, top["run_dir"] + "/model", artifact_path="best_student")
-        tracker.client.set_tag(tracker.parent_id, "best_trial", top["trial"])
-        tracker.client.log_artifact(tracker.parent_id, str(exp_dir / "summary.json"))
+    if tracker is not None:
+        from .tracking import SweepTracker
+        for m in sorted((exp_dir / "trials").glob("*/metrics.json")):   # finished trials a crash left unrecorded
+            cfg = MixKDConfig.from_yaml(m.parent / "config.yaml")
+            tracker.submit(SweepTracker.record_finished, m.parent.name, cfg, "trial", m.parent)
+        if rows:
+            top = max(rows, key=lambda r: r["primary_value"])
+            tracker.submit(SweepTracker.log_parent_artifact, top["run_dir"] + "/model", "best_student")
+            tracker.submit(SweepTracker.set_parent_tag, "best_trial", top["trial"])
+            tracker.submit(SweepTracker.log_parent_artifact, str(exp_dir / "summary.json"))
     return summary
 
 
 def format_summary(summary: dict[str, Any]) -> str:
     lines = [f"{'task':<6}{'frac':>6}{'layers':>7}  {'variant':<9}{'metric':<22}{'dev':>8}  {'params':>11}  trial"]
     for r in summary["best"]:
-        lines.append(f"{r['task']:<6}{r['data_fraction']:>6g}{r['student_layers']:>7}  {r['variant']:<9}"
+        variant = r["variant"] + ("+bt" if str(r.get("augmentation", "none")).startswith("bt") else "")
+        lines.append(f"{r['task']:<6}{r['data_fraction']:>6g}{r['student_layers']:>7}  {variant:<9}"
                      f"{r['primary_metric']:<22}{100 * r['primary_value']:>8.2f}  {r['params']:>11,}  {r['trial']}")
     lines.append(f"{summary['finished_trials']} finished trials; folders under {summary['experiment_dir']}/trials")
     return "\n".join(lines)
