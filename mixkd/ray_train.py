@@ -51,11 +51,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank = ray.train.get_context().get_world_rank()
     run = distill if config.get("command", "distill") == "distill" else finetune
 
+    extra = config.get("extra_metrics") or {}   # e.g. the sweep's latency objective
+
     def report(row: dict[str, Any], last_dir: Path | None) -> None:
         if rank == 0 and last_dir is not None:
-            ray.train.report(_metrics(row), checkpoint=Checkpoint.from_directory(str(last_dir)))
+            ray.train.report({**_metrics(row), **extra}, checkpoint=Checkpoint.from_directory(str(last_dir)))
         else:
-            ray.train.report(_metrics(row))
+            ray.train.report({**_metrics(row), **extra})
 
     reporter = FinalReportLast(report)
     checkpoint = ray.train.get_checkpoint()
@@ -79,7 +81,7 @@ def worker_resources(workers: int, cpus: float, gpus: float) -> dict[str, float]
 
 def fit_distributed(cfg: MixKDConfig, spec=None, *, name: str, storage_path: str, command: str = "distill",
                     workers: int | None = None, cpus: float | None = None, gpus: float | None = None,
-                    max_failures: int | None = None):
+                    max_failures: int | None = None, extra_metrics: dict[str, float] | None = None):
     """Run ``cfg`` on a TorchTrainer with ``workers`` workers; inside a Tune trial, results reach Tune."""
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -96,7 +98,7 @@ def fit_distributed(cfg: MixKDConfig, spec=None, *, name: str, storage_path: str
         pass
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg.to_dict(), "command": command},
+        train_loop_config={"cfg": cfg.to_dict(), "command": command, "extra_metrics": extra_metrics or {}},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=gpus > 0,
                                                resources_per_worker=worker_resources(workers, cpus, gpus)),
         run_config=ray.train.RunConfig(name=name, storage_path=storage_path, callbacks=callbacks,

@@ -54,7 +54,15 @@ class SweepSpec:
     teacher: dict = field(default_factory=dict)   # config fields of the teacher fine-tune
     search_space: dict = field(default_factory=dict)  # overrides of mixkd.search_space.DEFAULT_SPACE
     grid: dict = field(default_factory=dict)      # grid mode: {config field: [values]}
-    searcher: str = "tpe"                     # tpe, random (Optuna samplers)
+    searcher: str = "auto"                    # auto (TPE; NSGA-II with a latency budget), tpe, nsga2, random
+    measure_latency: bool = True              # measure each student depth (and the teacher) once, before trials
+    latency_batch_sizes: list = field(default_factory=lambda: [1, 32])
+    latency_seq_len: int = 128
+    latency_threads: int | None = None        # default: every CPU of the node that measures
+    latency_budget_ms: float | None = None    # makes latency a second objective and picks the best student
+    latency_percentile: str = "p90"           # of the budget and the objective
+    latency_batch_size: int = 1               # of the budget and the objective
+    latency_protocol: dict = field(default_factory=dict)   # warmup, min_iters, min_seconds (mixkd.latency)
     grace_period: int = 1                     # ASHA: evals before a trial can be stopped
     reduction_factor: int = 2
     workers_per_trial: int = 1
@@ -110,8 +118,24 @@ class SweepSpec:
             bad("workers_per_trial must be >= 1, cpus_per_trial > 0 and gpus_per_trial >= 0")
         if self.max_concurrent_trials is not None and self.max_concurrent_trials < 1:
             bad(f"max_concurrent_trials {self.max_concurrent_trials} is invalid; use >= 1 or leave it unset")
-        if self.searcher not in ("tpe", "random"):
-            bad(f"searcher {self.searcher!r} is invalid; use tpe or random")
+        if self.searcher not in ("auto", "tpe", "nsga2", "random"):
+            bad(f"searcher {self.searcher!r} is invalid; use auto, tpe, nsga2 or random")
+        if self.latency_budget_ms is not None:
+            if not isinstance(self.latency_budget_ms, (int, float)) or not self.latency_budget_ms > 0:
+                bad(f"--latency-budget-ms {self.latency_budget_ms} is invalid; use a positive number of milliseconds")
+            if not self.measure_latency:
+                bad("latency_budget_ms needs measure_latency: true")
+        if self.latency_percentile not in ("p50", "p90", "p99"):
+            bad(f"latency_percentile {self.latency_percentile!r} is invalid; use p50, p90 or p99")
+        if (not self.latency_batch_sizes or not all(isinstance(b, int) and b > 0 for b in self.latency_batch_sizes)
+                or not isinstance(self.latency_seq_len, int) or self.latency_seq_len < 1):
+            bad("latency_batch_sizes must be positive integers and latency_seq_len a positive integer")
+        unknown = set(self.latency_protocol) - {"warmup", "min_iters", "min_seconds"}
+        if unknown:
+            bad(f"latency_protocol: unknown key(s) {', '.join(sorted(unknown))}; use warmup, min_iters, min_seconds")
+        if self.latency_batch_size not in self.latency_batch_sizes:
+            bad(f"latency_batch_size {self.latency_batch_size} is not among latency_batch_sizes "
+                f"{self.latency_batch_sizes}; add it there")
         for section in ("base", "teacher"):
             for k in getattr(self, section):
                 if k not in CONFIG_FIELDS:
@@ -168,24 +192,106 @@ def run_trial(config: dict[str, Any], fixed: dict[str, Any]) -> None:
     out = Path(fixed["trials_dir"]) / trial_id
     teacher_dir = fixed["teachers"][spec.teacher_key(task, fraction, seed)]
     cfg = spec.student_config(task, fraction, seed, teacher_dir, str(out), **knobs)
+    lat = fixed.get("latency", {}).get(latency_key(cfg))
+    extra = {"latency_ms": lat["objective_ms"]} if lat else {}   # NSGA-II's second objective
+
+    def report(row: dict[str, Any]) -> None:
+        tune.report({**tune_metrics(row), **extra})
+
     if (out / "metrics.json").is_file():   # finished before a driver crash: report its record again
         for line in (out / "log.jsonl").read_text().splitlines():
-            tune.report(tune_metrics(json.loads(line)))
+            report(json.loads(line))
         return
     resume = (out / "checkpoints" / "last" / "trainer_state.pt").is_file()
     if resume:   # rows already logged were reported before the interruption; report them again for ASHA
         for line in (out / "log.jsonl").read_text().splitlines():
-            tune.report(tune_metrics(json.loads(line)))
+            report(json.loads(line))
     cfg = cfg.replace(resume=resume, overwrite=not resume)
     if spec.workers_per_trial == 1:
         from .ray_train import FinalReportLast
         from .run import distill
-        reporter = FinalReportLast(lambda row, ckpt: tune.report(tune_metrics(row)))
+        reporter = FinalReportLast(lambda row, ckpt: report(row))
         distill(cfg, callbacks=[reporter])
         reporter.flush()
     else:
         from .ray_train import fit_distributed
-        fit_distributed(cfg, spec, name=f"train-{trial_id}", storage_path=fixed["train_storage"])
+        fit_distributed(cfg, spec, name=f"train-{trial_id}", storage_path=fixed["train_storage"], extra_metrics=extra)
+
+
+# --- latency: each architecture once, on a whole node, before the trials --------------------------
+
+def latency_key(cfg: MixKDConfig, role: str = "trial") -> str:
+    """Runs with the same key have the same architecture (so the same latency)."""
+    if role == "teacher":
+        return f"{cfg.task}/teacher"
+    return f"{cfg.task}/" + (f"model:{cfg.student_model}" if cfg.student_model else f"k{cfg.student_layers}")
+
+
+def _student_knobs(spec: SweepSpec) -> list[dict]:
+    """Every architecture-deciding knob set a student of this sweep can have."""
+    if spec.mode == "grid":
+        return [{k: c[k] for k in ("student_layers", "student_model") if k in c} for c in grid_cells(spec.grid)]
+    d = build_space(spec.search_space, spec.base).get("student_layers")
+    if d is None:
+        return [{}]
+    values = d["values"] if d["type"] == "choice" else range(int(d["low"]), int(d["high"]) + 1)
+    return [{"student_layers": int(v)} for v in values]
+
+
+def _latency_task(jobs: list[dict], batch_sizes: list[int], seq_len: int, device: str, threads: int,
+                  protocol: dict) -> dict:
+    from .latency import cached_latencies
+    out = {}
+    for job in jobs:
+        res = cached_latencies(job["source"], batch_sizes, seq_len, device, threads=threads,
+                               student_layers=job["layers"], num_labels=job["num_labels"], **protocol)
+        out[job["key"]] = {str(b): r for b, r in res.items()}
+    return out
+
+
+def measure_latencies(spec: SweepSpec, exp_dir: Path, teachers: dict[str, str]) -> dict[str, dict]:
+    """Latency of the teacher and of every student architecture per task, measured as one Ray task that
+    reserves a whole node (every CPU, and its GPUs for a GPU sweep), so nothing runs beside it. The
+    results are cached by architecture and device (mixkd.latency), so a resumed or later sweep on the
+    same hardware measures nothing again. Returns {latency key: {"metrics", "tags", "objective_ms"}}."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from .latency import mlflow_metrics, mlflow_tags
+    from .tasks import get_task
+    jobs = {}
+    for task, fraction, seed in spec.groups():
+        tdir = teachers[spec.teacher_key(task, fraction, seed)]
+        n = get_task(task).num_labels
+        tcfg = spec.teacher_config(task, fraction, seed, tdir)
+        jobs.setdefault(latency_key(tcfg, "teacher"), {"source": tdir, "layers": None, "num_labels": n})
+        for knobs in _student_knobs(spec):
+            cfg = spec.student_config(task, fraction, seed, tdir, "out", **knobs)
+            src, layers = (cfg.student_model, None) if cfg.student_model else (tdir, cfg.student_layers)
+            jobs.setdefault(latency_key(cfg), {"source": src, "layers": layers, "num_labels": n})
+    gpu = spec.gpus_per_trial > 0
+    nodes = [nd for nd in ray.nodes() if nd.get("Alive") and (not gpu or nd["Resources"].get("GPU", 0) >= 1)]
+    if not nodes:
+        raise UsageError("measure_latency: no GPU node is up to measure on; start one or set measure_latency: false")
+    node = max(nodes, key=lambda nd: nd["Resources"].get("CPU", 0))
+    cpus = node["Resources"].get("CPU", 1)
+    threads = spec.latency_threads or max(1, int(cpus))
+    device = "cuda" if gpu else "cpu"
+    print(f"latency: {len(jobs)} architectures on node {node['NodeManagerAddress']} ({device}, {threads} threads, "
+          f"the whole node reserved)", flush=True)
+    remote = ray.remote(num_cpus=cpus, num_gpus=node["Resources"].get("GPU", 0) if gpu else 0, max_retries=0,
+                        scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))(_latency_task)
+    raw = ray.get(remote.remote([{"key": k, **j} for k, j in jobs.items()], list(spec.latency_batch_sizes),
+                                spec.latency_seq_len, device, threads, dict(spec.latency_protocol)))
+    out = {}
+    for key, per_batch in raw.items():
+        metrics = {}
+        for r in per_batch.values():
+            metrics.update(mlflow_metrics(r))
+        objective = per_batch[str(spec.latency_batch_size)][f"{spec.latency_percentile}_ms"]
+        out[key] = {"metrics": metrics, "tags": mlflow_tags(next(iter(per_batch.values()))), "objective_ms": objective}
+    _write_json(exp_dir / "latency.json", raw)
+    return out
 
 
 # --- teachers -----------------------------------------------------------------------------------
@@ -294,8 +400,11 @@ def prepare_augmentations(spec: SweepSpec, exp_dir: Path, tracker=None) -> dict[
 
 # --- the Tune callback that records trials in MLflow ----------------------------------------------
 
-def _mlflow_callback(tracker, trials_dir: Path, spec: SweepSpec, teachers: dict[str, str]):
+def _mlflow_callback(tracker, trials_dir: Path, spec: SweepSpec, teachers: dict[str, str],
+                     latency: dict[str, dict] | None = None):
     from ray.tune import Callback
+
+    from .tracking import SweepTracker
 
     class MLflowSweepCallback(Callback):
         """Driver-side: one nested MLflow run per trial, metrics per eval, artifacts at the end."""
@@ -308,7 +417,11 @@ def _mlflow_callback(tracker, trials_dir: Path, spec: SweepSpec, teachers: dict[
             return spec.student_config(task, fraction, seed, teacher, str(trials_dir / trial.trial_id), **knobs)
 
         def on_trial_start(self, iteration, trials, trial, **info):
-            tracker.child(trial.trial_id, self._cfg(trial), role="trial", name=f"trial {trial.trial_id}")
+            cfg = self._cfg(trial)
+            tracker.child(trial.trial_id, cfg, role="trial", name=f"trial {trial.trial_id}")
+            lat = (latency or {}).get(latency_key(cfg))
+            if lat:
+                tracker.submit(SweepTracker.log_latency, trial.trial_id, lat["metrics"], lat["tags"])
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             tracker.child(trial.trial_id, self._cfg(trial), role="trial")   # no-op once created
@@ -404,14 +517,22 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
                                 sweep_params={k: v for k, v in spec.to_dict().items() if k != "tracking_uri"})
     prepare_augmentations(spec, exp_dir, tracker)   # +BT files first (sets base.augment_dir); no-op without BT
     teachers = prepare_teachers(spec, exp_dir, tracker)
+    latency = measure_latencies(spec, exp_dir, teachers) if spec.measure_latency else {}
+    if latency:
+        from .tracking import SweepTracker
+        for task, fraction, seed in spec.groups():
+            tcfg = spec.teacher_config(task, fraction, seed, teachers[spec.teacher_key(task, fraction, seed)])
+            lat = latency[latency_key(tcfg, "teacher")]
+            tracker.submit(SweepTracker.log_latency, f"teacher-{spec.teacher_key(task, fraction, seed)}",
+                           lat["metrics"], lat["tags"])
     if tracker.failed():   # the store opens on the writer thread meanwhile (see BackgroundTracker)
         tracker.close("FAILED", quiet=True)
         raise UsageError(f"MLflow store {uri}: {tracker.failed()[:300]}")
     trials_dir = exp_dir / "trials"
     trials_dir.mkdir(exist_ok=True)
     fixed = {"spec": spec.to_dict(), "trials_dir": str(trials_dir), "teachers": teachers,
-             "train_storage": str(exp_dir / "train")}
-    callbacks = [_mlflow_callback(tracker, trials_dir, spec, teachers)]
+             "train_storage": str(exp_dir / "train"), "latency": latency}
+    callbacks = [_mlflow_callback(tracker, trials_dir, spec, teachers, latency)]
     status = "FAILED"
     try:
         if spec.mode == "grid":
@@ -430,9 +551,13 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
             max_t = max(1, math.ceil(epochs)) if not spec.base.get("eval_steps") else 1000
             for task, fraction, seed in spec.groups():
                 group = f"search-{spec.teacher_key(task, fraction, seed)}"
-                sampler = (optuna.samplers.TPESampler(seed=seed) if spec.searcher == "tpe"
-                           else optuna.samplers.RandomSampler(seed=seed))
-                searcher = OptunaSearch(space=DefineByRun(space, spec.base), metric="primary", mode="max",
+                two = spec.latency_budget_ms is not None   # latency becomes the second objective
+                kind = spec.searcher if spec.searcher != "auto" else ("nsga2" if two else "tpe")
+                sampler = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
+                           "nsga2": optuna.samplers.NSGAIISampler}[kind](seed=seed)
+                searcher = OptunaSearch(space=DefineByRun(space, spec.base),
+                                        metric=["primary", "latency_ms"] if two else "primary",
+                                        mode=["max", "min"] if two else "max",
                                         sampler=sampler, study_name=f"{spec.name}-{group}", storage=storage)
                 scheduler = ASHAScheduler(metric="primary", mode="max", max_t=max_t,
                                           grace_period=min(spec.grace_period, max_t),
@@ -442,6 +567,10 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
                                search_alg=searcher, scheduler=scheduler, num_samples=spec.num_samples)
                 _fit_all(tuner, spec.num_samples)
         summary = summarize(exp_dir, tracker)
+        if spec.latency_budget_ms is not None:
+            tracker.flush()
+            summary["selection"] = select_under_budget(spec, exp_dir, tracker.uri)
+            _write_json(exp_dir / "summary.json", summary)
         status = "FINISHED"
         return summary
     except KeyboardInterrupt:
@@ -449,6 +578,37 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
         raise
     finally:
         tracker.close(status)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def select_under_budget(spec: SweepSpec, exp_dir: Path, uri: str) -> list[dict]:
+    """Per task: the most accurate student configuration (mean over seeds) within the latency budget,
+    exported to ``<experiment>/selected-<task>-<budget>ms`` (mixkd.selection.select). A task where no
+    configuration meets the budget gets the one-line reason instead."""
+    import shutil
+
+    from .selection import select
+    out = []
+    for task in spec.tasks:
+        dest = exp_dir / f"selected-{task}-{spec.latency_budget_ms:g}ms"
+        if dest.exists():   # a resumed sweep selects again from all its trials
+            shutil.rmtree(dest)
+        try:
+            sel = select(uri, spec.latency_budget_ms, dest, experiment=spec.experiment_name or spec.name, task=task,
+                         percentile=spec.latency_percentile, batch_size=spec.latency_batch_size,
+                         seq_len=spec.latency_seq_len, device="cuda" if spec.gpus_per_trial > 0 else "cpu")
+            ch = sel["chosen"]
+            out.append({"task": task, "out": str(dest), "label": ch.get("label"), "score": ch.get("score"),
+                        "score_std": ch.get("score_std"), "latency_ms": ch.get("latency_ms"),
+                        "speedup_vs_teacher": sel.get("speedup_vs_teacher"), "best_run_id": ch.get("best_run_id")})
+        except UsageError as e:
+            out.append({"task": task, "error": str(e)})
+    return out
 
 
 def _fit_all(tuner, expected: int):
@@ -490,7 +650,7 @@ def summarize(exp_dir: Path, tracker=None) -> dict[str, Any]:
     summary = {"experiment_dir": str(exp_dir), "finished_trials": n_finished, "best": rows,
                "tracking_uri": tracker.uri if tracker else None,
                "parent_run_id": tracker.parent_id if tracker else None}
-    (exp_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _write_json(exp_dir / "summary.json", summary)
     if tracker is not None:
         from .tracking import SweepTracker
         for m in sorted((exp_dir / "trials").glob("*/metrics.json")):   # finished trials a crash left unrecorded
@@ -511,4 +671,11 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"{r['task']:<6}{r['data_fraction']:>6g}{r['student_layers']:>7}  {variant:<9}"
                      f"{r['primary_metric']:<22}{100 * r['primary_value']:>8.2f}  {r['params']:>11,}  {r['trial']}")
     lines.append(f"{summary['finished_trials']} finished trials; folders under {summary['experiment_dir']}/trials")
+    for sel in summary.get("selection") or []:
+        if "error" in sel:
+            lines.append(f"{sel['task']}: no student within the latency budget: {sel['error']}")
+        else:
+            sp = f", {sel['speedup_vs_teacher']:.1f}x faster than the teacher" if sel.get("speedup_vs_teacher") else ""
+            lines.append(f"{sel['task']}: best within the budget: {sel['label']} dev {100 * sel['score']:.2f} at "
+                         f"{sel['latency_ms']:.2f} ms{sp}; exported to {sel['out']}")
     return "\n".join(lines)

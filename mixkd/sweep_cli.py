@@ -37,6 +37,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted sweep of the same name (starts it if there is none yet)")
     p.add_argument("--data-dir", help="GLUE folder (default: $GLUE_DIR, else the hub)")
+    p.add_argument("--latency-budget-ms", type=float,
+                   help="latency budget (p90, batch 1, seq 128 unless the preset says otherwise): search then "
+                        "optimises dev score and latency together (NSGA-II) and the sweep exports the best "
+                        "student within the budget")
+    p.add_argument("--measure-latency", action=argparse.BooleanOptionalAction, default=None,
+                   help="measure the teacher and each student depth once before the trials (default: on)")
+    p.add_argument("--searcher", choices=("auto", "tpe", "nsga2", "random"),
+                   help="Optuna sampler (auto: TPE, NSGA-II with --latency-budget-ms)")
 
 
 def load_spec(args: argparse.Namespace):
@@ -48,7 +56,8 @@ def load_spec(args: argparse.Namespace):
     spec = SweepSpec.from_yaml(path)
     overrides = {k: getattr(args, k) for k in ("tasks", "teacher_model", "num_samples", "seeds", "data_fractions",
                                                "workers_per_trial", "gpus_per_trial", "cpus_per_trial", "max_concurrent_trials",
-                                               "storage_path", "tracking_uri", "data_dir")
+                                               "storage_path", "tracking_uri", "data_dir",
+                                               "latency_budget_ms", "measure_latency", "searcher")
                  if getattr(args, k, None) is not None}
     if args.experiment_name:
         overrides["name"] = args.experiment_name

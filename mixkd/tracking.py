@@ -192,6 +192,14 @@ class SweepTracker:
         self.finish(key, Path(run_dir), log_model=log_model)
         return True
 
+    def log_latency(self, key: str, metrics: dict[str, float], tags: dict[str, str]) -> None:
+        """The latency of the run's architecture (measured once per architecture by the sweep)."""
+        from mlflow.entities import Metric, RunTag
+        import time
+        ts = int(time.time() * 1000)
+        self.client.log_batch(self._runs[key], metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()],
+                              tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
     def log_parent_artifact(self, path: str, artifact_path: str | None = None) -> None:
         if Path(path).is_dir():
             self.client.log_artifacts(self.parent_id, path, artifact_path=artifact_path)

@@ -26,6 +26,7 @@ TRIAL_TAGS = ("task", "variant", "student_layers", "data_fraction", "seed", "con
 # Like /tmp/mk/tiny_sweep.py: two variants, no depth / layer-strategy / temperature / a_kd knobs.
 TINY_SPACE = {"variant": {"type": "choice", "values": ["sm+tmkd", "tmkd"]}, "student_layers": None,
               "layer_strategy": None, "temperature": None, "a_kd": None}
+FAST_LATENCY = {"warmup": 2, "min_iters": 5, "min_seconds": 0.2}   # the default protocol takes >= 2 s per shape
 RUN_KNOBS = {"epochs": 2, "lr": 1e-3, "batch_size": 16, "max_seq_length": 64, "max_eval_samples": 64}
 
 
@@ -53,7 +54,7 @@ def spec_dict(name: str, storage: Path, teacher_model: Path, data_dir: Path, **k
              base={**RUN_KNOBS, "student_layers": 2}, search_space=dict(TINY_SPACE),
              # grace_period = max_t (2 evals): ASHA never stops a trial half way, so every trial finishes
              grace_period=2, reduction_factor=2, cpus_per_trial=1, storage_path=str(storage),
-             data_dir=str(data_dir))
+             data_dir=str(data_dir), latency_protocol=FAST_LATENCY)
     d.update(kw)
     return d
 
@@ -189,9 +190,11 @@ def local_ray():
 
 @pytest.fixture(scope="class")
 def search_sweep(local_ray, tmp_path_factory, tiny_bert_dir, small_glue_dir):
-    """A finished 3-trial OptunaSearch + ASHA sweep (shared by the search and teacher-once tests)."""
+    """A finished 3-trial OptunaSearch (NSGA-II on dev score and latency) + ASHA sweep with a latency
+    budget every student meets (shared by the search, latency and teacher-once tests)."""
     from mixkd.sweep import run_sweep
-    spec = make_spec("tiny-search", tmp_path_factory.mktemp("sweeps"), tiny_bert_dir, small_glue_dir)
+    spec = make_spec("tiny-search", tmp_path_factory.mktemp("sweeps"), tiny_bert_dir, small_glue_dir,
+                     latency_budget_ms=1e5)
     summary = run_sweep(spec)
     return spec, summary
 
@@ -213,6 +216,40 @@ class TestSingleNode:
         assert studies == {f"tiny-search-search-{TEACHER_KEY}": 3}, studies
         assert tune_trial_count(exp_dir / "tune" / f"search-{TEACHER_KEY}") == 3
         check_trial_runs_describe_their_trials(exp_dir, runs)
+
+    def test_latency_measured_once_per_architecture_and_logged(self, search_sweep):
+        import optuna
+        spec, summary = search_sweep
+        exp_dir = spec.experiment_dir
+        raw = json.loads((exp_dir / "latency.json").read_text())
+        assert sorted(raw) == ["sst2/k2", "sst2/teacher"]          # the teacher and the one student depth
+        for per_batch in raw.values():
+            assert sorted(per_batch) == ["1", "32"]
+            for r in per_batch.values():
+                assert r["iters"] >= 5 and r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
+                assert r["fingerprint"]["threads"] >= 1
+        runs = mlflow_runs(exp_dir, "tiny-search")
+        p90 = {k: raw[k]["1"]["p90_ms"] for k in raw}
+        for r in runs["trial"]:
+            assert r.data.metrics["latency/b1_s128_p90_ms"] == pytest.approx(p90["sst2/k2"])
+            assert "latency/b32_s128_p50_ms" in r.data.metrics and r.data.tags["latency.device"] == "cpu"
+        assert runs["teacher"][0].data.metrics["latency/b1_s128_p90_ms"] == pytest.approx(p90["sst2/teacher"])
+        # latency is the second objective: a two-direction study whose trials carry both values
+        study = optuna.load_study(study_name=f"tiny-search-search-{TEACHER_KEY}",
+                                  storage=f"sqlite:///{exp_dir / 'optuna.db'}")
+        assert len(study.directions) == 2
+        done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        assert done and all(t.values[1] == pytest.approx(p90["sst2/k2"]) for t in done)
+        # the best student within the budget was exported, loadable, with its card
+        (sel,) = summary["selection"]
+        assert "error" not in sel, sel
+        out = Path(sel["out"])
+        assert (out / "README.md").is_file() and (out / "selection.json").is_file()
+        from transformers import AutoModelForSequenceClassification
+        model = AutoModelForSequenceClassification.from_pretrained(out)
+        assert model.config.num_hidden_layers == 2
+        best = max(summary["best"], key=lambda r: r["primary_value"])
+        assert sel["score"] == pytest.approx(best["primary_value"])   # one seed: the best trial's score
 
     def test_teacher_trained_once_and_not_on_resume(self, search_sweep, monkeypatch, capsys):
         import mixkd.sweep
