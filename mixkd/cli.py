@@ -109,33 +109,28 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command in EXTERNAL_COMMANDS:
         return run_external(_external(args.command).main, args, prog=f"mixkd {args.command}")
-    try:
-        cfg = config_from_args(args)
-        from .config import validate
-        validate(cfg, args.command)          # fail fast, before importing torch and transformers
-        from . import run
-        if args.command == "evaluate":
-            result = run.evaluate(cfg)
-            text = json.dumps(result, indent=2, default=str)
-            print(text)
-            if args.output:
-                with open(args.output, "w") as fh:
-                    fh.write(text + "\n")
-            return 0
-        result = getattr(run, args.command)(cfg)
-        print(json.dumps({k: result[k] for k in ("task", "variant", "primary_metric", "primary_value",
-                                                 "metrics", "params", "steps")}, indent=2))
-        print(f"results in {os.path.abspath(cfg.output_dir)}", file=sys.stderr)
+    return run_external(_run_builtin, args, prog=f"mixkd {args.command}")
+
+
+def _run_builtin(args: argparse.Namespace) -> int:
+    """finetune / distill / evaluate."""
+    cfg = config_from_args(args)
+    from .config import validate
+    validate(cfg, args.command)          # fail fast, before importing torch and transformers
+    from . import run
+    if args.command == "evaluate":
+        result = run.evaluate(cfg)
+        text = json.dumps(result, indent=2, default=str)
+        print(text)
+        if args.output:
+            with open(args.output, "w") as fh:
+                fh.write(text + "\n")
         return 0
-    except UsageError as e:
-        print(f"mixkd {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as e:
-        print(f"mixkd {args.command}: training stopped: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"mixkd {args.command}: interrupted; continue with the same command plus --resume", file=sys.stderr)
-        return 130
+    result = getattr(run, args.command)(cfg)
+    print(json.dumps({k: result[k] for k in ("task", "variant", "primary_metric", "primary_value",
+                                             "metrics", "params", "steps")}, indent=2))
+    print(f"results in {os.path.abspath(cfg.output_dir)}", file=sys.stderr)
+    return 0
 
 
 def run_external(main_fn, args: argparse.Namespace, prog: str) -> int:
@@ -145,6 +140,17 @@ def run_external(main_fn, args: argparse.Namespace, prog: str) -> int:
     except UsageError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
+    except NonFiniteLossError as e:
+        print(f"{prog}: training stopped: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; continue with the same command plus --resume", file=sys.stderr)
         return 130
+
+
+def standalone(argv, prog: str, description: str, add_arguments, main_fn) -> int:
+    """A subcommand module as its own script (experiments/glue_sweep.py, make_report.py, ...)."""
+    p = _Parser(prog=prog, description=description)
+    add_arguments(p)
+    _Parser._argv = argv
+    return run_external(main_fn, p.parse_args(argv), prog)

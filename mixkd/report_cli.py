@@ -38,11 +38,9 @@ def main(args: argparse.Namespace) -> int:
 
 
 def cli(argv=None, prog: str = "make_report.py") -> int:
-    from .cli import _Parser, run_external
-    p = _Parser(prog=prog, description="Rebuild the MixKD paper's tables from the MLflow runs of mixkd sweeps.")
-    add_arguments(p)
-    _Parser._argv = argv
-    return run_external(main, p.parse_args(argv), prog)
+    from .cli import standalone
+    return standalone(argv, prog, "Rebuild the MixKD paper's tables from the MLflow runs of mixkd sweeps.",
+                      add_arguments, main)
 
 
 if __name__ == "__main__":

@@ -135,9 +135,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 def cli(argv=None, prog: str = "glue_sweep.py") -> int:
-    from .cli import _Parser
-    p = _Parser(prog=prog, description="Run a MixKD sweep (Ray Tune + Optuna/ASHA or a grid) recorded in MLflow.")
-    add_arguments(p)
-    _Parser._argv = argv
-    from .cli import run_external
-    return run_external(main, p.parse_args(argv), prog)
+    from .cli import standalone
+    return standalone(argv, prog, "Run a MixKD sweep (Ray Tune + Optuna/ASHA or a grid) recorded in MLflow.",
+                      add_arguments, main)
