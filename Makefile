@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: install demo demo-runs test bench bench-sweep clean
+.PHONY: install demo demo-runs test test-slow bench bench-sweep clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,8 +33,14 @@ demo: install
 demo-runs: install
 	PATH="$(abspath $(BIN)):$$PATH" bash experiments/demo.sh
 
+# The default suite leaves out the slow fault-injection tests (pyproject addopts: -m 'not slow').
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Fault injection (tests/test_faults.py): node loss, killed workers/teachers/driver, NaN loss, torn
+# writes, concurrent MLflow writers, bad input of every CLI, security defaults. A few minutes on 2 cores.
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python experiments/bench_step.py

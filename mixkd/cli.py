@@ -135,11 +135,15 @@ def _run_builtin(args: argparse.Namespace) -> int:
 
 def run_external(main_fn, args: argparse.Namespace, prog: str) -> int:
     """Run a subcommand's ``main`` with the common error contract: UsageError -> one line, exit 2."""
+    from .errors import SweepFailed
     try:
         return main_fn(args)
     except UsageError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
+    except SweepFailed as e:
+        print(f"{prog}: failed: {e}", file=sys.stderr)
+        return 1
     except NonFiniteLossError as e:
         print(f"{prog}: training stopped: {e}", file=sys.stderr)
         return 1

@@ -23,14 +23,20 @@ from .errors import UsageError
 from .models import (build_student, check_same_vocab, count_parameters, encoder_layers, load_classifier,
                      load_tokenizer)
 from .tasks import TaskSpec, get_task, metric_key
-from .trainer import EvalCallback, Trainer, evaluate_model, make_collator, resolve_device, seed_everything
+from .trainer import (EvalCallback, Trainer, evaluate_model, make_collator, repair_checkpoints, resolve_device,
+                      seed_everything)
 
 RESULT_FILES = ("config.yaml", "metrics.json", "log.jsonl", "model", "checkpoints")
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write to a temporary name, flush it to disk, then rename: readers see the old file or the whole
+    new one, never a torn one (metrics.json, the completion marker of a run, is written this way)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    with open(tmp, "w") as fh:
+        fh.write(json.dumps(obj, indent=2, default=str) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 
@@ -39,6 +45,7 @@ def check_output_dir(cfg: MixKDConfig) -> Path:
     out = Path(cfg.output_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--output-dir '{out}' is a file; choose a directory")
+    repair_checkpoints(out / "checkpoints")   # a crash mid-save can leave checkpoints/last.old only
     finished = (out / "metrics.json").is_file()
     has_ckpt = (out / "checkpoints" / "last" / "trainer_state.pt").is_file()
     if cfg.resume:

@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from .config import MixKDConfig, load_yaml, validate
-from .errors import UsageError
+from .errors import SweepFailed, UsageError
 from .search_space import DefineByRun, build_space, grid_cells
 from .tasks import get_task
 
@@ -180,9 +180,44 @@ def tune_metrics(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+FAILED_MARKER = "failed.json"   # a trial that stopped on a deterministic error (NaN loss): never retried
+
+
+def group_name(spec: SweepSpec, task: str, fraction: float, seed: int) -> str:
+    """The Tune experiment (folder ``tune/<group>``) that runs the trials of this (task, fraction, seed)."""
+    return "grid" if spec.mode == "grid" else f"search-{spec.teacher_key(task, fraction, seed)}"
+
+
+def wait_until_persisted(tune_dir: Path, trial_id: str, timeout: float = 120.0) -> bool:
+    """Wait until Tune's saved experiment state (``tune/<group>/experiment_state-*.json``) lists the trial.
+
+    A trial writes nothing before its driver has persisted it: if the driver dies, ``--resume``
+    (Tuner.restore) then continues this very trial instead of leaving its folder behind and running
+    another in its place (Tune saves its state every TUNE_GLOBAL_CHECKPOINT_S seconds; run_sweep
+    sets 2). After ``timeout`` the trial goes on anyway (False)."""
+    import time
+    deadline = time.monotonic() + timeout
+    while True:
+        for state in tune_dir.glob("experiment_state-*.json"):
+            try:
+                if trial_id in state.read_text():
+                    return True
+            except OSError:   # replaced while being read
+                pass
+        if time.monotonic() > deadline:
+            print(f"trial {trial_id}: not in Tune's saved state after {timeout:.0f} s; starting anyway", flush=True)
+            return False
+        time.sleep(0.25)
+
+
 def run_trial(config: dict[str, Any], fixed: dict[str, Any]) -> None:
     """One Tune trial: a student run in ``trials/<trial_id>``, resumed from its checkpoint if it has one."""
     from ray import tune
+
+    from . import faults
+    from .errors import NonFiniteLossError
+    from .run import write_json_atomic
+    from .trainer import append_event, read_jsonl, repair_checkpoints
 
     trial_id = tune.get_context().get_trial_id()
     cell = dict(config.get("cell", {}))
@@ -190,6 +225,8 @@ def run_trial(config: dict[str, Any], fixed: dict[str, Any]) -> None:
     knobs = {**cell, **{k: v for k, v in config.items() if k in CONFIG_FIELDS}}
     spec = SweepSpec.from_dict(fixed["spec"])
     out = Path(fixed["trials_dir"]) / trial_id
+    if fixed.get("tune_dir"):
+        wait_until_persisted(Path(fixed["tune_dir"]) / group_name(spec, task, fraction, seed), trial_id)
     teacher_dir = fixed["teachers"][spec.teacher_key(task, fraction, seed)]
     cfg = spec.student_config(task, fraction, seed, teacher_dir, str(out), **knobs)
     lat = fixed.get("latency", {}).get(latency_key(cfg))
@@ -198,24 +235,37 @@ def run_trial(config: dict[str, Any], fixed: dict[str, Any]) -> None:
     def report(row: dict[str, Any]) -> None:
         tune.report({**tune_metrics(row), **extra})
 
+    if (out / FAILED_MARKER).is_file():   # a retry (or --resume) of a deterministic failure: fail again at once
+        raise NonFiniteLossError.from_record(json.loads((out / FAILED_MARKER).read_text()))
     if (out / "metrics.json").is_file():   # finished before a driver crash: report its record again
-        for line in (out / "log.jsonl").read_text().splitlines():
-            report(json.loads(line))
+        for row in read_jsonl(out / "log.jsonl"):
+            report(row)
         return
+    import ray
+    ctx = ray.get_runtime_context()
+    append_event(out, "attempt", trial_id=trial_id, node_id=ctx.get_node_id(),
+                 node_ip=ray.util.get_node_ip_address())
+    repair_checkpoints(out / "checkpoints")
     resume = (out / "checkpoints" / "last" / "trainer_state.pt").is_file()
     if resume:   # rows already logged were reported before the interruption; report them again for ASHA
-        for line in (out / "log.jsonl").read_text().splitlines():
-            report(json.loads(line))
+        for row in read_jsonl(out / "log.jsonl"):
+            report(row)
     cfg = cfg.replace(resume=resume, overwrite=not resume)
-    if spec.workers_per_trial == 1:
-        from .ray_train import FinalReportLast
-        from .run import distill
-        reporter = FinalReportLast(lambda row, ckpt: report(row))
-        distill(cfg, callbacks=[reporter])
-        reporter.flush()
-    else:
-        from .ray_train import fit_distributed
-        fit_distributed(cfg, spec, name=f"train-{trial_id}", storage_path=fixed["train_storage"], extra_metrics=extra)
+    try:
+        if spec.workers_per_trial == 1:
+            from .ray_train import FinalReportLast
+            from .run import distill
+            reporter = FinalReportLast(lambda row, ckpt: report(row))
+            distill(cfg, callbacks=[reporter])
+            faults.before_final_report()
+            reporter.flush()
+        else:
+            from .ray_train import fit_distributed
+            fit_distributed(cfg, spec, name=f"train-{trial_id}", storage_path=fixed["train_storage"],
+                            extra_metrics=extra)
+    except NonFiniteLossError as e:   # deterministic: a retry from the checkpoint would hit it again
+        write_json_atomic(out / FAILED_MARKER, e.record())
+        raise
 
 
 # --- latency: each architecture once, on a whole node, before the trials --------------------------
@@ -297,9 +347,17 @@ def measure_latencies(spec: SweepSpec, exp_dir: Path, teachers: dict[str, str]) 
 # --- teachers -----------------------------------------------------------------------------------
 
 def _finetune_task(cfg_dict: dict) -> dict:
+    """A teacher fine-tune (a Ray task): continues from its checkpoint after a crash, a retry or --resume.
+    Until metrics.json is written (last, atomically) the folder is an unfinished run no sweep uses."""
+    import ray
+
     from .run import finetune
+    from .trainer import append_event, repair_checkpoints
     cfg = MixKDConfig.from_dict(cfg_dict)
     out = Path(cfg.output_dir)
+    append_event(out, "attempt", node_id=ray.get_runtime_context().get_node_id(),
+                 node_ip=ray.util.get_node_ip_address())
+    repair_checkpoints(out / "checkpoints")
     if (out / "checkpoints" / "last" / "trainer_state.pt").is_file():
         cfg = cfg.replace(resume=True)
     else:
@@ -311,7 +369,9 @@ def prepare_teachers(spec: SweepSpec, exp_dir: Path, tracker=None) -> dict[str, 
     """Fine-tune (or reuse) one teacher per (task, fraction, seed), as Ray tasks, before any trial."""
     import ray
     teachers, pending = {}, {}
-    remote = ray.remote(num_cpus=spec.cpus_per_trial, num_gpus=spec.gpus_per_trial, max_retries=0)(_finetune_task)
+    # a teacher whose worker or node dies is retried (from its checkpoint) like a trial: max_failures times
+    remote = ray.remote(num_cpus=spec.cpus_per_trial, num_gpus=spec.gpus_per_trial,
+                        max_retries=spec.max_failures)(_finetune_task)
     for task, fraction, seed in spec.groups():
         key = spec.teacher_key(task, fraction, seed)
         out = exp_dir / "teachers" / key
@@ -323,7 +383,20 @@ def prepare_teachers(spec: SweepSpec, exp_dir: Path, tracker=None) -> dict[str, 
             print(f"teacher {key}: fine-tuning {spec.teacher_model} -> {out}")
             pending[key] = (remote.remote(cfg.to_dict()), cfg)
     for key, (ref, cfg) in pending.items():
-        ray.get(ref)
+        try:
+            ray.get(ref)
+        except ray.exceptions.RayTaskError as e:   # the fine-tune raised: its one-line reason
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, UsageError):
+                raise UsageError(f"teacher {key}: {cause}") from None
+            raise SweepFailed(f"teacher {key} failed ({type(cause).__name__ if cause else 'error'}: "
+                              f"{str(cause or e).splitlines()[0][:300]}); its folder {teachers[key]} is "
+                              f"unfinished and no trial uses it: fix the cause and rerun with --resume") from None
+        except ray.exceptions.RayError as e:   # its worker or node died more often than max_failures allows
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise SweepFailed(f"teacher {key}: its worker died {spec.max_failures + 1} time(s) ({type(e).__name__}: "
+                              f"{first}); the folder {teachers[key]} is unfinished and no trial uses it: rerun "
+                              f"with --resume to continue it from its last checkpoint") from None
     if tracker is not None:   # record each teacher once (also one a crash left unrecorded)
         from .tracking import SweepTracker
         for task, fraction, seed in spec.groups():
@@ -400,6 +473,34 @@ def prepare_augmentations(spec: SweepSpec, exp_dir: Path, tracker=None) -> dict[
 
 # --- the Tune callback that records trials in MLflow ----------------------------------------------
 
+def trial_failure_reason(error_file: str | None, out: Path, failures: int, max_failures: int) -> str:
+    """One line for ``mixkd.end_reason`` of a failed trial: the recorded NaN/inf (step and term) when
+    there is one, else the last failure in Tune's error file, with how often the trial was tried."""
+    if (out / FAILED_MARKER).is_file():
+        try:
+            return json.loads((out / FAILED_MARKER).read_text())["reason"]
+        except (OSError, ValueError, KeyError):
+            pass
+    text = ""
+    if error_file and os.path.exists(error_file):
+        text = Path(error_file).read_text()
+    last = text.rsplit("Failure # ", 1)[-1]
+    lines = [l.strip() for l in last.splitlines()[1:] if l.strip()]
+    low = last.lower()
+    if "actor died" in low or "worker process has died" in low or "node" in low and "died" in low:
+        import re
+        kind = next((m for m in re.findall(r"ray\.exceptions\.(\w+)", last)), "ActorDiedError")
+        ip = re.search(r"\bip: (\S+)", last)
+        exit_detail = re.search(r"Worker exit detail: ([^.]*\.)", last)
+        node = "its node died" if "node" in low and "died" in low and "worker process has died" not in low else \
+            "its worker process died"
+        detail = (f"the trial's process was lost: {node} ({kind}" + (f" on {ip.group(1)}" if ip else "")
+                  + (f": {exit_detail.group(1)}" if exit_detail else "") + ")")
+    else:
+        detail = lines[-1] if lines else "error"
+    return f"{detail[:1500]} (failed {failures} time(s); max_failures={max_failures})"
+
+
 def _mlflow_callback(tracker, trials_dir: Path, spec: SweepSpec, teachers: dict[str, str],
                      latency: dict[str, dict] | None = None):
     from ray.tune import Callback
@@ -436,12 +537,9 @@ def _mlflow_callback(tracker, trials_dir: Path, spec: SweepSpec, teachers: dict[
 
         def on_trial_error(self, iteration, trials, trial, **info):
             tracker.child(trial.trial_id, self._cfg(trial), role="trial")
-            reason = "error"
-            if trial.error_file and os.path.exists(trial.error_file):
-                lines = [l for l in Path(trial.error_file).read_text().splitlines() if l.strip()]
-                reason = lines[-1] if lines else reason
-            tracker.finish(trial.trial_id, trials_dir / trial.trial_id, status="FAILED", reason=reason,
-                           log_model=False)
+            out = trials_dir / trial.trial_id
+            reason = trial_failure_reason(trial.error_file, out, trial.run_metadata.num_failures, spec.max_failures)
+            tracker.finish(trial.trial_id, out, status="FAILED", reason=reason, log_model=False)
 
     return MLflowSweepCallback()
 
@@ -531,7 +629,10 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
     trials_dir = exp_dir / "trials"
     trials_dir.mkdir(exist_ok=True)
     fixed = {"spec": spec.to_dict(), "trials_dir": str(trials_dir), "teachers": teachers,
-             "train_storage": str(exp_dir / "train"), "latency": latency}
+             "train_storage": str(exp_dir / "train"), "latency": latency, "tune_dir": str(exp_dir / "tune")}
+    # Tune saves its experiment state (what --resume restores) every 10 s or more by default; a trial
+    # waits until it is saved before writing anything (wait_until_persisted), so save often
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     callbacks = [_mlflow_callback(tracker, trials_dir, spec, teachers, latency)]
     status = "FAILED"
     try:
@@ -566,6 +667,7 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
                 tuner = _tuner(spec, exp_dir, group, fixed, callbacks, resume, {"cell": cell},
                                search_alg=searcher, scheduler=scheduler, num_samples=spec.num_samples)
                 _fit_all(tuner, spec.num_samples)
+                close_orphan_optuna_trials(storage, f"{spec.name}-{group}")
         summary = summarize(exp_dir, tracker)
         if spec.latency_budget_ms is not None:
             tracker.flush()
@@ -578,6 +680,26 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
         raise
     finally:
         tracker.close(status)
+
+
+def close_orphan_optuna_trials(storage, study_name: str) -> int:
+    """After a group's trials have all ended, an Optuna trial still RUNNING belongs to no Tune trial: the
+    searcher asked for it just before a driver crash, and the restored sweep never heard of it. Mark it
+    FAIL (it was never trained), so the study holds every real trial once and nothing dangling."""
+    import optuna
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        return 0
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study._storage.set_trial_user_attr(t._trial_id, "mixkd_end_reason",
+                                           "asked for just before a driver crash; never ran")
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+        n += 1
+    if n:
+        print(f"{study_name}: {n} Optuna trial(s) left RUNNING by a driver crash marked FAIL (they never ran)")
+    return n
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -656,6 +778,7 @@ def summarize(exp_dir: Path, tracker=None) -> dict[str, Any]:
         for m in sorted((exp_dir / "trials").glob("*/metrics.json")):   # finished trials a crash left unrecorded
             cfg = MixKDConfig.from_yaml(m.parent / "config.yaml")
             tracker.submit(SweepTracker.record_finished, m.parent.name, cfg, "trial", m.parent)
+        tracker.submit(SweepTracker.close_stale_trials, exp_dir / "trials")
         if rows:
             top = max(rows, key=lambda r: r["primary_value"])
             tracker.submit(SweepTracker.log_parent_artifact, top["run_dir"] + "/model", "best_student")

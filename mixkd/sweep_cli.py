@@ -13,7 +13,7 @@ PRESETS_DIR = Path(__file__).resolve().parents[1] / "experiments" / "presets"
 PRESETS = ("smoke", "ablation", "limited", "search", "paper")
 # environment the Ray workers need (offline mode, data and cache locations)
 WORKER_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "GLUE_DIR", "MIXKD_CACHE", "HF_HOME",
-              "TRANSFORMERS_OFFLINE", "MLFLOW_TRACKING_URI")
+              "TRANSFORMERS_OFFLINE", "MLFLOW_TRACKING_URI", "MIXKD_FAULTS")   # MIXKD_FAULTS: tests/test_faults.py
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

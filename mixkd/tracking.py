@@ -1,7 +1,9 @@
 """MLflow records of a sweep: one parent run per sweep, a nested child run per teacher and per trial.
 
-The sweep driver is the only writer (trial results reach it through Ray Tune), so a SQLite store in
-the experiment folder never sees concurrent writers; point ``--tracking-uri`` at a server to share it.
+Within a sweep the driver is the only writer (trial results reach it through Ray Tune, and one background
+thread writes them). Several sweeps may share one SQLite store (``--tracking-uri sqlite:///...``): MLflow
+waits on its lock (busy_timeout) and :func:`sqlite_init_lock` serialises opening a fresh file; a server
+(``mlflow server --host 127.0.0.1``) is the better way to share runs between machines.
 Runs are found again by tags (``mixkd.sweep_id``, ``mixkd.trial_id``, ``mixkd.teacher_key``), so a
 resumed sweep reuses its parent run and trial runs instead of creating second copies.
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +56,29 @@ def check_tracking_uri(uri: str) -> None:
                          f"or an http(s) server")
 
 
+@contextmanager
+def sqlite_init_lock(uri: str):
+    """For a ``sqlite:///`` store: hold an exclusive lock on ``<db>.lock`` while the store is opened.
+
+    MLflow creates and migrates the tables of a new SQLite file on first use, and that is not safe
+    with several processes at once (alembic "duplicate column", "Online migration expected to match
+    one row", checked with 4 processes on MLflow 3.17); two sweeps creating the same experiment race
+    too. Writes after that are safe: every MLflow session sets ``busy_timeout = 20000``, and
+    tests/test_faults.py runs several writers at once. Other stores: no lock."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+    path = Path(uri[len("sqlite:///"):])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -86,14 +112,15 @@ class SweepTracker:
         import mlflow
         from mlflow.tracking import MlflowClient
         self.uri = tracking_uri
-        self.client = MlflowClient(tracking_uri)
-        exp = self.client.get_experiment_by_name(experiment_name)
-        if exp is None:
-            loc = Path(artifact_dir).resolve().as_uri() if artifact_dir else None
-            self.experiment_id = self.client.create_experiment(experiment_name, artifact_location=loc,
-                                                               tags={"mixkd": "1"})
-        else:
-            self.experiment_id = exp.experiment_id
+        with sqlite_init_lock(tracking_uri):   # several sweeps may open a fresh shared SQLite store at once
+            self.client = MlflowClient(tracking_uri)   # opens (creates, migrates) the store
+            exp = self.client.get_experiment_by_name(experiment_name)
+            if exp is None:
+                loc = Path(artifact_dir).resolve().as_uri() if artifact_dir else None
+                self.experiment_id = self.client.create_experiment(experiment_name, artifact_location=loc,
+                                                                   tags={"mixkd": "1"})
+            else:
+                self.experiment_id = exp.experiment_id
         self.sweep_id = sweep_id
         self._mlflow = mlflow
         self._runs: dict[str, str] = {}
@@ -191,6 +218,31 @@ class SweepTracker:
                 self.log_eval(key, json.loads(line))
         self.finish(key, Path(run_dir), log_model=log_model)
         return True
+
+    def close_stale_trials(self, trials_dir: Path) -> int:
+        """At the end of a sweep every trial has ended, so a trial run still RUNNING is left over from a
+        driver crash: KILLED if its folder holds an unfinished run, deleted (soft, with a reason tag) if
+        it has no folder at all (the trial was forgotten by Tune before it wrote anything, and the
+        resumed sweep ran another in its place). Returns how many runs it closed."""
+        runs = self.client.search_runs(
+            [self.experiment_id], max_results=5000,
+            filter_string=f"tags.`{PARENT_TAG}` = '{self.sweep_id}' and tags.`{ROLE_TAG}` = 'trial' "
+                          f"and attributes.status = 'RUNNING'")
+        for r in runs:
+            key = r.data.tags.get("mixkd.key", "")
+            out = Path(trials_dir) / key
+            if (out / "metrics.json").is_file():
+                continue   # record_finished handles it
+            if out.is_dir():
+                self.client.set_tag(r.info.run_id, "mixkd.end_reason", "left unfinished by an interrupted sweep")
+                self.client.set_terminated(r.info.run_id, status="KILLED")
+            else:
+                self.client.set_tag(r.info.run_id, "mixkd.end_reason",
+                                    "orphan: the trial was started just before a driver crash and never ran")
+                self.client.set_terminated(r.info.run_id, status="KILLED")
+                self.client.delete_run(r.info.run_id)
+            self._runs.pop(key, None)
+        return len(runs)
 
     def log_latency(self, key: str, metrics: dict[str, float], tags: dict[str, str]) -> None:
         """The latency of the run's architecture (measured once per architecture by the sweep)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import losses
+from . import faults, losses
 from .data import GlueData
 from .errors import NonFiniteLossError, UsageError
 from .metrics import glue_metrics
@@ -127,14 +128,65 @@ def evaluate_model(model: nn.Module, data: GlueData, collator, batch_size: int, 
 
 
 def _atomic_replace_dir(tmp: Path, final: Path) -> None:
+    """Make the complete folder ``tmp`` the new ``final``. Two renames (a folder cannot replace a non-empty
+    one in one step): a crash between them leaves ``final.old`` (complete) and no ``final``, which
+    :func:`repair_checkpoints` puts back; a crash before them leaves the old ``final`` untouched."""
     old = final.with_name(final.name + ".old")
     if old.exists():
-        shutil.rmtree(old)
+        if final.exists():
+            shutil.rmtree(old)
+        else:   # a crash between the renames of the previous save: old is the checkpoint, keep it
+            old.rename(final)
     if final.exists():
         final.rename(old)
     tmp.rename(final)
     if old.exists():
         shutil.rmtree(old)
+
+
+def repair_checkpoints(ckpt_dir: Path) -> None:
+    """Undo what a crash during :meth:`Trainer.save_checkpoint` left in ``ckpt_dir``: a checkpoint
+    moved aside (``last.old`` without ``last``) is put back; half-written temporary folders are removed."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return
+    for which in ("last", "best"):
+        final, old = ckpt_dir / which, ckpt_dir / f"{which}.old"
+        if old.is_dir():
+            if final.is_dir():
+                shutil.rmtree(old)
+            else:
+                old.rename(final)
+        tmp = ckpt_dir / f".{which}.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def append_event(out_dir: Path, event: str, **fields: Any) -> None:
+    """One line of ``events.jsonl`` in a run folder: each start, resume (with the step it resumed from)
+    and sweep attempt (pid, Ray node) of the run, so a restart after a crash can be seen and checked."""
+    import socket
+    row = {"event": event, "time": round(time.time(), 3), "pid": os.getpid(), "host": socket.gethostname(),
+           **fields}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "events.jsonl", "a") as fh:
+        fh.write(json.dumps(row, default=str) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines file; a last line torn by a crash mid-write is skipped."""
+    rows = []
+    path = Path(path)
+    if not path.is_file():
+        return rows
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
 
 
 class Trainer:
@@ -269,10 +321,13 @@ class Trainer:
         self.model.train()
         totals: dict[str, float] = {}
         n_micro = len(micro_batches)
+        fault = faults.loss_fault(self.step + 1, self.terms)   # None unless MIXKD_FAULTS asks (tests/test_faults.py)
         for batch in micro_batches:
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             with autocast_for(self.device, self.cfg.precision):
                 terms = self.compute_losses(batch)
+            if fault in terms:
+                terms[fault] = terms[fault] * float("nan")
             loss = losses.weighted_sum(terms, self.weights)
             values = torch.stack([v.detach().float() for v in terms.values()] + [loss.detach().float()]).tolist()
             for name, v in zip([*terms, "total"], values):
@@ -346,8 +401,10 @@ class Trainer:
         # rows logged after this checkpoint (a crash between the log write and the save) are redone
         log = self.output_dir / "log.jsonl"
         if self.is_main and log.is_file():
-            rows = [r for r in log.read_text().splitlines() if r.strip() and json.loads(r)["step"] <= self.step]
-            log.write_text("".join(r + "\n" for r in rows))
+            rows = [r for r in read_jsonl(log) if r.get("step", 0) <= self.step]
+            tmp = log.with_name(".log.jsonl.tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            os.replace(tmp, log)
 
     # --- eval and logging -------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
@@ -401,8 +458,12 @@ class Trainer:
         if resume_from is not None:
             self.load_checkpoint(Path(resume_from))
         elif resume:
+            repair_checkpoints(self.ckpt_dir)
             self.load_checkpoint(self.ckpt_dir / "last")
         resume = resume or resume_from is not None
+        if self.is_main:
+            append_event(self.output_dir, "resume" if resume else "start", step=self.step,
+                         total_steps=self.total_steps)
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.cfg.progress and self.is_main),
                    desc=f"{self.cfg.variant} {self.task.name}", dynamic_ncols=True)
         last_row = None
@@ -428,6 +489,7 @@ class Trainer:
                 if due:
                     last_row = self._on_eval()
                     evaluated_at = self.step
+                faults.after_step()
                 if self.step >= self.total_steps:
                     break
         bar.close()

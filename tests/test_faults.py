@@ -1,0 +1,275 @@
+"""Fault injection: sweeps that survive node loss, worker, teacher and driver crashes, NaN losses, torn
+writes and concurrent MLflow writers, with nothing lost or recorded twice (issue 5).
+
+Every fault is real: Ray nodes are removed from a running ray.cluster_utils.Cluster, trial workers,
+teachers and the glue_sweep.py driver are SIGKILLed by PID (read from the run folder's events.jsonl),
+several processes write to one SQLite store at once. ``MIXKD_FAULTS`` (mixkd/faults.py) only slows
+steps down so a kill lands mid-run, makes a loss NaN (which cannot be caused from outside), and holds
+a finished trial's last report. Marked slow: ``make test-slow`` (``pytest -m slow``) runs them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import yaml
+
+from test_sweep import (TINY_SPACE, isolate_ray_env, log_rows, mlflow_runs, sweep_cmd, trial_dirs,
+                        tune_trial_count, worker_env, write_preset)
+
+pytestmark = pytest.mark.slow
+
+TEACHER_KEY = "sst2-f1-s0"
+# 256 SST-2 rows, batch 16: 16 steps per epoch, an eval (and checkpoint) at steps 16 and 32
+KNOBS = {"epochs": 2, "lr": 1e-3, "batch_size": 16, "max_seq_length": 64, "max_eval_samples": 64}
+STEP_DELAY = 0.15   # MIXKD_FAULTS step_delay: an epoch takes >= 2.4 s, the window a kill lands in
+
+
+def fault_spec_dict(name: str, storage: Path, teacher_model: Path, data_dir: Path, **kw) -> dict:
+    d = dict(name=name, mode="search", tasks=["sst2"], teacher_model=str(teacher_model), seeds=[0],
+             data_fractions=[1.0], num_samples=3, teacher={**KNOBS, "max_steps": 8},
+             base={**KNOBS, "student_layers": 2}, search_space=dict(TINY_SPACE),
+             grace_period=2, reduction_factor=2,   # ASHA never stops a trial half way (2 evals)
+             cpus_per_trial=1, max_failures=1, storage_path=str(storage), data_dir=str(data_dir),
+             measure_latency=False)
+    d.update(kw)
+    return d
+
+
+def fault_spec(*args, **kw):
+    from mixkd.sweep import SweepSpec
+    return SweepSpec.from_dict(fault_spec_dict(*args, **kw))
+
+
+# --- what a run folder and the stores say ---------------------------------------------------------
+
+def events(run_dir: Path) -> list[dict]:
+    from mixkd.trainer import read_jsonl
+    return read_jsonl(Path(run_dir) / "events.jsonl")
+
+
+def of_kind(evs: list[dict], kind: str) -> list[dict]:
+    return [e for e in evs if e["event"] == kind]
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    return (Path(run_dir) / "checkpoints" / "last" / "trainer_state.pt").is_file()
+
+
+def optuna_states(exp_dir: Path) -> dict[str, list[str]]:
+    """{study name: [state of each trial]} of the sweep's optuna.db."""
+    import optuna
+    storage = f"sqlite:///{exp_dir / 'optuna.db'}"
+    return {s.study_name: [t.state.name for t in optuna.load_study(study_name=s.study_name, storage=storage).trials]
+            for s in optuna.get_all_study_summaries(storage=storage)}
+
+
+def trial_runs_by_key(exp_dir: Path, name: str) -> tuple[dict, dict[str, list]]:
+    runs = mlflow_runs(exp_dir, name)
+    by_key: dict[str, list] = {}
+    for r in runs["trial"]:
+        by_key.setdefault(r.data.tags["mixkd.key"], []).append(r)
+    return runs, by_key
+
+
+def sqlite_trial_status(mlflow_db: Path) -> dict[str, str]:
+    """{trial id: MLflow status} read straight from the sqlite file (read-only, fast, while a sweep runs)."""
+    import sqlite3
+    if not mlflow_db.is_file():
+        return {}
+    try:
+        with sqlite3.connect(f"file:{mlflow_db}?mode=ro", uri=True, timeout=1) as con:
+            rows = con.execute("SELECT t.value, r.status FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+                               "JOIN tags role ON role.run_uuid = r.run_uuid WHERE t.key = 'mixkd.key' "
+                               "AND role.key = 'mixkd.role' AND role.value = 'trial'").fetchall()
+    except sqlite3.Error:
+        return {}
+    return dict(rows)
+
+
+def sqlite_parent_ids(mlflow_db: Path) -> list[str]:
+    import sqlite3
+    with sqlite3.connect(f"file:{mlflow_db}?mode=ro", uri=True, timeout=5) as con:
+        return [r[0] for r in con.execute("SELECT r.run_uuid FROM runs r JOIN tags role ON role.run_uuid = r.run_uuid "
+                                          "WHERE role.key = 'mixkd.role' AND role.value = 'sweep'").fetchall()]
+
+
+# --- injecting faults while a sweep runs ------------------------------------------------------------
+
+class Injector(threading.Thread):
+    """Runs fault steps in the background while the sweep blocks the test's thread. Each step is
+    (name, condition, action): the condition is polled until it returns something truthy, which the
+    action gets. ``done`` lists the steps taken with what their condition returned."""
+
+    def __init__(self, steps, timeout: float = 300.0, poll: float = 0.05):
+        super().__init__(daemon=True, name="fault-injector")
+        self.steps, self.timeout, self.poll = steps, timeout, poll
+        self.done: list[tuple[str, object]] = []
+        self.error: BaseException | None = None
+        self.stopped = threading.Event()
+
+    def run(self):
+        deadline = time.monotonic() + self.timeout
+        try:
+            for name, cond, act in self.steps:
+                while not self.stopped.is_set():
+                    value = cond()
+                    if value:
+                        act(value)
+                        self.done.append((name, value))
+                        break
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"fault step {name!r}: its condition never held")
+                    time.sleep(self.poll)
+        except BaseException as e:   # reported by check()
+            self.error = e
+
+    def check(self, n_steps: int) -> None:
+        self.stopped.set()
+        self.join(timeout=10)
+        assert self.error is None, f"fault injector failed: {self.error!r} (done: {self.done})"
+        assert len(self.done) == n_steps, f"only {len(self.done)} of {n_steps} faults were injected: {self.done}"
+
+
+def kill(pid: int) -> None:
+    os.kill(int(pid), signal.SIGKILL)
+
+
+@contextmanager
+def local_ray(faults: str, num_cpus: int = 2):
+    """A local Ray instance of this test whose workers see MIXKD_FAULTS=faults."""
+    import ray
+    assert not ray.is_initialized(), "a Ray session from another test is still open"
+    mp = pytest.MonkeyPatch()
+    try:
+        isolate_ray_env(mp)
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {**worker_env(), "MIXKD_FAULTS": faults}})
+        yield ray
+    finally:
+        ray.shutdown()
+        mp.undo()
+
+
+# --- 2. a trial's worker process dies -----------------------------------------------------------------
+
+def test_killed_trial_worker_is_retried_from_its_checkpoint_then_failed(tmp_path, tiny_bert_dir, small_glue_dir):
+    """SIGKILL a trial's worker after its first checkpoint: Tune retries it (max_failures=1) and it resumes
+    from that checkpoint; SIGKILL the retry too: the trial is FAILED in MLflow with the reason and FAIL in
+    Optuna, and the sweep finishes the other trials."""
+    from mixkd.sweep import run_sweep
+    spec = fault_spec("crash", tmp_path, tiny_bert_dir, small_glue_dir, num_samples=3, max_failures=1)
+    trials = spec.experiment_dir / "trials"
+    seen: dict = {}
+
+    def first_checkpoint():
+        for d in (sorted(trials.iterdir()) if trials.is_dir() else []):
+            if of_kind(events(d), "attempt") and has_checkpoint(d) and not (d / "metrics.json").is_file():
+                return d
+
+    def kill_first(d):
+        seen["dir"] = d
+        seen["pids"] = [of_kind(events(d), "attempt")[-1]["pid"]]
+        kill(seen["pids"][0])
+
+    def retry_resumed():
+        evs = events(seen["dir"])
+        attempts, resumes = of_kind(evs, "attempt"), of_kind(evs, "resume")
+        if len(attempts) == 2 and resumes and resumes[-1]["time"] >= attempts[-1]["time"]:
+            return attempts[-1]["pid"]
+
+    def kill_retry(pid):
+        seen["pids"].append(pid)
+        kill(pid)
+
+    injector = Injector([("kill the trial's worker", first_checkpoint, kill_first),
+                         ("kill the retry after it resumed", retry_resumed, kill_retry)])
+    with local_ray(f"step_delay={STEP_DELAY}"):
+        injector.start()
+        summary = run_sweep(spec)
+    injector.check(2)
+
+    victim = seen["dir"]
+    evs = events(victim)
+    assert [e["event"] for e in evs] == ["attempt", "start", "attempt", "resume"], evs
+    assert seen["pids"][0] != seen["pids"][1]
+    resumed_step = of_kind(evs, "resume")[0]["step"]
+    assert resumed_step == 16, f"the retry resumed from step {resumed_step}, not from its checkpoint at 16"
+    assert not (victim / "metrics.json").is_file() and not (victim / "model").exists()
+
+    # the sweep went on: the other two trials finished
+    assert summary["finished_trials"] == 2
+    dirs = trial_dirs(spec.experiment_dir)
+    assert len(dirs) == 3 and sum((d / "metrics.json").is_file() for d in dirs) == 2
+    assert tune_trial_count(spec.experiment_dir / "tune" / f"search-{TEACHER_KEY}") == 3
+
+    runs, by_key = trial_runs_by_key(spec.experiment_dir, "crash")
+    assert len(runs["sweep"]) == 1 and runs["sweep"][0].info.status == "FINISHED"
+    assert sorted(by_key) == sorted(d.name for d in dirs) and all(len(v) == 1 for v in by_key.values())
+    failed = by_key[victim.name][0]
+    assert failed.info.status == "FAILED"
+    reason = failed.data.tags["mixkd.end_reason"]
+    assert "died" in reason and "failed 2 time(s); max_failures=1" in reason, reason
+    for key, (r,) in by_key.items():
+        if key != victim.name:
+            assert r.info.status == "FINISHED", (key, r.info.status, r.data.tags.get("mixkd.end_reason"))
+
+    (states,) = optuna_states(spec.experiment_dir).values()
+    assert sorted(states) == ["COMPLETE", "COMPLETE", "FAIL"], states
+    print(f"\nworker crash: killed pids {seen['pids']} of trial {victim.name}; the retry resumed at step "
+          f"{resumed_step}; MLflow: {failed.info.status} ({reason}); Optuna {sorted(states)}")
+
+
+# --- 6. a NaN loss inside a trial -----------------------------------------------------------------------
+
+def test_nan_loss_fails_the_trial_with_step_and_term_and_is_not_retried(tmp_path, tiny_bert_dir, small_glue_dir):
+    """L_TMKD becomes NaN at step 3 in the first trial that gets there: that trial stops with the step and
+    the term, is FAILED in MLflow, FAIL (no value, no intermediate values) in Optuna and never reported a
+    score to ASHA; the NaN is deterministic, so its retry (max_failures=1) fails at once without
+    training again; the other trials finish."""
+    import optuna
+    from mixkd.sweep import run_sweep
+    spec = fault_spec("nan", tmp_path, tiny_bert_dir, small_glue_dir, num_samples=3, max_failures=1)
+    claim = tmp_path / "nan.claim"
+    with local_ray(f"step_delay=0.02,nan_step=3,nan_term=tmkd,nan_claim={claim}"):
+        summary = run_sweep(spec)
+    assert claim.is_file(), "no trial reached the NaN"
+    dirs = trial_dirs(spec.experiment_dir)
+    bad = [d for d in dirs if (d / "failed.json").is_file()]
+    assert len(bad) == 1, [d.name for d in dirs]
+    (bad,) = bad
+    rec = json.loads((bad / "failed.json").read_text())
+    assert (rec["step"], rec["term"], rec["value"]) == (3, "tmkd", "nan"), rec
+    assert len(of_kind(events(bad), "attempt")) == 1, "the NaN trial was trained again"
+    assert not (bad / "metrics.json").is_file() and not (bad / "log.jsonl").is_file()
+    assert summary["finished_trials"] == 2 and bad.name not in {r["trial"] for r in summary["best"]}
+
+    runs, by_key = trial_runs_by_key(spec.experiment_dir, "nan")
+    assert sorted(by_key) == sorted(d.name for d in dirs) and all(len(v) == 1 for v in by_key.values())
+    (r,) = by_key[bad.name]
+    reason = r.data.tags["mixkd.end_reason"]
+    assert r.info.status == "FAILED" and "loss term 'tmkd' is nan at step 3" in reason, (r.info.status, reason)
+    assert "not retried" in reason
+    assert not any(k.startswith(("final/", "eval/")) or k == "primary" for k in r.data.metrics), r.data.metrics
+    assert all(by_key[d.name][0].info.status == "FINISHED" for d in dirs if d != bad)
+
+    # Tune: the trial reported nothing (ASHA never had a score of it); its retries failed at once
+    tune_dir = spec.experiment_dir / "tune" / f"search-{TEACHER_KEY}"
+    (trial_tune_dir,) = [p for p in tune_dir.glob(f"run_trial_{bad.name}_*") if p.is_dir()]
+    result_rows = (trial_tune_dir / "result.json").read_text().split() if (trial_tune_dir / "result.json").exists() else []
+    assert result_rows == [], result_rows
+    storage = f"sqlite:///{spec.experiment_dir / 'optuna.db'}"
+    (study,) = [optuna.load_study(study_name=s.study_name, storage=storage)
+                for s in optuna.get_all_study_summaries(storage=storage)]
+    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "COMPLETE", "FAIL"]
+    assert len(failed) == 1 and failed[0].values is None and failed[0].intermediate_values == {}
+    print(f"\nNaN: trial {bad.name} stopped: {reason}; Optuna trial {failed[0].number} FAIL; 2 others finished")
