@@ -79,6 +79,9 @@ def _teacher_run(teacher: str) -> tuple[dict | None, dict | None]:
     """The config and metrics of a mixkd teacher run dir (None, None for a plain HF model dir)."""
     p = Path(teacher).expanduser()
     cfg_file, met_file = p / "config.yaml", p / "metrics.json"
+    if cfg_file.is_file() and not met_file.is_file() and ((p / "checkpoints").is_dir() or (p / "model").is_dir()):
+        raise UsageError(f"teacher run '{teacher}' is unfinished (no metrics.json); finish it with "
+                         f"`mixkd finetune ... --resume` first")   # an interrupted run: never use its partial weights
     if not (p / "model").is_dir() or not cfg_file.is_file():
         return None, None
     if not met_file.is_file():

@@ -159,6 +159,94 @@ def local_ray(faults: str, num_cpus: int = 2):
         mp.undo()
 
 
+# --- 1. a worker node is lost ------------------------------------------------------------------------
+
+@contextmanager
+def two_node_cluster(faults: str):
+    """A head (node_a, 1 CPU) and a worker node (node_b, 1 CPU) on this machine, connected; yields
+    (cluster, the worker node). Storage is the test's tmp folder, which both nodes see (one machine)."""
+    import ray
+    from ray.cluster_utils import Cluster
+    assert not ray.is_initialized(), "a Ray session from another test is still open"
+    mp = pytest.MonkeyPatch()
+    cluster = None
+    try:
+        isolate_ray_env(mp)
+        # both nodes on this machine (Ray 2.60 replaces a loopback node IP with the machine's own address,
+        # and a cluster started with 127.0.0.1 then cannot be reached: see cluster/local_cluster.sh)
+        cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 1, "resources": {"node_a": 1}, "include_dashboard": False})
+        worker = cluster.add_node(num_cpus=1, resources={"node_b": 1})
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, log_to_driver=False,
+                 runtime_env={"env_vars": {**worker_env(), "MIXKD_FAULTS": faults}})
+        yield cluster, worker
+    finally:
+        ray.shutdown()
+        if cluster is not None:
+            cluster.shutdown()
+        mp.undo()
+
+
+def test_node_loss_restarts_its_trial_from_the_checkpoint(tmp_path, tiny_bert_dir, small_glue_dir):
+    """Two trials run at once, one per node; the worker node is killed (all its processes, no graceful
+    drain) after its trial's first checkpoint. The sweep completes: the lost trial restarts on the head
+    from its checkpoint (resumed step 16, not 0), each trial has exactly one FINISHED MLflow run, and the
+    Optuna study has each trial once."""
+    import ray
+    from mixkd.sweep import run_sweep
+    spec = fault_spec("node-loss", tmp_path, tiny_bert_dir, small_glue_dir, num_samples=2, max_failures=1)
+    trials = spec.experiment_dir / "trials"
+    seen: dict = {}
+    with two_node_cluster(f"step_delay={STEP_DELAY}") as (cluster, worker):
+        node_b = worker.node_id
+
+        def trial_on_b_checkpointed():
+            for d in (sorted(trials.iterdir()) if trials.is_dir() else []):
+                attempts = of_kind(events(d), "attempt")
+                if attempts and attempts[-1]["node_id"] == node_b and has_checkpoint(d) \
+                        and not (d / "metrics.json").is_file():
+                    return d
+
+        def remove_node_b(d):
+            seen["dir"] = d
+            seen["steps_logged"] = [r["step"] for r in log_rows(d)]
+            cluster.remove_node(worker, allow_graceful=False)
+
+        injector = Injector([("kill worker node node_b", trial_on_b_checkpointed, remove_node_b)])
+        injector.start()
+        summary = run_sweep(spec)
+        injector.check(1)
+        deadline = time.monotonic() + 60   # the GCS marks a node dead after missed health checks
+        while node_b in (alive := [n["NodeID"] for n in ray.nodes() if n["Alive"]]) and time.monotonic() < deadline:
+            time.sleep(1)
+        assert node_b not in alive and len(alive) == 1
+
+    victim = seen["dir"]
+    evs = events(victim)
+    attempts = of_kind(evs, "attempt")
+    assert [e["event"] for e in evs] == ["attempt", "start", "attempt", "resume"], evs
+    assert attempts[0]["node_id"] == node_b and attempts[1]["node_id"] != node_b
+    resumed_step = of_kind(evs, "resume")[0]["step"]
+    assert resumed_step == 16 and seen["steps_logged"] == [16], (resumed_step, seen["steps_logged"])
+    assert [r["step"] for r in log_rows(victim)] == [16, 32]   # the eval at 16 is not logged twice
+
+    assert summary["finished_trials"] == 2
+    dirs = trial_dirs(spec.experiment_dir)
+    assert len(dirs) == 2 and all((d / "metrics.json").is_file() for d in dirs)
+    assert tune_trial_count(spec.experiment_dir / "tune" / f"search-{TEACHER_KEY}") == 2
+    runs, by_key = trial_runs_by_key(spec.experiment_dir, "node-loss")
+    assert len(runs["sweep"]) == 1 and runs["sweep"][0].info.status == "FINISHED"
+    assert sorted(by_key) == sorted(d.name for d in dirs)
+    for key, rs in by_key.items():
+        assert [r.info.status for r in rs] == ["FINISHED"], (key, [r.info.status for r in rs])
+    hist = runs["client"].get_metric_history(by_key[victim.name][0].info.run_id, "eval/accuracy")
+    assert sorted(m.step for m in hist) == [16, 32]
+    assert optuna_states(spec.experiment_dir) == {f"node-loss-search-{TEACHER_KEY}": ["COMPLETE", "COMPLETE"]}
+    print(f"\nnode loss: node_b removed while trial {victim.name} ran there (evals logged {seen['steps_logged']}); "
+          f"it restarted on {attempts[1]['node_ip']} from step {resumed_step}; 2 FINISHED runs, Optuna 2 COMPLETE")
+
+
 # --- 2. a trial's worker process dies -----------------------------------------------------------------
 
 def test_killed_trial_worker_is_retried_from_its_checkpoint_then_failed(tmp_path, tiny_bert_dir, small_glue_dir):
@@ -273,3 +361,198 @@ def test_nan_loss_fails_the_trial_with_step_and_term_and_is_not_retried(tmp_path
     assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "COMPLETE", "FAIL"]
     assert len(failed) == 1 and failed[0].values is None and failed[0].intermediate_values == {}
     print(f"\nNaN: trial {bad.name} stopped: {reason}; Optuna trial {failed[0].number} FAIL; 2 others finished")
+
+
+# --- 4. the teacher's fine-tune crashes ----------------------------------------------------------------
+
+def test_teacher_crash_leaves_no_finished_looking_teacher_and_resume_continues_it(tmp_path, tiny_bert_dir,
+                                                                                   small_glue_dir):
+    """SIGKILL the teacher's worker after its first checkpoint: Ray retries the task (max_failures=1) and it
+    resumes from that checkpoint; SIGKILL the retry too: the sweep stops with a one-line reason, the teacher
+    folder has no metrics.json or model/ (a distill refuses it), no trial ran. ``--resume`` continues the
+    teacher from its checkpoint (never from scratch, never the partial model) and runs the trials."""
+    from mixkd.errors import SweepFailed, UsageError
+    from mixkd.run import distill
+    from mixkd.sweep import run_sweep
+    from conftest import tiny_cfg
+    spec_d = fault_spec_dict("teacher-crash", tmp_path, tiny_bert_dir, small_glue_dir, num_samples=2, max_failures=1,
+                             teacher={**KNOBS, "max_steps": 40, "eval_steps": 8})
+    from mixkd.sweep import SweepSpec
+    teacher = SweepSpec.from_dict(spec_d).experiment_dir / "teachers" / TEACHER_KEY
+    seen: dict = {"pids": []}
+
+    def attempt_checkpointed(n):
+        def cond():
+            evs = events(teacher)
+            attempts = of_kind(evs, "attempt")
+            progressed = of_kind(evs, "start" if n == 1 else "resume")
+            if len(attempts) == n and has_checkpoint(teacher) and len(progressed) == 1 \
+                    and progressed[-1]["time"] >= attempts[-1]["time"] and (n == 1 or log_rows(teacher)):
+                return attempts[-1]["pid"]
+        return cond
+
+    def kill_teacher(pid):
+        seen["pids"].append(pid)
+        kill(pid)
+
+    injector = Injector([("kill the teacher's worker", attempt_checkpointed(1), kill_teacher),
+                         ("kill the retried teacher after it resumed", attempt_checkpointed(2), kill_teacher)])
+    with local_ray(f"step_delay={STEP_DELAY}"):
+        injector.start()
+        with pytest.raises(SweepFailed) as exc:
+            run_sweep(SweepSpec.from_dict(spec_d))
+        injector.check(2)
+        msg = str(exc.value)
+        assert TEACHER_KEY in msg and "--resume" in msg and "\n" not in msg, msg
+        # nothing looks finished: no completion marker, no final model, no trial started
+        assert has_checkpoint(teacher)
+        assert not (teacher / "metrics.json").exists() and not (teacher / "model").exists()
+        trials = teacher.parent.parent / "trials"
+        assert not trials.exists() or not any(trials.iterdir()), list(trials.iterdir())
+        with pytest.raises(UsageError, match="unfinished"):
+            distill(tiny_cfg(teacher=str(teacher), data_dir=str(small_glue_dir), student_layers=2,
+                             output_dir=str(tmp_path / "student")))
+        parents = sqlite_parent_ids(teacher.parent.parent / "mlflow.db")
+        assert len(parents) == 1
+
+        summary = run_sweep(SweepSpec.from_dict(spec_d), resume=True)
+
+    evs = events(teacher)
+    assert [e["event"] for e in evs] == ["attempt", "start", "attempt", "resume", "attempt", "resume"], evs
+    resumed = [e["step"] for e in of_kind(evs, "resume")]
+    assert all(s >= 8 and s % 8 == 0 for s in resumed) and resumed == sorted(resumed), resumed
+    assert len(set(seen["pids"])) == 2
+    metrics = json.loads((teacher / "metrics.json").read_text())
+    assert metrics["steps"] == 40 and (teacher / "model" / "model.safetensors").is_file()
+    assert [r["step"] for r in log_rows(teacher)] == [8, 16, 24, 32, 40]   # no eval logged twice
+
+    exp_dir = teacher.parent.parent
+    assert summary["finished_trials"] == 2
+    runs = mlflow_runs(exp_dir, "teacher-crash")
+    assert [r.info.run_id for r in runs["sweep"]] == parents and runs["sweep"][0].info.status == "FINISHED"
+    assert [r.info.status for r in runs["teacher"]] == ["FINISHED"]
+    assert sorted(r.info.status for r in runs["trial"]) == ["FINISHED", "FINISHED"]
+    for d in trial_dirs(exp_dir):
+        assert yaml.safe_load((d / "config.yaml").read_text())["teacher"] == str(teacher)
+    print(f"\nteacher crash: killed pids {seen['pids']}; the retry and the resumed sweep continued from steps "
+          f"{resumed}; teacher finished at step 40; 1 teacher run, 1 parent, 2 trials FINISHED")
+
+
+# --- 3. the sweep driver is killed --------------------------------------------------------------------
+
+@pytest.fixture
+def cli_env(tmp_path) -> dict[str, str]:
+    env = dict(os.environ)
+    for k in ("RAY_ADDRESS", "GLUE_DIR", "PYTHONWARNINGS", "MLFLOW_TRACKING_URI", "MIXKD_FAULTS"):
+        env.pop(k, None)
+    env.update(worker_env())
+    env.update(MIXKD_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1", RAY_DEDUP_LOGS="0")
+    return env
+
+
+@contextmanager
+def driver(cmd, env, log: Path, cwd: Path):
+    """glue_sweep.py in its own session (process group): the test SIGKILLs the driver's PID alone, and on
+    the way out removes what is left of the group it started (Ray's agents outlive a killed driver)."""
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd)
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                try:
+                    os.killpg(proc.pid, 0)
+                except ProcessLookupError:   # the group is empty
+                    break
+                time.sleep(0.5)
+            else:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def wait_for(cond, proc, log: Path, timeout: float = 300.0, what: str = ""):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        assert proc.poll() is None, f"the sweep ended (rc={proc.returncode}) before {what}:\n{log.read_text()[-4000:]}"
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}:\n{log.read_text()[-4000:]}")
+
+
+def test_killed_driver_resumes_to_exactly_n_trials(cli_env, tmp_path, tiny_bert_dir, small_glue_dir):
+    """SIGKILL glue_sweep.py (no Ctrl+C, no cleanup) twice: first after trial A finished and was recorded
+    while trial B runs past its first checkpoint, then, in the resumed sweep, in the moment after B wrote
+    metrics.json but before the driver recorded it. The second --resume ends with exactly 3 trials (none
+    duplicated, B resumed from step 16, A and B never retrained), the same Optuna study with 3 COMPLETE
+    trials, the same MLflow parent run and one FINISHED run per trial, B's recorded once."""
+    n = 3
+    storage = tmp_path / "storage"
+    d = fault_spec_dict("driver-crash", storage, tiny_bert_dir, small_glue_dir, num_samples=n, cpus_per_trial=2)
+    for k in ("storage_path", "data_dir"):
+        d.pop(k)
+    preset = write_preset(tmp_path / "driver-crash.yaml", d)
+    cmd = sweep_cmd("--address", "local", "--preset", preset, "--storage-path", storage, "--data-dir", small_glue_dir)
+    env = {**cli_env, "MIXKD_FAULTS": f"step_delay={STEP_DELAY},final_report_delay=4"}
+    exp_dir = storage / "driver-crash"
+    trials, db = exp_dir / "trials", exp_dir / "mlflow.db"
+
+    def dirs():
+        return sorted(trials.iterdir()) if trials.is_dir() else []
+
+    # 1. kill the driver: A finished and recorded, B running with a checkpoint
+    def a_recorded_b_checkpointed():
+        status = sqlite_trial_status(db)
+        done = [p for p in dirs() if status.get(p.name) == "FINISHED"]
+        running = [p for p in dirs() if has_checkpoint(p) and not (p / "metrics.json").is_file()]
+        if done and running:
+            return done[0], running[0]
+
+    with driver(cmd, env, tmp_path / "run1.log", tmp_path) as proc:
+        a, b = wait_for(a_recorded_b_checkpointed, proc, tmp_path / "run1.log", what="A recorded and B checkpointed")
+        proc.send_signal(signal.SIGKILL)
+    parent = sqlite_parent_ids(db)
+    assert len(parent) == 1
+    b_steps_before = [r["step"] for r in log_rows(b)]
+    assert b_steps_before == [16] and not (b / "metrics.json").exists()
+    a_mtime = (a / "metrics.json").stat().st_mtime_ns
+
+    # 2. resume, and kill it again once B has finished (metrics.json) but is not recorded yet
+    def b_finished_unrecorded():
+        return (b / "metrics.json").is_file() and sqlite_trial_status(db).get(b.name) != "FINISHED"
+
+    with driver(cmd + ["--resume"], env, tmp_path / "run2.log", tmp_path) as proc:
+        wait_for(b_finished_unrecorded, proc, tmp_path / "run2.log", what="B finished")
+        proc.send_signal(signal.SIGKILL)
+    assert sqlite_trial_status(db).get(b.name) == "RUNNING", "B was recorded before the kill; the window was missed"
+    b_mtime = (b / "metrics.json").stat().st_mtime_ns
+
+    # 3. resume to the end
+    proc3 = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=500, cwd=tmp_path)
+    assert proc3.returncode == 0, proc3.stdout[-3000:] + proc3.stderr[-5000:]
+    assert "Traceback" not in proc3.stderr, proc3.stderr[-5000:]
+
+    assert len(dirs()) == n and all((p / "metrics.json").is_file() for p in dirs()), [p.name for p in dirs()]
+    assert tune_trial_count(exp_dir / "tune" / f"search-{TEACHER_KEY}") == n
+    assert (a / "metrics.json").stat().st_mtime_ns == a_mtime and (b / "metrics.json").stat().st_mtime_ns == b_mtime
+    assert [e["event"] for e in events(a)] == ["attempt", "start"]
+    b_events = events(b)
+    assert [e["event"] for e in b_events] == ["attempt", "start", "attempt", "resume"], b_events
+    assert of_kind(b_events, "resume")[0]["step"] == 16
+    assert [r["step"] for r in log_rows(b)] == [16, 32]
+    assert optuna_states(exp_dir) == {f"driver-crash-search-{TEACHER_KEY}": ["COMPLETE"] * n}
+
+    runs, by_key = trial_runs_by_key(exp_dir, "driver-crash")
+    assert [r.info.run_id for r in runs["sweep"]] == parent and runs["sweep"][0].info.status == "FINISHED"
+    assert len(runs["teacher"]) == 1
+    assert sorted(by_key) == sorted(p.name for p in dirs())
+    for key, rs in by_key.items():
+        assert [r.info.status for r in rs] == ["FINISHED"], (key, [r.info.status for r in rs])
+        hist = runs["client"].get_metric_history(rs[0].info.run_id, "eval/accuracy")
+        assert sorted(m.step for m in hist) == [16, 32], (key, [m.step for m in hist])
+    print(f"\ndriver crash: killed twice; A={a.name} kept, B={b.name} resumed at step 16 and its unrecorded finish "
+          f"recorded once; {n} trials, Optuna {n} COMPLETE, parent {parent[0]} reused")
