@@ -236,6 +236,18 @@ def _coerce(f: dataclasses.Field, value: Any, source: str) -> Any:
         raise UsageError(f"{source}: {flag} must be {base}, got {value!r}") from None
 
 
+def check_writable_dir(path, flag: str) -> None:
+    """A folder can be created (or written) at ``path``: its first existing ancestor is a writable folder.
+    Else a UsageError naming the flag (root passes the permission test, never the file one)."""
+    first = Path(path).expanduser().absolute()
+    while not first.exists() and first != first.parent:
+        first = first.parent
+    if not first.is_dir():
+        raise UsageError(f"{flag} {path}: '{first}' is a file, not a folder; choose another {flag}")
+    if not os.access(first, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: '{first}' is not writable; choose another {flag}")
+
+
 def validate(cfg: MixKDConfig, command: str) -> MixKDConfig:
     """Check every value the user can get wrong; raise UsageError with the fix. Returns cfg."""
     from .tasks import get_task

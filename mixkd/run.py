@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from . import __version__
-from .config import MixKDConfig, validate
+from .config import MixKDConfig, check_writable_dir, validate
 from .data import GlueData, load_glue
 from .errors import UsageError
 from .models import (build_student, check_same_vocab, count_parameters, encoder_layers, load_classifier,
@@ -45,6 +45,7 @@ def check_output_dir(cfg: MixKDConfig) -> Path:
     out = Path(cfg.output_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--output-dir '{out}' is a file; choose a directory")
+    check_writable_dir(out, "--output-dir")
     repair_checkpoints(out / "checkpoints")   # a crash mid-save can leave checkpoints/last.old only
     finished = (out / "metrics.json").is_file()
     has_ckpt = (out / "checkpoints" / "last" / "trainer_state.pt").is_file()
@@ -171,6 +172,8 @@ def finetune(cfg: MixKDConfig, callbacks: list[EvalCallback] | None = None, wrap
              resume_from: Path | None = None) -> dict:
     """Fine-tune ``cfg.model`` on ``cfg.task`` (the teacher step)."""
     cfg = _resolve_subset(validate(cfg, "finetune"), None)
+    if resume_from is None:
+        check_writable_dir(cfg.output_dir, "--output-dir")   # before loading anything
     task = get_task(cfg.task)
     seed_everything(cfg.seed)
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
@@ -185,6 +188,8 @@ def distill(cfg: MixKDConfig, callbacks: list[EvalCallback] | None = None, wrap_
             resume_from: Path | None = None) -> dict:
     """Distil the fine-tuned ``cfg.teacher`` into a student with ``cfg.variant``."""
     cfg = validate(cfg, "distill")
+    if resume_from is None:
+        check_writable_dir(cfg.output_dir, "--output-dir")   # before loading anything
     task = get_task(cfg.task)
     tcfg, tmetrics = _teacher_run(cfg.teacher)
     if tcfg is not None and get_task(tcfg["task"]).name != task.name:

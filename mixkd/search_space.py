@@ -78,7 +78,39 @@ def build_space(overrides: dict[str, Any] | None = None, base: dict[str, Any] | 
         raise UsageError("search_space is empty; keep at least one knob or use grid mode")
     for key, spec in space.items():
         _check_spec(key, spec, base or {})
+    for key, spec in (overrides or {}).items():   # a knob asked for that no trial would ever use
+        if spec is not None and not _ever_active(key, space, base or {}):
+            raise UsageError(_never_active_message(key, space, base or {}))
     return space
+
+
+_DRIVERS = ("variant", "distance", "augment")   # the knobs that decide which others matter (see active)
+
+
+def _driver_values(name: str, space: dict, base: dict) -> list:
+    spec = space.get(name)
+    if spec and spec.get("type") == "choice":
+        return list(spec["values"])
+    return [base.get(name, getattr(MixKDConfig, name))]
+
+
+def _ever_active(key: str, space: dict, base: dict) -> bool:
+    import itertools
+    if key in _DRIVERS:
+        return True
+    combos = itertools.product(*(_driver_values(d, space, base) for d in _DRIVERS))
+    return any(active(key, {**base, **dict(zip(_DRIVERS, c))}) for c in combos)
+
+
+def _never_active_message(key: str, space: dict, base: dict) -> str:
+    variants = ", ".join(map(str, _driver_values("variant", space, base)))
+    distances = ", ".join(map(str, _driver_values("distance", space, base)))
+    if key == "temperature":
+        return (f"search_space.temperature is never used: the variants ({variants}) with distance {distances} "
+                f"have no temperature (only kd, pkd and distance kl use one); drop temperature from "
+                f"search_space, or set distance: kl in base (or search it)")
+    return (f"search_space.{key} is never used by the variants searched ({variants}); drop it from "
+            f"search_space or add a variant that uses it")
 
 
 def _check_spec(key: str, spec: dict, base: dict) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from .config import MixKDConfig, load_yaml, validate
+from .config import MixKDConfig, check_writable_dir, load_yaml, validate
 from .errors import SweepFailed, UsageError
 from .search_space import DefineByRun, build_space, grid_cells
 from .tasks import get_task
@@ -171,6 +171,57 @@ class SweepSpec:
 
     def groups(self) -> list[tuple[str, float, int]]:
         return [(t, f, s) for t in self.tasks for f in self.data_fractions for s in self.seeds]
+
+
+def _max_student_layers(spec: SweepSpec) -> int | None:
+    """The deepest truncated student the sweep can train (None: every student is a --student-model)."""
+    depths = []
+    if spec.mode == "grid":
+        cells = grid_cells(spec.grid) if spec.grid else [{}]
+    else:
+        d = build_space(spec.search_space, spec.base).get("student_layers")
+        cells = [{}] if d is None else [{"student_layers": int(v)} for v in (
+            d["values"] if d["type"] == "choice" else (d["low"], d["high"]))]
+    for c in cells:
+        knobs = {**spec.base, **c}
+        if not knobs.get("student_model"):
+            depths.append(int(knobs.get("student_layers", MixKDConfig.student_layers)))
+    return max(depths) if depths else None
+
+
+def _teacher_depth(name: str) -> int | None:
+    """Encoder layers of a local (or packaged) teacher backbone from its config.json; None for a hub id."""
+    from .models import resolve_model
+    path = Path(resolve_model(name))
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        return None
+    c = json.loads(cfg.read_text())
+    return c.get("num_hidden_layers") or c.get("n_layers") or c.get("num_layers")
+
+
+def preflight(spec: SweepSpec) -> None:
+    """What a sweep would otherwise find out only after Ray has started and a teacher has trained: the
+    storage folder cannot be created, a task's GLUE files are missing, a student is deeper than its
+    teacher. One UsageError (one line, exit 2), nothing written."""
+    check_writable_dir(spec.experiment_dir, "--storage-path")
+    from .data import resolve_data_dir
+    data_dir = resolve_data_dir(spec.data_dir)
+    if data_dir is None and os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("", "0"):
+        raise UsageError("no GLUE folder (--data-dir or $GLUE_DIR) and HF_DATASETS_OFFLINE is set, so the hub "
+                         "cannot be used either; pass --data-dir PATH/glue_data")
+    for t in spec.tasks:
+        task = get_task(t)
+        if data_dir is not None:
+            for name in ("train.tsv", *(d.tsv_file for d in task.dev_splits)):
+                f = data_dir / task.folder / name
+                if not f.is_file():
+                    raise UsageError(f"--data-dir {data_dir}: missing {task.folder}/{name} for task {task.name}; put "
+                                     f"the task's GLUE TSV files there or drop the task")
+    deepest, depth = _max_student_layers(spec), _teacher_depth(spec.teacher_model)
+    if deepest is not None and depth is not None and deepest > depth:
+        raise UsageError(f"student_layers {deepest} is invalid: the teacher {spec.teacher_model} has {depth} layers; "
+                         f"keep student depths within 1..{depth}")
 
 
 # --- trials -------------------------------------------------------------------------------------
@@ -589,11 +640,25 @@ def _tuner(spec: SweepSpec, exp_dir: Path, group: str, fixed: dict, callbacks, r
     )
 
 
+def saved_spec(spec: SweepSpec) -> dict[str, Any]:
+    """The spec as written to sweep.yaml and handed to the trials: a password or token in the tracking
+    URI is masked (the driver alone talks to MLflow, with the real URI)."""
+    from .tracking import redact_uri
+    return {**spec.to_dict(), "tracking_uri": redact_uri(spec.tracking_uri)}
+
+
+def sweep_params(spec: SweepSpec) -> dict[str, Any]:
+    """The parent run's MLflow params: the spec without the tracking URI; no secret is ever a param (the
+    config holds none, and tokens live in the environment: MLFLOW_TRACKING_TOKEN, ...)."""
+    return {k: v for k, v in spec.to_dict().items() if k != "tracking_uri"}
+
+
 def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
     """Teachers first, then the trials of every group; returns the summary (also summary.json)."""
     from .tracking import BackgroundTracker, check_tracking_uri, default_tracking_uri
 
     spec.validate()
+    preflight(spec)
     exp_dir = spec.experiment_dir
     spec_file = exp_dir / "sweep.yaml"
     if spec_file.is_file():
@@ -601,18 +666,17 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
         if not resume:
             raise UsageError(f"experiment '{exp_dir}' exists; pass --resume to continue it or choose another "
                              f"--experiment-name")
-        if saved != spec.to_dict():
-            changed = sorted(k for k in saved if saved.get(k) != spec.to_dict().get(k))
+        if saved != saved_spec(spec):
+            changed = sorted(k for k in saved if saved.get(k) != saved_spec(spec).get(k))
             raise UsageError(f"--resume: the sweep differs from the saved one in {', '.join(changed)}; resume "
                              f"with the same preset and flags")
     exp_dir.mkdir(parents=True, exist_ok=True)
     if not spec_file.is_file():
-        spec_file.write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+        spec_file.write_text(yaml.safe_dump(saved_spec(spec), sort_keys=False))
     uri = spec.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(exp_dir)
     check_tracking_uri(uri)
     tracker = BackgroundTracker(uri, spec.experiment_name or spec.name, sweep_id=str(exp_dir),
-                                artifact_dir=exp_dir / "mlartifacts",
-                                sweep_params={k: v for k, v in spec.to_dict().items() if k != "tracking_uri"})
+                                artifact_dir=exp_dir / "mlartifacts", sweep_params=sweep_params(spec))
     prepare_augmentations(spec, exp_dir, tracker)   # +BT files first (sets base.augment_dir); no-op without BT
     teachers = prepare_teachers(spec, exp_dir, tracker)
     latency = measure_latencies(spec, exp_dir, teachers) if spec.measure_latency else {}
@@ -625,10 +689,11 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
                            lat["metrics"], lat["tags"])
     if tracker.failed():   # the store opens on the writer thread meanwhile (see BackgroundTracker)
         tracker.close("FAILED", quiet=True)
-        raise UsageError(f"MLflow store {uri}: {tracker.failed()[:300]}")
+        from .tracking import redact_uri
+        raise UsageError(f"MLflow store {redact_uri(uri)}: {tracker.failed()[:300]}")
     trials_dir = exp_dir / "trials"
     trials_dir.mkdir(exist_ok=True)
-    fixed = {"spec": spec.to_dict(), "trials_dir": str(trials_dir), "teachers": teachers,
+    fixed = {"spec": saved_spec(spec), "trials_dir": str(trials_dir), "teachers": teachers,
              "train_storage": str(exp_dir / "train"), "latency": latency, "tune_dir": str(exp_dir / "tune")}
     # Tune saves its experiment state (what --resume restores) every 10 s or more by default; a trial
     # waits until it is saved before writing anything (wait_until_persisted), so save often
@@ -755,6 +820,7 @@ def _fit_all(tuner, expected: int):
 
 def summarize(exp_dir: Path, tracker=None) -> dict[str, Any]:
     """Best finished trial per (task, variant, student depth), from the trial folders' metrics.json."""
+    from .tracking import redact_uri
     best: dict[tuple, dict] = {}
     n_finished = 0
     for m in sorted((exp_dir / "trials").glob("*/metrics.json")):
@@ -770,7 +836,7 @@ def summarize(exp_dir: Path, tracker=None) -> dict[str, Any]:
             best[key] = row
     rows = sorted(best.values(), key=lambda r: (r["task"], r["data_fraction"], r["student_layers"], r["variant"]))
     summary = {"experiment_dir": str(exp_dir), "finished_trials": n_finished, "best": rows,
-               "tracking_uri": tracker.uri if tracker else None,
+               "tracking_uri": redact_uri(tracker.uri) if tracker else None,
                "parent_run_id": tracker.parent_id if tracker else None}
     _write_json(exp_dir / "summary.json", summary)
     if tracker is not None:

@@ -12,8 +12,10 @@ from .errors import UsageError
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "experiments" / "presets"
 PRESETS = ("smoke", "ablation", "limited", "search", "paper")
 # environment the Ray workers need (offline mode, data and cache locations)
+# (not MLflow's: the driver is the only MLflow writer, so tracking URIs and tokens stay in its process and
+# never reach the Ray job's runtime_env, which the dashboard shows)
 WORKER_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "GLUE_DIR", "MIXKD_CACHE", "HF_HOME",
-              "TRANSFORMERS_OFFLINE", "MLFLOW_TRACKING_URI", "MIXKD_FAULTS")   # MIXKD_FAULTS: tests/test_faults.py
+              "TRANSFORMERS_OFFLINE", "MIXKD_FAULTS")   # MIXKD_FAULTS: tests/test_faults.py
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -110,8 +112,9 @@ def connect(address: str) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .sweep import format_summary, run_sweep
+    from .sweep import format_summary, preflight, run_sweep
     spec = load_spec(args)
+    preflight(spec)   # storage, GLUE files, student depth: before Ray starts
     if (spec.experiment_dir / "sweep.yaml").is_file() and not args.resume:   # before Ray starts
         raise UsageError(f"experiment '{spec.experiment_dir}' exists; pass --resume to continue it or choose "
                          f"another --experiment-name")

@@ -21,6 +21,33 @@ PARENT_TAG = "mixkd.sweep_id"
 ROLE_TAG = "mixkd.role"
 
 
+SECRET_ENV = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_CLIENT_CERT_PATH",
+              "DATABRICKS_TOKEN", "AWS_SECRET_ACCESS_KEY", "AZURE_STORAGE_ACCESS_KEY")
+
+
+def redact_uri(uri: str | None) -> str | None:
+    """A tracking URI fit to print, log or save: a password in it (``http://user:pw@host``,
+    ``postgresql://u:pw@db/x``) and token/password/key query values become ``***``."""
+    if not uri or "://" not in uri:
+        return uri
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+    u = urlsplit(uri)
+    netloc = u.netloc
+    secret_query = any(w in k.lower() for k, _ in parse_qsl(u.query) for w in ("token", "password", "secret", "key"))
+    if "@" not in netloc and not secret_query:
+        return uri   # nothing to hide (sqlite:////path, http://host:port)
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:***@{host}" if ":" in userinfo else f"***@{host}"
+    query = u.query
+    if query:
+        pairs = [(k, "***" if any(w in k.lower() for w in ("token", "password", "secret", "key")) else v)
+                 for k, v in parse_qsl(query, keep_blank_values=True)]
+        query = urlencode(pairs, safe="*")
+    return urlunsplit((u.scheme, netloc, u.path, query, u.fragment))
+
+
 def default_tracking_uri(experiment_dir: Path) -> str:
     return f"sqlite:///{Path(experiment_dir).resolve() / 'mlflow.db'}"
 
@@ -33,26 +60,27 @@ def check_tracking_uri(uri: str) -> None:
     import os
     import socket
     u = urlparse(uri)
+    shown = redact_uri(uri)
     if u.scheme in ("http", "https"):
         port = u.port or (443 if u.scheme == "https" else 80)
         try:
             with socket.create_connection((u.hostname or "127.0.0.1", port), timeout=5):
                 return
         except OSError as e:
-            raise UsageError(f"--tracking-uri {uri}: no MLflow server answers there ({e.strerror or e}); start "
+            raise UsageError(f"--tracking-uri {shown}: no MLflow server answers there ({e.strerror or e}); start "
                              f"one (mlflow server --host 127.0.0.1) or leave the flag out for a SQLite file in "
                              f"the experiment folder") from None
     if u.scheme == "sqlite":
         path = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
         if path is None or str(path) in ("", ":memory:"):
-            raise UsageError(f"--tracking-uri {uri}: use sqlite:////absolute/path/mlflow.db")
+            raise UsageError(f"--tracking-uri {shown}: use sqlite:////absolute/path/mlflow.db")
         folder = path.parent
         while not folder.exists() and folder != folder.parent:
             folder = folder.parent
         if not os.access(folder, os.W_OK):
-            raise UsageError(f"--tracking-uri {uri}: {folder} is not writable; choose another path")
+            raise UsageError(f"--tracking-uri {shown}: {folder} is not writable; choose another path")
     elif u.scheme in ("", "file"):
-        raise UsageError(f"--tracking-uri {uri}: MLflow's file store is retired; use sqlite:///PATH/mlflow.db "
+        raise UsageError(f"--tracking-uri {shown}: MLflow's file store is retired; use sqlite:///PATH/mlflow.db "
                          f"or an http(s) server")
 
 
@@ -383,7 +411,7 @@ class BackgroundTracker:
         if quiet:
             return
         if self._init_error is not None:
-            print(f"mixkd: MLflow store {self.uri} could not be opened ({self.failed()[:300]}); nothing was "
+            print(f"mixkd: MLflow store {redact_uri(self.uri)} could not be opened ({self.failed()[:300]}); nothing was "
                   f"recorded there. The run folders hold every result: fix the store and rerun with --resume "
                   f"to record them", file=sys.stderr)
         elif self.errors:

@@ -414,56 +414,7 @@ def test_interrupted_sweep_resumes_to_exactly_n_trials(cli_env, tmp_path, tiny_b
     assert rc1 != 0, f"the interrupted sweep exited {rc1}, as if it had finished:\n{first_log[-2500:]}"
 
 
-# --- one-line usage errors of the real CLI -------------------------------------------------------
-
-def _valid_preset(tmp_path: Path, tiny_bert_dir: Path, small_glue_dir: Path, **kw) -> dict:
-    return spec_dict("cli-errors", tmp_path / "storage", tiny_bert_dir, small_glue_dir, **kw)
-
-
-ERROR_CASES = {
-    "address-nothing-listens": (lambda p: ["--address", "127.0.0.1:1", "--preset", p()], ["127.0.0.1:1"]),
-    "address-malformed": (lambda p: ["--address", "not-an-address", "--preset", p()], ["not-an-address"]),
-    "preset-missing": (lambda p: ["--address", "local", "--preset", "nosuch"], ["nosuch"]),
-    "preset-misspelled-key": (lambda p: ["--address", "local", "--preset", p(rename=("num_samples", "num_sample"))],
-                              ["num_sample", "did you mean 'num_samples'"]),
-    "preset-zero-samples": (lambda p: ["--address", "local", "--preset", p(num_samples=0)], ["num_samples"]),
-    "preset-empty-space": (lambda p: ["--address", "local", "--preset", p(empty_space=True)], ["search_space"]),
-    "storage-s3": (lambda p: ["--address", "local", "--preset", p(), "--storage-path", "s3://bucket/x"],
-                   ["s3://bucket/x"]),
-    "existing-experiment": (lambda p: ["--address", "local", "--preset", p(existing=True)], ["--resume"]),
-}
-
-
-@pytest.mark.parametrize("case", list(ERROR_CASES))
-def test_cli_usage_errors_are_one_line(case, cli_env, tmp_path, tiny_bert_dir, small_glue_dir):
-    from mixkd.search_space import DEFAULT_SPACE
-    from mixkd.sweep import SweepSpec
-
-    def preset(rename=None, empty_space=False, existing=False, **kw) -> Path:
-        d = _valid_preset(tmp_path, tiny_bert_dir, small_glue_dir, **kw)
-        if rename:
-            d[rename[1]] = d.pop(rename[0])
-        if empty_space:
-            d["search_space"] = {k: None for k in DEFAULT_SPACE}
-        if existing:   # an experiment folder left by an earlier sweep of the same name
-            spec = SweepSpec.from_dict(d).validate()
-            spec.experiment_dir.mkdir(parents=True)
-            (spec.experiment_dir / "sweep.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
-        return write_preset(tmp_path / "preset.yaml", d)
-
-    make_args, needles = ERROR_CASES[case]
-    args = make_args(preset)
-    proc = subprocess.run(sweep_cmd(*args), env=cli_env, capture_output=True, text=True, timeout=180, cwd=tmp_path)
-    assert proc.returncode == 2, f"exit {proc.returncode}\nstdout: {proc.stdout[-2000:]}\nstderr: {proc.stderr[-4000:]}"
-    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout, proc.stderr
-    lines = [l for l in proc.stderr.splitlines() if l.strip()]
-    assert len(lines) == 1, f"stderr is not one line:\n{proc.stderr}"
-    assert lines[0].startswith("glue_sweep.py: error: "), lines[0]
-    for needle in needles:
-        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
-    if case == "existing-experiment":   # the refused invocation touched nothing
-        exp_dir = tmp_path / "storage" / "cli-errors"
-        assert sorted(p.name for p in exp_dir.iterdir()) == ["sweep.yaml"]
+# --- one-line usage errors: every CLI's bad input is one table in tests/test_bad_input.py --------------
 
 
 # --- a 2-node local cluster ----------------------------------------------------------------------
