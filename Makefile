@@ -37,8 +37,8 @@ demo-runs: install
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-# Fault injection (tests/test_faults.py): node loss, killed workers/teachers/driver, NaN loss, torn
-# writes, concurrent MLflow writers, bad input of every CLI, security defaults. A few minutes on 2 cores.
+# Fault injection (tests/test_faults.py): node loss, killed trial workers / teacher / sweep driver, NaN
+# loss, kills mid-checkpoint, concurrent MLflow writers. About 8 minutes on 2 cores.
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
 
