@@ -118,3 +118,45 @@ def test_check_tracking_uri_one_line(uri, needle):
 def test_check_tracking_uri_sqlite_folder_that_can_be_created(tmp_path):
     check_tracking_uri(f"sqlite:///{tmp_path / 'new' / 'sub' / 'mlflow.db'}")
     assert not (tmp_path / "new").exists()                  # checking writes nothing
+
+
+# --- what a driver crash can leave dangling (issue 5): closed at the end of the resumed sweep ------------
+
+def test_close_stale_trials_after_a_driver_crash(tmp_path):
+    """Trial runs still RUNNING when a sweep ends: a finished folder is left to record_finished, an
+    unfinished one becomes KILLED, a run with no folder at all (Tune forgot the trial before it wrote
+    anything) is KILLED and deleted, each with mixkd.end_reason."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    trials = tmp_path / "trials"
+    cfg = fake_run_dir(trials / "done")
+    (trials / "half").mkdir()
+    t = SweepTracker(uri, "exp", sweep_id="sw")
+    for key in ("done", "half", "ghost"):
+        t.child(key, cfg, role="trial")
+    assert t.close_stale_trials(trials) == 3
+    c = client(uri)
+    status = {k: c.get_run(t._runs.get(k) or t._find(f"tags.`mixkd.key` = '{k}'")).info.status
+              for k in ("done", "half")}
+    assert status == {"done": "RUNNING", "half": "KILLED"}
+    runs = c.search_runs([t.experiment_id], run_view_type=3)   # ALL: deleted ones too
+    ghost = [r for r in runs if r.data.tags.get("mixkd.key") == "ghost"]
+    assert len(ghost) == 1 and ghost[0].info.lifecycle_stage == "deleted" and ghost[0].info.status == "KILLED"
+    assert "never ran" in ghost[0].data.tags["mixkd.end_reason"]
+    assert not [r for r in c.search_runs([t.experiment_id]) if r.data.tags.get("mixkd.key") == "ghost"]
+
+
+def test_close_orphan_optuna_trials(tmp_path):
+    """An Optuna trial asked for just before a driver crash stays RUNNING forever: marked FAIL, once."""
+    import optuna
+    from mixkd.sweep import close_orphan_optuna_trials
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    study = optuna.create_study(study_name="s", storage=storage)
+    done = study.ask()
+    study.tell(done, 1.0)
+    study.ask()   # the orphan
+    assert close_orphan_optuna_trials(storage, "s") == 1
+    assert close_orphan_optuna_trials(storage, "s") == 0
+    trials = optuna.load_study(study_name="s", storage=storage).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL"]
+    assert "never ran" in trials[1].user_attrs["mixkd_end_reason"]
+    assert close_orphan_optuna_trials(storage, "no-such-study") == 0
