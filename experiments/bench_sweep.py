@@ -38,6 +38,7 @@ def make_spec(args):
     return SweepSpec(name="bench", mode="grid", tasks=["sst2"], teacher_model="minilm-l6", seeds=[42],
                      data_fractions=[args.fraction], base=base, teacher={"max_steps": 1, "max_eval_samples": 50},
                      grid={"w_mle": [1.0] * args.trials}, cpus_per_trial=args.cpus,
+                     measure_latency=False,   # the in-process side measures no latency either
                      storage_path=str(Path(args.workdir)), data_dir=args.data_dir)
 
 
