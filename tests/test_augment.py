@@ -28,21 +28,8 @@ SAMPLE = dict(num_beams=1, do_sample=True, max_length=8, batch_size=8)
 def make_tiny_mt(path: Path, minilm_dir: Path, eos_logit_bias: float = 0.0, seed: int = 0,
                  positions: int = 128) -> Path:
     """A 1+1-layer, 16-wide random MarianMT with the MiniLM WordPiece vocabulary ([SEP] is its EOS)."""
-    import torch
-    from transformers import AutoTokenizer, MarianConfig, MarianMTModel
-    tok = AutoTokenizer.from_pretrained(str(minilm_dir))
-    torch.manual_seed(seed)
-    cfg = MarianConfig(vocab_size=len(tok), d_model=16, encoder_layers=1, decoder_layers=1,
-                       encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
-                       max_position_embeddings=positions, pad_token_id=tok.pad_token_id, eos_token_id=tok.sep_token_id,
-                       decoder_start_token_id=tok.pad_token_id, forced_eos_token_id=None)
-    model = MarianMTModel(cfg)
-    if eos_logit_bias:
-        with torch.no_grad():
-            model.final_logits_bias[0, tok.sep_token_id] = eos_logit_bias
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    from mixkd.augment import save_tiny_translation_model
+    return save_tiny_translation_model(path, minilm_dir, positions=positions, seed=seed, eos_logit_bias=eos_logit_bias)
 
 
 @pytest.fixture(scope="module")
