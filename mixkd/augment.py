@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from .data import cache_dir, load_split, read_glue_tsv, resolve_data_dir, subset_indices
+from .atomic import write_json_atomic
 from .errors import UsageError
 from .tasks import TaskSpec, get_task
 
@@ -292,12 +293,6 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def _copy_atomic(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.tmp")
@@ -381,7 +376,7 @@ def _generate(task: TaskSpec, source: SourceRows, fraction: float, data_seed: in
     with open(partial, "ab") as fh:              # drop a batch written after the last recorded state
         fh.truncate(state["bytes"])
     if state["batches_done"] == 0:
-        _write_json_atomic(state_file, state)
+        write_json_atomic(state_file, state)
     fwd, bwd = settings.models
     if state["batches_done"] < len(batches):
         if translator is None:   # models load first: an unloadable one is the only line printed
@@ -415,7 +410,7 @@ def _generate(task: TaskSpec, source: SourceRows, fraction: float, data_seed: in
                 os.fsync(fh.fileno())
                 state["bytes"] = fh.tell()
             state["batches_done"] = b + 1
-            _write_json_atomic(state_file, state)
+            write_json_atomic(state_file, state)
             bar.update(1)
         bar.close()
     # finalize: header + rows in source order, then the meta sidecar, then the atomic rename
@@ -440,7 +435,7 @@ def _generate(task: TaskSpec, source: SourceRows, fraction: float, data_seed: in
             "data_source": source.description, "data_fraction": fraction, "data_seed": data_seed,
             "source_rows": len(idx), "kept": state["kept"], "dropped_empty": state["dropped_empty"],
             "dropped_unchanged": state["dropped_unchanged"], "key": key}
-    _write_json_atomic(meta_path(final), meta)
+    write_json_atomic(meta_path(final), meta)
     os.replace(tmp, final)
     partial.unlink(missing_ok=True)
     state_file.unlink(missing_ok=True)

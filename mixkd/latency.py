@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from .atomic import write_json_atomic
 from .errors import UsageError
 
 DEFAULT_BATCH_SIZES = (1, 32)
@@ -305,13 +306,6 @@ def cache_key(arch_fp: str, dev_fp: str, dtype: str, batch_size: int, seq_len: i
                   "batch": int(batch_size), "seq": int(seq_len)}, n=24)
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 def _satisfies(rec: dict, warmup: int, min_iters: int, min_seconds: float) -> bool:
     return (rec.get("warmup", -1) >= warmup and rec.get("iters", 0) >= min_iters
             and rec.get("elapsed_s", 0.0) >= min_seconds)
@@ -355,7 +349,8 @@ def cached_latencies(model_config_or_dir: Any, batch_sizes: Iterable[int] = DEFA
         rec.update(architecture_fingerprint=arch_fp, architecture=arch, dtype=dtype,
                    measured_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
         if use_cache:
-            _write_json_atomic(path, rec)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(path, rec)
         out[b] = {**rec, "cached": False, "cache_file": str(path) if use_cache else None}
     del model
     return out

@@ -26,18 +26,9 @@ from .tasks import TaskSpec, get_task, metric_key
 from .trainer import (EvalCallback, Trainer, evaluate_model, make_collator, repair_checkpoints, resolve_device,
                       seed_everything)
 
+from .atomic import write_json_atomic  # noqa: F401  (metrics.json, the completion marker)
+
 RESULT_FILES = ("config.yaml", "metrics.json", "log.jsonl", "model", "checkpoints")
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write to a temporary name, flush it to disk, then rename: readers see the old file or the whole
-    new one, never a torn one (metrics.json, the completion marker of a run, is written this way)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as fh:
-        fh.write(json.dumps(obj, indent=2, default=str) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def check_output_dir(cfg: MixKDConfig) -> Path:

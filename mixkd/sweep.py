@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from .config import MixKDConfig, check_writable_dir, load_yaml, validate
+from .atomic import write_json_atomic
 from .errors import SweepFailed, UsageError
 from .search_space import DefineByRun, build_space, grid_cells
 from .tasks import get_task
@@ -176,13 +177,7 @@ class SweepSpec:
 def _max_student_layers(spec: SweepSpec) -> int | None:
     """The deepest truncated student the sweep can train (None: every student is a --student-model)."""
     depths = []
-    if spec.mode == "grid":
-        cells = grid_cells(spec.grid) if spec.grid else [{}]
-    else:
-        d = build_space(spec.search_space, spec.base).get("student_layers")
-        cells = [{}] if d is None else [{"student_layers": int(v)} for v in (
-            d["values"] if d["type"] == "choice" else (d["low"], d["high"]))]
-    for c in cells:
+    for c in _student_knobs(spec):
         knobs = {**spec.base, **c}
         if not knobs.get("student_model"):
             depths.append(int(knobs.get("student_layers", MixKDConfig.student_layers)))
@@ -267,7 +262,6 @@ def run_trial(config: dict[str, Any], fixed: dict[str, Any]) -> None:
 
     from . import faults
     from .errors import NonFiniteLossError
-    from .run import write_json_atomic
     from .trainer import append_event, read_jsonl, repair_checkpoints
 
     trial_id = tune.get_context().get_trial_id()
@@ -331,7 +325,8 @@ def latency_key(cfg: MixKDConfig, role: str = "trial") -> str:
 def _student_knobs(spec: SweepSpec) -> list[dict]:
     """Every architecture-deciding knob set a student of this sweep can have."""
     if spec.mode == "grid":
-        return [{k: c[k] for k in ("student_layers", "student_model") if k in c} for c in grid_cells(spec.grid)]
+        cells = grid_cells(spec.grid) if spec.grid else [{}]
+        return [{k: c[k] for k in ("student_layers", "student_model") if k in c} for c in cells]
     d = build_space(spec.search_space, spec.base).get("student_layers")
     if d is None:
         return [{}]
@@ -391,7 +386,7 @@ def measure_latencies(spec: SweepSpec, exp_dir: Path, teachers: dict[str, str]) 
             metrics.update(mlflow_metrics(r))
         objective = per_batch[str(spec.latency_batch_size)][f"{spec.latency_percentile}_ms"]
         out[key] = {"metrics": metrics, "tags": mlflow_tags(next(iter(per_batch.values()))), "objective_ms": objective}
-    _write_json(exp_dir / "latency.json", raw)
+    write_json_atomic(exp_dir / "latency.json", raw)
     return out
 
 
@@ -737,7 +732,7 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
         if spec.latency_budget_ms is not None:
             tracker.flush()
             summary["selection"] = select_under_budget(spec, exp_dir, tracker.uri)
-            _write_json(exp_dir / "summary.json", summary)
+            write_json_atomic(exp_dir / "summary.json", summary)
         status = "FINISHED"
         return summary
     except KeyboardInterrupt:
@@ -765,12 +760,6 @@ def close_orphan_optuna_trials(storage, study_name: str) -> int:
     if n:
         print(f"{study_name}: {n} Optuna trial(s) left RUNNING by a driver crash marked FAIL (they never ran)")
     return n
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def select_under_budget(spec: SweepSpec, exp_dir: Path, uri: str) -> list[dict]:
@@ -838,7 +827,7 @@ def summarize(exp_dir: Path, tracker=None) -> dict[str, Any]:
     summary = {"experiment_dir": str(exp_dir), "finished_trials": n_finished, "best": rows,
                "tracking_uri": redact_uri(tracker.uri) if tracker else None,
                "parent_run_id": tracker.parent_id if tracker else None}
-    _write_json(exp_dir / "summary.json", summary)
+    write_json_atomic(exp_dir / "summary.json", summary)
     if tracker is not None:
         from .tracking import SweepTracker
         for m in sorted((exp_dir / "trials").glob("*/metrics.json")):   # finished trials a crash left unrecorded
