@@ -4,15 +4,16 @@ N identical small trials (a 2-layer sm+tmkd student of the packaged MiniLM on an
 (1) in a fresh Python process, one after another, with mixkd.run.distill, and (2) as a grid sweep
 of N identical cells through mixkd.sweep.run_sweep in a fresh Python process on a local Ray
 instance, one trial at a time with the same CPUs. Both are timed from process start to exit, so
-both pay their imports once; ray.init is timed separately and reported beside (on a cluster it is
-already running). The teacher is prepared once beforehand and reused by both.
+both pay their imports once; ray.init and ray.shutdown are timed apart and printed beside (on a
+cluster Ray is already running). The teacher is prepared once beforehand and reused by both. The two
+alternate for --repeats rounds, so a slow spell of a shared machine hits both alike.
 
-Prints both wall times, their ratio (target <= 1.15 for single-worker trials), the fixed overhead
-per trial, and where the sweep's extra time went: the trials' own wall time inside the trial
-process (Tune's time_total_s) against the in-process trials, and the rest (actor start-up, Tune and
-MLflow bookkeeping).
+Prints both wall times per round, the ratio over all rounds (target <= 1.15 for single-worker
+trials), the fixed overhead per trial, and where the time went: each trial's wall time (Tune's
+time_total_s inside the trial process), the training alone (train_time_s of each run's
+metrics.json), and the rest (imports, actor start-up, loading, Tune and MLflow bookkeeping).
 
-    python experiments/bench_sweep.py [--trials 5] [--fraction 0.01] [--cpus 2]
+    python experiments/bench_sweep.py [--trials 5] [--repeats 2] [--fraction 0.01] [--cpus 2]
 """
 from __future__ import annotations
 
@@ -49,12 +50,14 @@ def run_inproc(args) -> dict:
     spec = make_spec(args)
     torch.set_num_threads(max(1, int(args.cpus)))
     teacher = spec.experiment_dir / "teachers" / spec.teacher_key("sst2", args.fraction, 42)
-    per_trial = []
+    per_trial, train = [], []
     for i in range(args.trials):
         t0 = time.perf_counter()
-        distill(spec.student_config("sst2", args.fraction, 42, str(teacher), str(Path(args.workdir) / "inproc" / str(i))))
+        m = distill(spec.student_config("sst2", args.fraction, 42, str(teacher),
+                                        str(Path(args.workdir) / "inproc" / str(i))).replace(overwrite=True))
         per_trial.append(time.perf_counter() - t0)
-    return {"per_trial": per_trial}
+        train.append(m["train_time_s"])
+    return {"per_trial": per_trial, "train_s": train}
 
 
 def run_swept(args) -> dict:
@@ -71,8 +74,11 @@ def run_swept(args) -> dict:
     for f in sorted((spec.experiment_dir / "tune" / "grid").glob("*/result.json")):
         rows = [json.loads(l) for l in f.read_text().splitlines() if l.strip()]
         trial_s.append(rows[-1]["time_total_s"])
+    train = [json.loads(m.read_text())["train_time_s"] for m in sorted((spec.experiment_dir / "trials").glob("*/metrics.json"))]
+    t0 = time.perf_counter()
     ray.shutdown()
-    return {"init": init, "finished": summary["finished_trials"], "trial_s": trial_s}
+    return {"init": init, "shutdown": time.perf_counter() - t0, "finished": summary["finished_trials"],
+            "trial_s": trial_s, "train_s": train}
 
 
 def child(mode: str, args) -> tuple[float, dict]:
@@ -96,6 +102,7 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--cpus", type=float, default=2.0, help="CPUs per trial (and for the in-process runs)")
     ap.add_argument("--data-dir", default=os.environ.get("GLUE_DIR") or str(ROOT.parent / "shared" / "glue_data"))
+    ap.add_argument("--repeats", type=int, default=2, help="rounds of (in-process, sweep), alternated")
     ap.add_argument("--workdir", default=None, help="scratch folder (default: a temp dir, removed at the end)")
     ap.add_argument("--child", choices=("inproc", "sweep"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -112,31 +119,38 @@ def main(argv=None) -> int:
     print(f"preparing the teacher once ({teacher}) ...", flush=True)
     finetune(spec.teacher_config("sst2", args.fraction, 42, str(teacher)).replace(overwrite=True))
 
-    inproc_wall, inproc = child("inproc", args)
-    n = args.trials
-    print(f"in-process: {n} trials in {inproc_wall:.1f} s ({inproc_wall / n:.1f} s per trial; "
-          f"trials alone {sum(inproc['per_trial']):.1f} s, imports and start-up {inproc_wall - sum(inproc['per_trial']):.1f} s)",
-          flush=True)
-    # the sweep refuses an existing experiment folder: keep only the prepared teacher
-    for p in spec.experiment_dir.iterdir():
-        if p.name != "teachers":
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
-    swept_wall, swept = child("sweep", args)
-    swept_wall -= swept["init"]
-    ratio = swept_wall / inproc_wall
-    in_trials = sum(swept["trial_s"])
-    print(f"sweep:      {swept['finished']} trials in {swept_wall:.1f} s ({swept_wall / n:.1f} s per trial), "
-          f"plus ray.init {swept['init']:.1f} s")
-    print(f"  inside the trials (Tune time_total_s): {in_trials:.1f} s "
-          f"(per trial: {', '.join(f'{t:.1f}' for t in swept['trial_s'])}); "
-          f"in-process trials: {', '.join(f'{t:.1f}' for t in inproc['per_trial'])}")
-    print(f"  outside the trials (process start, imports, actor start-up, Tune and MLflow bookkeeping): "
-          f"{swept_wall - in_trials:.1f} s vs {inproc_wall - sum(inproc['per_trial']):.1f} s in-process")
-    print(f"ratio sweep / in-process: {ratio:.3f} (target <= 1.15: {'met' if ratio <= 1.15 else 'NOT met'}); "
-          f"fixed overhead per trial: {(swept_wall - inproc_wall) / n:.1f} s")
+    n, walls = args.trials, {"inproc": [], "sweep": []}
+    for r in range(args.repeats):   # alternate the two, so a slow spell of the machine hits both alike
+        inproc_wall, inproc = child("inproc", args)
+        print(f"[{r + 1}/{args.repeats}] in-process: {n} trials in {inproc_wall:.1f} s ({inproc_wall / n:.1f} s per trial; "
+              f"trials {sum(inproc['per_trial']):.1f} s of which training {sum(inproc['train_s']):.1f} s; imports and "
+              f"start-up {inproc_wall - sum(inproc['per_trial']):.1f} s)", flush=True)
+        for p in spec.experiment_dir.iterdir():   # the sweep refuses an existing experiment: keep the teacher only
+            if p.name != "teachers":
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+        swept_wall, swept = child("sweep", args)
+        swept_wall -= swept["init"] + swept["shutdown"]
+        if swept["finished"] != n:
+            raise SystemExit(f"bench_sweep: the sweep finished {swept['finished']} of {n} trials")
+        in_trials = sum(swept["trial_s"])
+        print(f"[{r + 1}/{args.repeats}] sweep:      {n} trials in {swept_wall:.1f} s ({swept_wall / n:.1f} s per trial; "
+              f"trials {in_trials:.1f} s of which training {sum(swept['train_s']):.1f} s; the rest "
+              f"{swept_wall - in_trials:.1f} s), plus ray.init {swept['init']:.1f} s and ray.shutdown "
+              f"{swept['shutdown']:.1f} s", flush=True)
+        print(f"    per trial, sweep (Tune time_total_s): {', '.join(f'{t:.1f}' for t in swept['trial_s'])}; "
+              f"in-process: {', '.join(f'{t:.1f}' for t in inproc['per_trial'])}")
+        print(f"    overhead besides training: sweep {swept_wall - sum(swept['train_s']):.1f} s, in-process "
+              f"{inproc_wall - sum(inproc['train_s']):.1f} s; ratio this round {swept_wall / inproc_wall:.3f}", flush=True)
+        walls["inproc"].append(inproc_wall)
+        walls["sweep"].append(swept_wall)
+    ratio = sum(walls["sweep"]) / sum(walls["inproc"])
+    print(f"ratio sweep / in-process over {args.repeats} round(s): {ratio:.3f} "
+          f"(rounds: {', '.join(f'{s / i:.3f}' for s, i in zip(walls['sweep'], walls['inproc']))}; "
+          f"target <= 1.15: {'met' if ratio <= 1.15 else 'NOT met'}); fixed overhead per trial: "
+          f"{(sum(walls['sweep']) - sum(walls['inproc'])) / (n * args.repeats):.1f} s")
     if not keep:
         shutil.rmtree(args.workdir, ignore_errors=True)
-    return 0 if swept["finished"] == n else 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,12 +1,12 @@
 """Teachers and students: load any HF sequence classifier, or the packaged MiniLM, and build
-shallow students from a fine-tuned teacher by keeping k of its encoder layers (the paper's init)."""
+shallow students from a fine-tuned teacher by keeping k of its encoder layers (the paper's init).
+
+torch is imported where it is used: a sweep's driver resolves model names here and never needs it."""
 from __future__ import annotations
 
 import copy
 import os
 from pathlib import Path
-
-from torch import nn
 
 from .errors import UsageError
 from .tasks import TaskSpec
@@ -87,6 +87,7 @@ def load_classifier(name: str, task: TaskSpec, new_head: bool, trust_remote_code
 
 def encoder_layers(model: nn.Module) -> nn.ModuleList:
     """The transformer block list of a BERT-like (``encoder.layer``) or DistilBERT-like model."""
+    from torch import nn
     base = model.base_model
     for path in ("encoder.layer", "transformer.layer", "encoder.layers", "layers"):
         obj = base
@@ -99,6 +100,7 @@ def encoder_layers(model: nn.Module) -> nn.ModuleList:
 
 
 def _set_encoder_layers(model: nn.Module, layers: nn.ModuleList) -> None:
+    from torch import nn
     base = model.base_model
     for path in ("encoder.layer", "transformer.layer", "encoder.layers", "layers"):
         *parents, last = path.split(".")
@@ -130,6 +132,7 @@ def select_layers(n_teacher: int, k: int, strategy: str = "first") -> list[int]:
 
 def build_student(teacher: nn.Module, k: int, strategy: str = "first") -> nn.Module:
     """A copy of the teacher that keeps embeddings, k chosen encoder layers, pooler and head."""
+    from torch import nn
     layers = encoder_layers(teacher)
     keep = select_layers(len(layers), k, strategy)
     student = copy.deepcopy(teacher)

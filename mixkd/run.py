@@ -176,8 +176,12 @@ def finetune(cfg: MixKDConfig, callbacks: list[EvalCallback] | None = None, wrap
 
 
 def distill(cfg: MixKDConfig, callbacks: list[EvalCallback] | None = None, wrap_model=None,
-            resume_from: Path | None = None) -> dict:
-    """Distil the fine-tuned ``cfg.teacher`` into a student with ``cfg.variant``."""
+            resume_from: Path | None = None, before_write=None) -> dict:
+    """Distil the fine-tuned ``cfg.teacher`` into a student with ``cfg.variant``.
+
+    ``before_write()``, if given, is called once the models and data are loaded, before anything is
+    written to the output dir (a sweep trial waits there until Tune has saved it: see
+    mixkd.sweep.run_trial)."""
     cfg = validate(cfg, "distill")
     if resume_from is None:
         check_writable_dir(cfg.output_dir, "--output-dir")   # before loading anything
@@ -218,6 +222,8 @@ def distill(cfg: MixKDConfig, callbacks: list[EvalCallback] | None = None, wrap_
     if not needs_teacher:
         del teacher
         teacher = None
+    if before_write is not None:
+        before_write()
     return _train(cfg, "distill", task, student, tokenizer, data, teacher=teacher, extra=extra, callbacks=callbacks,
                   wrap_model=wrap_model, resume_from=resume_from)
 

@@ -240,7 +240,7 @@ def wait_until_persisted(tune_dir: Path, trial_id: str, timeout: float = 120.0) 
     A trial writes nothing before its driver has persisted it: if the driver dies, ``--resume``
     (Tuner.restore) then continues this very trial instead of leaving its folder behind and running
     another in its place (Tune saves its state every TUNE_GLOBAL_CHECKPOINT_S seconds; run_sweep
-    sets 2). After ``timeout`` the trial goes on anyway (False)."""
+    sets 1). After ``timeout`` the trial goes on anyway (False)."""
     import time
     deadline = time.monotonic() + timeout
     while True:
@@ -257,12 +257,16 @@ def wait_until_persisted(tune_dir: Path, trial_id: str, timeout: float = 120.0) 
 
 
 def run_trial(config: dict[str, Any], fixed: dict[str, Any]) -> None:
-    """One Tune trial: a student run in ``trials/<trial_id>``, resumed from its checkpoint if it has one."""
+    """One Tune trial: a student run in ``trials/<trial_id>``, resumed from its checkpoint if it has one.
+
+    Nothing is written to the trial folder before Tune has saved the trial in its experiment state
+    (wait_until_persisted); the wait runs in a thread while the trial imports torch and loads its
+    models and data, so it costs the trial no time of its own."""
+    import threading
+
     from ray import tune
 
-    from . import faults
     from .errors import NonFiniteLossError
-    from .trainer import append_event, read_jsonl, repair_checkpoints
 
     trial_id = tune.get_context().get_trial_id()
     cell = dict(config.get("cell", {}))
@@ -270,8 +274,18 @@ def run_trial(config: dict[str, Any], fixed: dict[str, Any]) -> None:
     knobs = {**cell, **{k: v for k, v in config.items() if k in CONFIG_FIELDS}}
     spec = SweepSpec.from_dict(fixed["spec"])
     out = Path(fixed["trials_dir"]) / trial_id
-    if fixed.get("tune_dir"):
-        wait_until_persisted(Path(fixed["tune_dir"]) / group_name(spec, task, fraction, seed), trial_id)
+    persisted = threading.Event()
+
+    def wait() -> None:
+        try:
+            if fixed.get("tune_dir"):
+                wait_until_persisted(Path(fixed["tune_dir"]) / group_name(spec, task, fraction, seed), trial_id)
+        finally:
+            persisted.set()
+    threading.Thread(target=wait, name="mixkd-wait-persisted", daemon=True).start()
+
+    from . import faults
+    from .trainer import append_event, read_jsonl
     teacher_dir = fixed["teachers"][spec.teacher_key(task, fraction, seed)]
     cfg = spec.student_config(task, fraction, seed, teacher_dir, str(out), **knobs)
     lat = fixed.get("latency", {}).get(latency_key(cfg))
@@ -280,32 +294,39 @@ def run_trial(config: dict[str, Any], fixed: dict[str, Any]) -> None:
     def report(row: dict[str, Any]) -> None:
         tune.report({**tune_metrics(row), **extra})
 
+    # reading is allowed before the trial is persisted; the first write waits (see gate below)
     if (out / FAILED_MARKER).is_file():   # a retry (or --resume) of a deterministic failure: fail again at once
         raise NonFiniteLossError.from_record(json.loads((out / FAILED_MARKER).read_text()))
     if (out / "metrics.json").is_file():   # finished before a driver crash: report its record again
         for row in read_jsonl(out / "log.jsonl"):
             report(row)
         return
-    import ray
-    ctx = ray.get_runtime_context()
-    append_event(out, "attempt", trial_id=trial_id, node_id=ctx.get_node_id(),
-                 node_ip=ray.util.get_node_ip_address())
-    repair_checkpoints(out / "checkpoints")
-    resume = (out / "checkpoints" / "last" / "trainer_state.pt").is_file()
-    if resume:   # rows already logged were reported before the interruption; report them again for ASHA
-        for row in read_jsonl(out / "log.jsonl"):
-            report(row)
+    ckpts = out / "checkpoints"   # a checkpoint moved aside by a crash mid-save counts (the run repairs it)
+    resume = any((ckpts / d / "trainer_state.pt").is_file() for d in ("last", "last.old"))
     cfg = cfg.replace(resume=resume, overwrite=not resume)
+
+    def gate() -> None:
+        """Called before the run's first write: wait until the trial is persisted, then record the attempt."""
+        persisted.wait()
+        import ray
+        ctx = ray.get_runtime_context()
+        append_event(out, "attempt", trial_id=trial_id, node_id=ctx.get_node_id(),
+                     node_ip=ray.util.get_node_ip_address())
+        if resume:   # rows already logged were reported before the interruption; report them again for ASHA
+            for row in read_jsonl(out / "log.jsonl"):
+                report(row)
+
     try:
         if spec.workers_per_trial == 1:
             from .ray_train import FinalReportLast
             from .run import distill
             reporter = FinalReportLast(lambda row, ckpt: report(row))
-            distill(cfg, callbacks=[reporter])
+            distill(cfg, callbacks=[reporter], before_write=gate)
             faults.before_final_report()
             reporter.flush()
         else:
             from .ray_train import fit_distributed
+            gate()
             fit_distributed(cfg, spec, name=f"train-{trial_id}", storage_path=fixed["train_storage"],
                             extra_metrics=extra)
     except NonFiniteLossError as e:   # deterministic: a retry from the checkpoint would hit it again
@@ -691,9 +712,15 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
     fixed = {"spec": saved_spec(spec), "trials_dir": str(trials_dir), "teachers": teachers,
              "train_storage": str(exp_dir / "train"), "latency": latency, "tune_dir": str(exp_dir / "tune")}
     # Tune saves its experiment state (what --resume restores) every 10 s or more by default; a trial
-    # waits until it is saved before writing anything (wait_until_persisted), so save often
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
-    callbacks = [_mlflow_callback(tracker, trials_dir, spec, teachers, latency)]
+    # waits until it is saved before writing anything (wait_until_persisted, overlapped with its loading),
+    # so save often
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    # Tune's own loggers: result.json and progress.csv per trial, but not its TensorBoard files (MLflow
+    # holds every metric, and tensorboardX alone takes seconds to import); 0 brings them back
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+    callbacks = [CSVLoggerCallback(), JsonLoggerCallback(),
+                 _mlflow_callback(tracker, trials_dir, spec, teachers, latency)]
     status = "FAILED"
     try:
         if spec.mode == "grid":

@@ -10,6 +10,7 @@ resumed sweep reuses its parent run and trial runs instead of creating second co
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
@@ -107,6 +108,55 @@ def sqlite_init_lock(uri: str):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def open_client(uri: str):
+    """An MlflowClient on ``uri``. A new SQLite file starts as a copy of an empty store that this machine
+    made once per MLflow version (``$MIXKD_CACHE/mlflow/empty-<version>.db``): creating and migrating
+    MLflow's tables costs 2-3 s of CPU, which a sweep's first trial would otherwise share its CPUs
+    with; the copy takes milliseconds. Call it under :func:`sqlite_init_lock`."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+    path = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+    if path is None or path.exists():
+        return MlflowClient(uri)
+    from .data import cache_dir
+    template = cache_dir() / "mlflow" / f"empty-{mlflow.__version__}.db"
+    if template.is_file() and _copy_sqlite(template, path, default_artifacts=_default_artifact_location()):
+        return MlflowClient(uri)
+    client = MlflowClient(uri)   # creates and migrates the tables (and MLflow's Default experiment)
+    try:
+        template.parent.mkdir(parents=True, exist_ok=True)
+        _copy_sqlite(path, template)
+    except OSError:   # a read-only cache only costs the next sweep its 2-3 s
+        pass
+    return client
+
+
+def _default_artifact_location() -> str | None:
+    """Where MLflow puts the Default experiment's artifacts when it creates a store from this process."""
+    try:
+        from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
+        from mlflow.utils.uri import append_to_uri_path, resolve_uri_if_local
+        return append_to_uri_path(resolve_uri_if_local(DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH), "0")
+    except ImportError:
+        return None
+
+
+def _copy_sqlite(src: Path, dest: Path, default_artifacts: str | None = None) -> bool:
+    """A consistent copy of SQLite file ``src`` at ``dest`` (written beside it, then renamed into place)."""
+    import sqlite3
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    try:
+        with sqlite3.connect(f"file:{src}?mode=ro", uri=True) as a, sqlite3.connect(tmp) as b:
+            a.backup(b)
+            if default_artifacts is not None:
+                b.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", (default_artifacts,))
+        os.replace(tmp, dest)
+        return True
+    except (OSError, sqlite3.Error):
+        tmp.unlink(missing_ok=True)
+        return False
+
+
 def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -138,10 +188,9 @@ class SweepTracker:
     def __init__(self, tracking_uri: str, experiment_name: str, sweep_id: str, artifact_dir: Path | None = None,
                  sweep_params: dict[str, Any] | None = None):
         import mlflow
-        from mlflow.tracking import MlflowClient
         self.uri = tracking_uri
         with sqlite_init_lock(tracking_uri):   # several sweeps may open a fresh shared SQLite store at once
-            self.client = MlflowClient(tracking_uri)   # opens (creates, migrates) the store
+            self.client = open_client(tracking_uri)   # opens (creates, migrates) the store
             exp = self.client.get_experiment_by_name(experiment_name)
             if exp is None:
                 loc = Path(artifact_dir).resolve().as_uri() if artifact_dir else None
@@ -161,8 +210,10 @@ class SweepTracker:
             run = self.client.create_run(self.experiment_id, run_name=sweep_id,
                                          tags={PARENT_TAG: sweep_id, ROLE_TAG: "sweep", "git_commit": git_commit()})
             self.parent_id = run.info.run_id
-            for k, v in (sweep_params or {}).items():
-                self.client.log_param(self.parent_id, k, str(v)[:6000])
+            from mlflow.entities import Param
+            params = [Param(k, str(v)[:6000]) for k, v in (sweep_params or {}).items()]
+            for i in range(0, len(params), 100):   # MLflow takes at most 100 params per batch
+                self.client.log_batch(self.parent_id, params=params[i:i + 100])
 
     def _find(self, filter_string: str) -> str | None:
         runs = self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=1)
