@@ -160,3 +160,28 @@ def test_close_orphan_optuna_trials(tmp_path):
     assert [t.state.name for t in trials] == ["COMPLETE", "FAIL"]
     assert "never ran" in trials[1].user_attrs["mixkd_end_reason"]
     assert close_orphan_optuna_trials(storage, "no-such-study") == 0
+
+
+def test_new_sqlite_store_starts_from_the_cached_empty_store(tmp_path, monkeypatch):
+    """The first store this machine creates is kept (per MLflow version) as an empty template; later new
+    stores are copies of it, with their own experiments, runs, params and Default experiment location."""
+    import mlflow
+
+    monkeypatch.setenv("MIXKD_CACHE", str(tmp_path / "cache"))
+    template = tmp_path / "cache" / "mlflow" / f"empty-{mlflow.__version__}.db"
+    params = {f"p{i}": i for i in range(130)}   # more than one log_batch holds
+    first = SweepTracker(f"sqlite:///{tmp_path / 'a' / 'mlflow.db'}", "exp-a", sweep_id="a",
+                         artifact_dir=tmp_path / "a" / "art", sweep_params=params)
+    assert template.is_file()
+    template_runs = client(f"sqlite:///{template}").search_runs(["0"])
+    assert template_runs == [] and [e.name for e in client(f"sqlite:///{template}").search_experiments()] == ["Default"]
+
+    monkeypatch.chdir(tmp_path)
+    second = SweepTracker(f"sqlite:///{tmp_path / 'b' / 'mlflow.db'}", "exp-b", sweep_id="b",
+                          artifact_dir=tmp_path / "b" / "art", sweep_params=params)
+    c = client(second.uri)
+    assert sorted(e.name for e in c.search_experiments()) == ["Default", "exp-b"]   # nothing of store a
+    assert c.get_experiment("0").artifact_location == str(tmp_path / "mlruns" / "0")
+    assert c.get_experiment_by_name("exp-b").artifact_location == (tmp_path / "b" / "art").as_uri()
+    assert c.get_run(second.parent_id).data.params == {k: str(v) for k, v in params.items()}
+    assert client(first.uri).get_run(first.parent_id).data.params == {k: str(v) for k, v in params.items()}
