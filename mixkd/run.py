@@ -7,7 +7,6 @@ last and atomically, ``metrics.json``. A dir without metrics.json is an unfinish
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shutil
 import time
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 
 from . import __version__
+from .atomic import write_json_atomic
 from .config import MixKDConfig, check_writable_dir, validate
 from .data import GlueData, load_glue
 from .errors import UsageError
@@ -26,8 +26,6 @@ from .tasks import TaskSpec, get_task, metric_key
 from .trainer import (EvalCallback, Trainer, evaluate_model, make_collator, repair_checkpoints, resolve_device,
                       seed_everything)
 
-from .atomic import write_json_atomic  # noqa: F401  (metrics.json, the completion marker)
-
 RESULT_FILES = ("config.yaml", "metrics.json", "log.jsonl", "model", "checkpoints")
 
 
@@ -36,7 +34,6 @@ def check_output_dir(cfg: MixKDConfig) -> Path:
     out = Path(cfg.output_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--output-dir '{out}' is a file; choose a directory")
-    check_writable_dir(out, "--output-dir")
     repair_checkpoints(out / "checkpoints")   # a crash mid-save can leave checkpoints/last.old only
     finished = (out / "metrics.json").is_file()
     has_ckpt = (out / "checkpoints" / "last" / "trainer_state.pt").is_file()
@@ -76,9 +73,6 @@ def _teacher_run(teacher: str) -> tuple[dict | None, dict | None]:
                          f"`mixkd finetune ... --resume` first")   # an interrupted run: never use its partial weights
     if not (p / "model").is_dir() or not cfg_file.is_file():
         return None, None
-    if not met_file.is_file():
-        raise UsageError(f"teacher run '{teacher}' is unfinished (no metrics.json); finish it with "
-                         f"`mixkd finetune ... --resume` first")
     return MixKDConfig.from_yaml(cfg_file).to_dict(), json.loads(met_file.read_text())
 
 

@@ -278,11 +278,13 @@ def run_trial(config: dict[str, Any], fixed: dict[str, Any]) -> None:
 
     def wait() -> None:
         try:
-            if fixed.get("tune_dir"):
-                wait_until_persisted(Path(fixed["tune_dir"]) / group_name(spec, task, fraction, seed), trial_id)
+            wait_until_persisted(Path(fixed["tune_dir"]) / group_name(spec, task, fraction, seed), trial_id)
         finally:
             persisted.set()
-    threading.Thread(target=wait, name="mixkd-wait-persisted", daemon=True).start()
+    if fixed.get("tune_dir"):
+        threading.Thread(target=wait, name="mixkd-wait-persisted", daemon=True).start()
+    else:
+        persisted.set()
 
     from . import faults
     from .trainer import append_event, read_jsonl
@@ -682,8 +684,9 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
         if not resume:
             raise UsageError(f"experiment '{exp_dir}' exists; pass --resume to continue it or choose another "
                              f"--experiment-name")
-        if saved != saved_spec(spec):
-            changed = sorted(k for k in saved if saved.get(k) != saved_spec(spec).get(k))
+        now = saved_spec(spec)
+        if saved != now:
+            changed = sorted(k for k in saved if saved.get(k) != now.get(k))
             raise UsageError(f"--resume: the sweep differs from the saved one in {', '.join(changed)}; resume "
                              f"with the same preset and flags")
     exp_dir.mkdir(parents=True, exist_ok=True)

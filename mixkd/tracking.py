@@ -22,8 +22,7 @@ PARENT_TAG = "mixkd.sweep_id"
 ROLE_TAG = "mixkd.role"
 
 
-SECRET_ENV = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_CLIENT_CERT_PATH",
-              "DATABRICKS_TOKEN", "AWS_SECRET_ACCESS_KEY", "AZURE_STORAGE_ACCESS_KEY")
+SECRET_WORDS = ("token", "password", "secret", "key")   # a URI query key holding one of these is a secret
 
 
 def redact_uri(uri: str | None) -> str | None:
@@ -34,7 +33,7 @@ def redact_uri(uri: str | None) -> str | None:
     from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
     u = urlsplit(uri)
     netloc = u.netloc
-    secret_query = any(w in k.lower() for k, _ in parse_qsl(u.query) for w in ("token", "password", "secret", "key"))
+    secret_query = any(w in k.lower() for k, _ in parse_qsl(u.query) for w in SECRET_WORDS)
     if "@" not in netloc and not secret_query:
         return uri   # nothing to hide (sqlite:////path, http://host:port)
     if "@" in netloc:
@@ -43,7 +42,7 @@ def redact_uri(uri: str | None) -> str | None:
         netloc = f"{user}:***@{host}" if ":" in userinfo else f"***@{host}"
     query = u.query
     if query:
-        pairs = [(k, "***" if any(w in k.lower() for w in ("token", "password", "secret", "key")) else v)
+        pairs = [(k, "***" if any(w in k.lower() for w in SECRET_WORDS) else v)
                  for k, v in parse_qsl(query, keep_blank_values=True)]
         query = urlencode(pairs, safe="*")
     return urlunsplit((u.scheme, netloc, u.path, query, u.fragment))
@@ -58,7 +57,6 @@ def check_tracking_uri(uri: str) -> None:
     not answer, a sqlite file in a folder that cannot be created or written."""
     from urllib.parse import urlparse
     from .errors import UsageError
-    import os
     import socket
     u = urlparse(uri)
     shown = redact_uri(uri)
@@ -210,10 +208,13 @@ class SweepTracker:
             run = self.client.create_run(self.experiment_id, run_name=sweep_id,
                                          tags={PARENT_TAG: sweep_id, ROLE_TAG: "sweep", "git_commit": git_commit()})
             self.parent_id = run.info.run_id
-            from mlflow.entities import Param
-            params = [Param(k, str(v)[:6000]) for k, v in (sweep_params or {}).items()]
-            for i in range(0, len(params), 100):   # MLflow takes at most 100 params per batch
-                self.client.log_batch(self.parent_id, params=params[i:i + 100])
+            self._log_params(self.parent_id, {k: str(v)[:6000] for k, v in (sweep_params or {}).items()})
+
+    def _log_params(self, run_id: str, params: dict[str, str]) -> None:
+        from mlflow.entities import Param
+        batch = [Param(k, v) for k, v in params.items()]
+        for i in range(0, len(batch), 100):   # one write per 100 params (MLflow's batch limit)
+            self.client.log_batch(run_id, params=batch[i:i + 100])
 
     def _find(self, filter_string: str) -> str | None:
         runs = self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=1)
@@ -229,10 +230,7 @@ class SweepTracker:
                     "mlflow.parentRunId": self.parent_id}
             run = self.client.create_run(self.experiment_id, run_name=name or key, tags=tags)
             run_id = run.info.run_id
-            from mlflow.entities import Param
-            params = [Param(k, v) for k, v in flat_params(cfg).items()]
-            for i in range(0, len(params), 100):   # one write per 100 params (MLflow's batch limit)
-                self.client.log_batch(run_id, params=params[i:i + 100])
+            self._log_params(run_id, flat_params(cfg))
         else:
             self.client.update_run(run_id, status="RUNNING")
         self._runs[key] = run_id

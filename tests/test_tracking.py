@@ -175,11 +175,16 @@ def test_new_sqlite_store_starts_from_the_cached_empty_store(tmp_path, monkeypat
     assert template.is_file()
     template_runs = client(f"sqlite:///{template}").search_runs(["0"])
     assert template_runs == [] and [e.name for e in client(f"sqlite:///{template}").search_experiments()] == ["Default"]
+    import sqlite3
+    with sqlite3.connect(template) as db:   # a mark only a copy of the template can carry
+        db.execute("CREATE TABLE mixkd_probe (x INTEGER)")
 
     monkeypatch.chdir(tmp_path)
     second = SweepTracker(f"sqlite:///{tmp_path / 'b' / 'mlflow.db'}", "exp-b", sweep_id="b",
                           artifact_dir=tmp_path / "b" / "art", sweep_params=params)
     c = client(second.uri)
+    with sqlite3.connect(tmp_path / "b" / "mlflow.db") as db:   # store b is a copy, not created afresh
+        assert db.execute("SELECT name FROM sqlite_master WHERE name = 'mixkd_probe'").fetchall()
     assert sorted(e.name for e in c.search_experiments()) == ["Default", "exp-b"]   # nothing of store a
     assert c.get_experiment("0").artifact_location == str(tmp_path / "mlruns" / "0")
     assert c.get_experiment_by_name("exp-b").artifact_location == (tmp_path / "b" / "art").as_uri()
