@@ -4,7 +4,7 @@
     python experiments/bench_latency.py --quick         # tiny settings: checks that it runs
 
 Each model is a random-weight sequence classifier of the architecture (latency does not depend on the
-weights), measured with mixkd.latency.measure (warm-up, then at least --min-iters iterations and
+weights), measured with mixkd.deploy.latency.measure (warm-up, then at least --min-iters iterations and
 --min-seconds seconds). Repeats are interleaved over models and batch sizes, so slow drift of a shared
 machine hits all of them alike. Prints p50/p90 (median over repeats) and their coefficient of variation
 across repeats, then the student that a budget of half the teacher's p90 at batch 1 allows.

@@ -31,11 +31,11 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from mixkd.config import VARIANTS, MixKDConfig  # noqa: E402
-from mixkd.data import load_glue  # noqa: E402
-from mixkd.models import build_student, count_parameters, load_classifier, load_tokenizer  # noqa: E402
-from mixkd.tasks import get_task  # noqa: E402
-from mixkd.trainer import Trainer, model_inputs  # noqa: E402
+from mixkd.core.config import VARIANTS, MixKDConfig  # noqa: E402
+from mixkd.core.data import load_glue  # noqa: E402
+from mixkd.core.models import build_student, count_parameters, load_classifier, load_tokenizer  # noqa: E402
+from mixkd.core.tasks import get_task  # noqa: E402
+from mixkd.core.trainer import Trainer, model_inputs  # noqa: E402
 
 
 def timed(fn, steps: int, warmup: int, sync) -> float:
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     g = torch.Generator().manual_seed(0)
     perm = torch.randperm(len(data.train), generator=g).tolist()
     n_batches = args.warmup + args.steps
-    from mixkd.trainer import make_collator
+    from mixkd.core.trainer import make_collator
     collate = make_collator(tok)
     batches = [collate(data.train.__getitems__(perm[i * args.batch_size:(i + 1) * args.batch_size]))
                for i in range(n_batches)]

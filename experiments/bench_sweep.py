@@ -1,8 +1,8 @@
 """Overhead of running trials through the sweep (Ray Tune) vs in-process one after another.
 
 N identical small trials (a 2-layer sm+tmkd student of the packaged MiniLM on an SST-2 slice) run
-(1) in a fresh Python process, one after another, with mixkd.run.distill, and (2) as a grid sweep
-of N identical cells through mixkd.sweep.run_sweep in a fresh Python process on a local Ray
+(1) in a fresh Python process, one after another, with mixkd.jobs.run.distill, and (2) as a grid sweep
+of N identical cells through mixkd.platform.sweep.run_sweep in a fresh Python process on a local Ray
 instance, one trial at a time with the same CPUs. Both are timed from process start to exit, so
 both pay their imports once; ray.init and ray.shutdown are timed apart and printed beside (on a
 cluster Ray is already running). The teacher is prepared once beforehand and reused by both. The two
@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_spec(args):
-    from mixkd.sweep import SweepSpec
+    from mixkd.platform.sweep import SweepSpec
     base = {"epochs": args.epochs, "max_seq_length": 64, "student_layers": 2, "variant": "sm+tmkd",
             "max_eval_samples": 200, "lr": 1e-4}
     return SweepSpec(name="bench", mode="grid", tasks=["sst2"], teacher_model="minilm-l6", seeds=[42],
@@ -46,7 +46,7 @@ def make_spec(args):
 def run_inproc(args) -> dict:
     """Child process: the N trials one after another in this process."""
     import torch
-    from mixkd.run import distill
+    from mixkd.jobs.run import distill
     spec = make_spec(args)
     torch.set_num_threads(max(1, int(args.cpus)))
     teacher = spec.experiment_dir / "teachers" / spec.teacher_key("sst2", args.fraction, 42)
@@ -63,10 +63,10 @@ def run_inproc(args) -> dict:
 def run_swept(args) -> dict:
     """Child process: ray.init (timed apart), then the N trials as a grid sweep."""
     t0 = time.perf_counter()
-    from mixkd.sweep_cli import connect
+    from mixkd.cli.sweep import connect
     connect("local")
     init = time.perf_counter() - t0
-    from mixkd.sweep import run_sweep
+    from mixkd.platform.sweep import run_sweep
     import ray
     spec = make_spec(args)
     summary = run_sweep(spec)
@@ -113,7 +113,7 @@ def main(argv=None) -> int:
 
     keep = args.workdir is not None
     args.workdir = str(Path(args.workdir or tempfile.mkdtemp(prefix="mixkd-bench-sweep-")).resolve())
-    from mixkd.run import finetune
+    from mixkd.jobs.run import finetune
     spec = make_spec(args)
     teacher = spec.experiment_dir / "teachers" / spec.teacher_key("sst2", args.fraction, 42)
     print(f"preparing the teacher once ({teacher}) ...", flush=True)

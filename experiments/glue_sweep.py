@@ -8,7 +8,7 @@ See `--help` and experiments/presets/*.yaml (copy one and pass its path as --pre
 """
 import sys
 
-from mixkd.sweep_cli import cli
+from mixkd.cli.sweep import cli
 
 if __name__ == "__main__":
     sys.exit(cli(sys.argv[1:]))

@@ -7,7 +7,7 @@ Writes report.md, report.html (self-contained), report.json and PNGs into --out;
 """
 import sys
 
-from mixkd.report_cli import cli
+from mixkd.cli.report import cli
 
 if __name__ == "__main__":
     sys.exit(cli(sys.argv[1:]))

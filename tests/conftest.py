@@ -86,7 +86,7 @@ def tiny_bert_dir(tmp_path_factory, minilm_dir) -> Path:
 
 def tiny_cfg(**kw):
     """A MixKDConfig for fast tiny runs; keyword arguments override."""
-    from mixkd.config import MixKDConfig
+    from mixkd.core.config import MixKDConfig
     base = dict(task="sst2", epochs=1, batch_size=16, eval_batch_size=64, lr=1e-3, warmup_ratio=0.0,
                 max_seq_length=64, progress=False, seed=0)
     base.update(kw)
@@ -96,7 +96,7 @@ def tiny_cfg(**kw):
 @pytest.fixture(scope="session")
 def tiny_teacher_run(tmp_path_factory, tiny_bert_dir, small_glue_dir) -> Path:
     """A finished `mixkd finetune` run dir of the tiny BERT on the small SST-2 slice (the teacher)."""
-    from mixkd.run import finetune
+    from mixkd.jobs.run import finetune
     out = tmp_path_factory.mktemp("tiny_teacher") / "run"
     finetune(tiny_cfg(model=str(tiny_bert_dir), data_dir=str(small_glue_dir), epochs=2, output_dir=str(out)))
     return out

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_cfg
-from mixkd.augment import BTSettings, backtranslate, judge, meta_path
-from mixkd.cli import main as cli_main
-from mixkd.data import load_glue, read_glue_tsv, subset_indices
-from mixkd.errors import UsageError
-from mixkd.tasks import get_task
+from mixkd.augment.backtranslate import BTSettings, backtranslate, judge, meta_path
+from mixkd.cli.main import main as cli_main
+from mixkd.core.data import load_glue, read_glue_tsv, subset_indices
+from mixkd.core.errors import UsageError
+from mixkd.core.tasks import get_task
 
 SAMPLE = dict(num_beams=1, do_sample=True, max_length=8, batch_size=8)
 
@@ -28,7 +28,7 @@ SAMPLE = dict(num_beams=1, do_sample=True, max_length=8, batch_size=8)
 def make_tiny_mt(path: Path, minilm_dir: Path, eos_logit_bias: float = 0.0, seed: int = 0,
                  positions: int = 128) -> Path:
     """A 1+1-layer, 16-wide random MarianMT with the MiniLM WordPiece vocabulary ([SEP] is its EOS)."""
-    from mixkd.augment import save_tiny_translation_model
+    from mixkd.augment.backtranslate import save_tiny_translation_model
     return save_tiny_translation_model(path, minilm_dir, positions=positions, seed=seed, eos_logit_bias=eos_logit_bias)
 
 
@@ -173,7 +173,7 @@ class Interrupting:
 
 
 def test_interrupted_run_resumes_without_duplicates(tiny_mt, small_glue_dir, tmp_path):
-    from mixkd.augment import MarianRoundTrip
+    from mixkd.augment.backtranslate import MarianRoundTrip
     s = settings(tiny_mt, batch_size=4)
     real = MarianRoundTrip(s, "cpu")
     # reference: one uninterrupted run in another cache folder
@@ -305,8 +305,8 @@ def test_bad_settings_are_one_line_exit_2(args, needle, small_glue_dir, tmp_path
 # --- the +BT switch: --augment bt -------------------------------------------------------------------
 
 def test_augment_bt_run_generates_then_reuses(short_mt, tiny_bert_dir, small_glue_dir, tmp_path, capsys):
-    from mixkd.run import distill, finetune
-    from mixkd.tracking import run_tags
+    from mixkd.jobs.run import distill, finetune
+    from mixkd.tracking.writer import run_tags
     bt = dict(augment="bt", bt_forward_model=str(short_mt), bt_backward_model=str(short_mt), bt_num_beams=1,
               bt_do_sample=True, augment_dir=str(tmp_path / "bt"))
     teacher = tmp_path / "teacher"
@@ -324,7 +324,7 @@ def test_augment_bt_run_generates_then_reuses(short_mt, tiny_bert_dir, small_glu
                          output_dir=str(tmp_path / "ft-bt"), **bt))
     assert "cache hit" in capsys.readouterr().err and files[0].stat().st_mtime_ns == stamp
     assert s["data"]["augment_rows"] == n_bt and s["augmentation"] == "bt-de"
-    from mixkd.config import MixKDConfig
+    from mixkd.core.config import MixKDConfig
     saved = MixKDConfig.from_yaml(tmp_path / "ft-bt" / "config.yaml")
     assert saved.augment == "bt" and saved.augment_file is None     # the config says bt, not a cache path
     assert run_tags(saved, "trial")["augmentation"] == "bt-de"
@@ -335,7 +335,7 @@ def test_augment_bt_run_generates_then_reuses(short_mt, tiny_bert_dir, small_glu
 
 
 def test_augment_bt_config_validation(tmp_path):
-    from mixkd.config import MixKDConfig, validate
+    from mixkd.core.config import MixKDConfig, validate
     base = MixKDConfig(task="sst2", teacher="t", output_dir=str(tmp_path / "o"), augment="bt")
     validate(base, "distill")
     aug = tmp_path / "a.tsv"
@@ -380,7 +380,7 @@ class FakeRay:
 
 
 def test_sweep_prepares_bt_once_per_group(short_mt, small_glue_dir, tmp_path, monkeypatch, capsys):
-    from mixkd.sweep import SweepSpec, prepare_augmentations
+    from mixkd.platform.sweep import SweepSpec, prepare_augmentations
     fake = FakeRay()
     monkeypatch.setitem(sys.modules, "ray", fake)
     spec = SweepSpec.from_dict({
@@ -398,7 +398,7 @@ def test_sweep_prepares_bt_once_per_group(short_mt, small_glue_dir, tmp_path, mo
     assert spec.base["augment_dir"] == str(exp / "augment")
     # trials built from the spec resolve to the same files (cache hits), teachers never use BT
     cfg = spec.student_config("sst2", 0.05, 1, "t", "o", variant="sm+tmkd", augment="bt")
-    from mixkd.augment import bt_cache_path
+    from mixkd.augment.backtranslate import bt_cache_path
     assert str(bt_cache_path(cfg)) == files["sst2-f0.05-s1/bt-de"]
     assert spec.teacher_config("sst2", 0.05, 1, "o").augment == "none"
     # a resumed sweep reuses them
@@ -408,7 +408,7 @@ def test_sweep_prepares_bt_once_per_group(short_mt, small_glue_dir, tmp_path, mo
 
 
 def test_sweep_without_bt_does_nothing(small_glue_dir, tmp_path, monkeypatch):
-    from mixkd.sweep import SweepSpec, prepare_augmentations
+    from mixkd.platform.sweep import SweepSpec, prepare_augmentations
     fake = FakeRay()
     monkeypatch.setitem(sys.modules, "ray", fake)
     spec = SweepSpec.from_dict({"name": "x", "mode": "grid", "tasks": ["sst2"], "data_dir": str(small_glue_dir),

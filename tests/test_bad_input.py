@@ -111,7 +111,7 @@ def _presets(d: Path, tiny: Path, glue: Path) -> dict[str, Path]:
                  teacher=dict(knobs), base={**knobs, "student_layers": 2}, search_space=dict(TINY_SPACE),
                  cpus_per_trial=1, storage_path=str(d / "unused"), data_dir=str(glue),
                  measure_latency=True)
-    from mixkd.search_space import DEFAULT_SPACE
+    from mixkd.platform.search_space import DEFAULT_SPACE
     variants = {
         "valid": valid,
         "empty_space": {**valid, "search_space": {k: None for k in DEFAULT_SPACE}},
@@ -151,7 +151,7 @@ def _fill(arg: str, places: dict, w: Path) -> str:
 
 def _existing_experiment(w: Path, places: dict) -> None:
     """An experiment folder left by an earlier sweep of the same name (refused without --resume)."""
-    from mixkd.sweep import SweepSpec
+    from mixkd.platform.sweep import SweepSpec
     spec = SweepSpec.from_yaml(places["presets"]["valid"])
     spec.storage_path = str(w / "sweeps")
     spec.validate()

@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from mixkd.config import RUNTIME_FIELDS, VARIANT_TERMS, VARIANTS, MixKDConfig, validate
-from mixkd.errors import UsageError
+from mixkd.core.config import RUNTIME_FIELDS, VARIANT_TERMS, VARIANTS, MixKDConfig, validate
+from mixkd.core.errors import UsageError
 
 
 def one_line(e) -> str:

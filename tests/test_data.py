@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from conftest import tiny_cfg
-from mixkd.data import cache_dir, load_glue, load_split, read_glue_tsv, resolve_data_dir, subset_indices
-from mixkd.errors import UsageError
-from mixkd.tasks import TASKS, get_task, metric_key
+from mixkd.core.data import cache_dir, load_glue, load_split, read_glue_tsv, resolve_data_dir, subset_indices
+from mixkd.core.errors import UsageError
+from mixkd.core.tasks import TASKS, get_task, metric_key
 
 
 def one_line(e) -> str:
@@ -341,7 +341,7 @@ def cfg_(**kw):
 
 @pytest.fixture(scope="module")
 def tok(tiny_bert_dir):
-    from mixkd.models import load_tokenizer
+    from mixkd.core.models import load_tokenizer
     return load_tokenizer(str(tiny_bert_dir))
 
 

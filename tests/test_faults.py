@@ -3,7 +3,7 @@ writes and concurrent MLflow writers, with nothing lost or recorded twice (issue
 
 Every fault is real: Ray nodes are removed from a running ray.cluster_utils.Cluster, trial workers,
 teachers and the glue_sweep.py driver are SIGKILLed by PID (read from the run folder's events.jsonl),
-several processes write to one SQLite store at once. ``MIXKD_FAULTS`` (mixkd/faults.py) only slows
+several processes write to one SQLite store at once. ``MIXKD_FAULTS`` (mixkd/core/faults.py) only slows
 steps down so a kill lands mid-run, makes a loss NaN (which cannot be caused from outside), and holds
 a finished trial's last report. Marked slow: ``make test-slow`` (``pytest -m slow``) runs them.
 """
@@ -47,14 +47,14 @@ def fault_spec_dict(name: str, storage: Path, teacher_model: Path, data_dir: Pat
 
 
 def fault_spec(*args, **kw):
-    from mixkd.sweep import SweepSpec
+    from mixkd.platform.sweep import SweepSpec
     return SweepSpec.from_dict(fault_spec_dict(*args, **kw))
 
 
 # --- what a run folder and the stores say ---------------------------------------------------------
 
 def events(run_dir: Path) -> list[dict]:
-    from mixkd.trainer import read_jsonl
+    from mixkd.core.trainer import read_jsonl
     return read_jsonl(Path(run_dir) / "events.jsonl")
 
 
@@ -196,7 +196,7 @@ def test_node_loss_restarts_its_trial_from_the_checkpoint(tmp_path, tiny_bert_di
     from its checkpoint (resumed step 16, not 0), each trial has exactly one FINISHED MLflow run, and the
     Optuna study has each trial once."""
     import ray
-    from mixkd.sweep import run_sweep
+    from mixkd.platform.sweep import run_sweep
     spec = fault_spec("node-loss", tmp_path, tiny_bert_dir, small_glue_dir, num_samples=2, max_failures=1)
     trials = spec.experiment_dir / "trials"
     seen: dict = {}
@@ -255,7 +255,7 @@ def test_killed_trial_worker_is_retried_from_its_checkpoint_then_failed(tmp_path
     """SIGKILL a trial's worker after its first checkpoint: Tune retries it (max_failures=1) and it resumes
     from that checkpoint; SIGKILL the retry too: the trial is FAILED in MLflow with the reason and FAIL in
     Optuna, and the sweep finishes the other trials."""
-    from mixkd.sweep import run_sweep
+    from mixkd.platform.sweep import run_sweep
     spec = fault_spec("crash", tmp_path, tiny_bert_dir, small_glue_dir, num_samples=3, max_failures=1)
     trials = spec.experiment_dir / "trials"
     seen: dict = {}
@@ -326,7 +326,7 @@ def test_nan_loss_fails_the_trial_with_step_and_term_and_is_not_retried(tmp_path
     score to ASHA; the NaN is deterministic, so its retry (max_failures=1) fails at once without
     training again; the other trials finish."""
     import optuna
-    from mixkd.sweep import run_sweep
+    from mixkd.platform.sweep import run_sweep
     spec = fault_spec("nan", tmp_path, tiny_bert_dir, small_glue_dir, num_samples=3, max_failures=1)
     claim = tmp_path / "nan.claim"
     with local_ray(f"step_delay=0.02,nan_step=3,nan_term=tmkd,nan_claim={claim}"):
@@ -373,13 +373,13 @@ def test_teacher_crash_leaves_no_finished_looking_teacher_and_resume_continues_i
     resumes from that checkpoint; SIGKILL the retry too: the sweep stops with a one-line reason, the teacher
     folder has no metrics.json or model/ (a distill refuses it), no trial ran. ``--resume`` continues the
     teacher from its checkpoint (never from scratch, never the partial model) and runs the trials."""
-    from mixkd.errors import SweepFailed, UsageError
-    from mixkd.run import distill
-    from mixkd.sweep import run_sweep
+    from mixkd.core.errors import SweepFailed, UsageError
+    from mixkd.jobs.run import distill
+    from mixkd.platform.sweep import run_sweep
     from conftest import tiny_cfg
     spec_d = fault_spec_dict("teacher-crash", tmp_path, tiny_bert_dir, small_glue_dir, num_samples=2, max_failures=1,
                              teacher={**KNOBS, "max_steps": 40, "eval_steps": 8})
-    from mixkd.sweep import SweepSpec
+    from mixkd.platform.sweep import SweepSpec
     teacher = SweepSpec.from_dict(spec_d).experiment_dir / "teachers" / TEACHER_KEY
     seen: dict = {"pids": []}
 
@@ -572,7 +572,7 @@ def _run_state(out: Path) -> str:
     anything else (a torn file, a half-written model that looks final) fails the test."""
     import torch
     from safetensors.torch import load_file
-    from mixkd.trainer import read_jsonl, repair_checkpoints
+    from mixkd.core.trainer import read_jsonl, repair_checkpoints
     if (out / "metrics.json").is_file():
         json.loads((out / "metrics.json").read_text())
         load_file(str(out / "model" / "model.safetensors"))
@@ -597,7 +597,7 @@ def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(tmp_
     uninterrupted one bit for bit (weights, metrics, log)."""
     import random
     from safetensors.torch import load_file
-    from mixkd.run import finetune
+    from mixkd.jobs.run import finetune
     from conftest import tiny_cfg
     knobs = dict(task="sst2", batch_size=16, lr=1e-3, max_seq_length=64, max_eval_samples=64, max_steps=60,
                  eval_steps=4, warmup_ratio=0.0, seed=0)   # 4 kills get at most ~12 steps each: never the end
@@ -650,8 +650,8 @@ def test_a_crash_inside_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_pat
     """The two points where a checkpoint write can die: while the new files are written (a temporary
     folder: `last` is untouched) and between the two renames (`last` moved to `last.old`): the previous
     checkpoint is what --resume finds, and a torn last log line is skipped."""
-    from mixkd import trainer as tr
-    from mixkd.run import finetune
+    from mixkd.core import trainer as tr
+    from mixkd.jobs.run import finetune
     from conftest import tiny_cfg
     cfg = tiny_cfg(model=str(tiny_bert_dir), data_dir=str(small_glue_dir), max_steps=12, eval_steps=4,
                    max_eval_samples=32, output_dir=str(tmp_path / "run"))
@@ -704,8 +704,8 @@ def test_a_crash_inside_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_pat
 WRITER = r"""
 import os, sys, time
 import mlflow   # imported before the barrier: every writer opens the store within milliseconds of the others
-from mixkd.config import MixKDConfig
-from mixkd.tracking import BackgroundTracker, SweepTracker
+from mixkd.core.config import MixKDConfig
+from mixkd.tracking.writer import BackgroundTracker, SweepTracker
 uri, wid, ready, n_writers, n_runs, n_evals = sys.argv[1], sys.argv[2], sys.argv[3], *map(int, sys.argv[4:7])
 open(os.path.join(ready, wid), "w").close()
 while len(os.listdir(ready)) < n_writers:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import tiny_cfg
-from mixkd.run import distill, finetune
+from mixkd.jobs.run import distill, finetune
 
 pytestmark = pytest.mark.integration
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from mixkd import cli
-from mixkd import latency as L
-from mixkd.errors import UsageError
+from mixkd.cli import main as cli
+from mixkd.deploy import latency as L
+from mixkd.core.errors import UsageError
 
 FAST = dict(warmup=1, min_iters=3, min_seconds=0.0)
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from mixkd.losses import kd_loss, mle_loss, soft_label_loss, tmkd_loss, weighted_sum
+from mixkd.core.losses import kd_loss, mle_loss, soft_label_loss, tmkd_loss, weighted_sum
 
 # 3 samples x 2 classes
 S3 = [[1.0, -0.5], [0.2, 0.3], [-1.2, 2.0]]

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import make_tiny_bert
-from mixkd.mixup import MixPlan, derangement, mix_embeddings, mix_labels, mixed_inputs, sample_plan
+from mixkd.core.mixup import MixPlan, derangement, mix_embeddings, mix_labels, mixed_inputs, sample_plan
 
 
 # --- fixtures ---------------------------------------------------------------------------------

@@ -6,10 +6,10 @@ import torch
 from torch import nn
 
 from conftest import make_tiny_bert
-from mixkd.errors import UsageError
-from mixkd.models import (build_student, check_same_vocab, count_parameters, encoder_layers, load_classifier,
+from mixkd.core.errors import UsageError
+from mixkd.core.models import (build_student, check_same_vocab, count_parameters, encoder_layers, load_classifier,
                           load_tokenizer, resolve_model, select_layers)
-from mixkd.tasks import get_task
+from mixkd.core.tasks import get_task
 
 L = 6   # teacher depth of the tiny BERT used here
 

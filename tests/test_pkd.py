@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from conftest import tiny_cfg
-from mixkd.config import VARIANT_TERMS, MixKDConfig, validate
-from mixkd.losses import patient_loss, pkd_layer_map
+from mixkd.core.config import VARIANT_TERMS, MixKDConfig, validate
+from mixkd.core.losses import patient_loss, pkd_layer_map
 
 B, L, H = 2, 3, 4
 
@@ -92,7 +92,7 @@ def test_pkd_skip_and_last_maps_for_a_12_layer_teacher():
 def test_pkd_skip_matches_the_skip_init():
     """With --layer-strategy skip, student layer i was copied from teacher layer round(i*N/k): PKD-Skip
     matches it to that same layer."""
-    from mixkd.models import select_layers
+    from mixkd.core.models import select_layers
     for n, k in ((12, 6), (12, 3), (12, 4), (6, 2), (6, 4), (4, 3)):
         kept = [j + 1 for j in select_layers(n, k, "skip")]          # 1-based teacher layers of the init
         assert pkd_layer_map(n, k, "skip") == kept[:-1]
@@ -112,9 +112,9 @@ def test_pkd_layer_map_rejects_bad_input():
 ])
 def test_pkd_pairs_follow_the_student_init(layer_strategy, layer_map, want, minilm_dir, tmp_path):
     from conftest import make_tiny_bert
-    from mixkd.models import build_student, load_classifier
-    from mixkd.tasks import get_task
-    from mixkd.trainer import pkd_pairs
+    from mixkd.core.models import build_student, load_classifier
+    from mixkd.core.tasks import get_task
+    from mixkd.core.trainer import pkd_pairs
     teacher = load_classifier(str(make_tiny_bert(tmp_path / "t12", minilm_dir, layers=12, hidden=8, num_labels=2)),
                               get_task("sst2"), new_head=False)
     student = build_student(teacher, 3, layer_strategy)
@@ -128,7 +128,7 @@ def test_pkd_config():
     assert VARIANT_TERMS["pkd"] == ("mle", "kd", "pt")
     cfg = MixKDConfig(task="sst2", teacher="t", output_dir="o", variant="pkd")
     assert validate(cfg, "distill").terms == ("mle", "kd", "pt")
-    from mixkd.errors import UsageError
+    from mixkd.core.errors import UsageError
     with pytest.raises(UsageError, match="--pkd-beta"):
         validate(cfg.replace(pkd_beta=-1.0), "distill")
     with pytest.raises(UsageError, match="--pkd-layer-map"):
@@ -136,7 +136,7 @@ def test_pkd_config():
 
 
 def test_pkd_beta_is_searched_only_for_pkd():
-    from mixkd.search_space import DEFAULT_SPACE, active, build_space
+    from mixkd.platform.search_space import DEFAULT_SPACE, active, build_space
     assert "pkd" in DEFAULT_SPACE["variant"]["values"] and "pkd_beta" in DEFAULT_SPACE
     assert active("pkd_beta", {"variant": "pkd"}) and active("temperature", {"variant": "pkd"})
     assert active("a_kd", {"variant": "pkd"}) and not active("alpha", {"variant": "pkd"})
@@ -144,7 +144,7 @@ def test_pkd_beta_is_searched_only_for_pkd():
         assert not active("pkd_beta", {"variant": v})
     build_space({"pkd_beta": {"type": "loguniform", "low": 10, "high": 1000}})
     import optuna
-    from mixkd.search_space import DefineByRun
+    from mixkd.platform.search_space import DefineByRun
     for variant, expect in (("pkd", True), ("kd", False)):
         study = optuna.create_study()
         trial = study.ask()
@@ -169,9 +169,9 @@ class KwargLog:
 @pytest.fixture(scope="module")
 def parts(tiny_teacher_run, small_glue_dir):
     from transformers import AutoTokenizer
-    from mixkd.data import load_glue
-    from mixkd.models import load_classifier
-    from mixkd.tasks import get_task
+    from mixkd.core.data import load_glue
+    from mixkd.core.models import load_classifier
+    from mixkd.core.tasks import get_task
     task = get_task("sst2")
     tok = AutoTokenizer.from_pretrained(str(tiny_teacher_run / "model"))
     data = load_glue(tiny_cfg(data_dir=str(small_glue_dir), data_fraction=1.0), task, tok)
@@ -181,8 +181,8 @@ def parts(tiny_teacher_run, small_glue_dir):
 
 @pytest.mark.parametrize("variant", ["pkd", "kd", "sm+tmkd", "ft"])
 def test_hidden_states_are_requested_only_for_pkd(variant, parts, tmp_path):
-    from mixkd.models import build_student
-    from mixkd.trainer import Trainer
+    from mixkd.core.models import build_student
+    from mixkd.core.trainer import Trainer
     task, tok, data, teacher = parts
     cfg = validate(tiny_cfg(teacher="unused", variant=variant, batch_size=8, data_fraction=1.0,
                             output_dir=str(tmp_path)), "distill")
@@ -205,8 +205,8 @@ def test_hidden_states_are_requested_only_for_pkd(variant, parts, tmp_path):
 
 
 def test_one_layer_student_has_zero_patient_loss(parts, tmp_path):
-    from mixkd.models import build_student
-    from mixkd.trainer import Trainer
+    from mixkd.core.models import build_student
+    from mixkd.core.trainer import Trainer
     task, tok, data, teacher = parts
     cfg = validate(tiny_cfg(teacher="unused", variant="pkd", student_layers=1, batch_size=8, data_fraction=1.0,
                             output_dir=str(tmp_path)), "distill")
@@ -218,7 +218,7 @@ def test_one_layer_student_has_zero_patient_loss(parts, tmp_path):
 
 
 def test_pkd_run_end_to_end_loss_goes_down(tiny_teacher_run, small_glue_dir, tmp_path):
-    from mixkd.run import distill
+    from mixkd.jobs.run import distill
     out = tmp_path / "pkd"
     result = distill(tiny_cfg(teacher=str(tiny_teacher_run), data_dir=str(small_glue_dir), variant="pkd",
                               student_layers=2, layer_strategy="skip", epochs=8, eval_steps=16, lr=3e-3,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from mixkd import paper_numbers as P
-from mixkd.errors import UsageError
+from mixkd.report import paper_numbers as P
+from mixkd.core.errors import UsageError
 
 EXP = "ablation"
 
@@ -93,13 +93,13 @@ def store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def df(store):
-    from mixkd.runstore import load_runs
+    from mixkd.tracking.runstore import load_runs
     return load_runs(store.uri)
 
 
 @pytest.fixture(scope="module")
 def report(df):
-    from mixkd.report import build_report
+    from mixkd.report.build import build_report
     return build_report(df, figures=False)
 
 
@@ -126,12 +126,12 @@ def test_load_runs_one_row_per_child_with_typed_tags(store, df):
 
 
 def test_load_runs_by_experiment_name(store, df):
-    from mixkd.runstore import load_runs
+    from mixkd.tracking.runstore import load_runs
     assert len(load_runs(store.uri, EXP)) == len(df)
 
 
 def test_aggregate_mean_std_n_over_seeds(df):
-    from mixkd.runstore import aggregate
+    from mixkd.tracking.runstore import aggregate
     trials = df[(df["role"] == "trial") & (df["task"] == "sst2") & (df["status"] == "FINISHED")]
     agg = aggregate(trials, by=["variant", "student_layers", "config_group"], metric="final/accuracy")
     row = agg[agg["config_group"] == "ft6-sst2"].iloc[0]
@@ -145,7 +145,7 @@ def test_aggregate_mean_std_n_over_seeds(df):
 
 
 def test_load_runs_errors(store, tmp_path):
-    from mixkd.runstore import load_runs
+    from mixkd.tracking.runstore import load_runs
     with pytest.raises(UsageError, match=r"no mixkd experiment named 'nope'.*available: ablation"):
         load_runs(store.uri, "nope")
     missing = tmp_path / "missing.db"
@@ -158,7 +158,7 @@ def test_load_runs_errors(store, tmp_path):
 
 def test_sqlite_file_that_is_not_an_mlflow_store_is_left_alone(tmp_path):
     import sqlite3
-    from mixkd.runstore import load_runs
+    from mixkd.tracking.runstore import load_runs
     db = tmp_path / "optuna.db"
     con = sqlite3.connect(db)
     con.execute("create table studies (id integer)")
@@ -173,7 +173,7 @@ def test_sqlite_file_that_is_not_an_mlflow_store_is_left_alone(tmp_path):
 
 def test_store_without_mixkd_experiments(tmp_path):
     from mlflow.tracking import MlflowClient
-    from mixkd.runstore import load_runs
+    from mixkd.tracking.runstore import load_runs
     uri = f"sqlite:///{tmp_path / 'other.db'}"
     MlflowClient(uri).create_experiment("not-mixkd")
     with pytest.raises(UsageError, match="no mixkd experiments"):
@@ -261,7 +261,7 @@ def test_table2_params_and_speedup(report):
 
 
 def test_table2_says_latency_missing(df):
-    from mixkd.report import build_report
+    from mixkd.report.build import build_report
     no_lat = df.drop(columns=[c for c in df.columns if c.startswith("latency/")])
     t = build_report(no_lat, figures=False).table("table2")
     assert any("Latency missing" in n for n in t.notes)
@@ -286,7 +286,7 @@ def test_fig1_and_fig3_cells(report):
 
 
 def test_empty_store_report_marks_every_cell(df):
-    from mixkd.report import build_report
+    from mixkd.report.build import build_report
     r = build_report(df.iloc[:0], figures=False)
     t = r.table("table1")
     assert all(not c.has_run for row in t.rows for c in row.cells)
@@ -302,7 +302,7 @@ def _md_row(md: str, section: str, label: str) -> list[str]:
 
 
 def test_markdown_cells(report, store):
-    from mixkd.report import render_markdown
+    from mixkd.report.build import render_markdown
     md = render_markdown(report)
     header = _md_row(md, "Table 1", "Model")
     row = _md_row(md, "Table 1", "BERT6-FT")
@@ -318,7 +318,7 @@ def test_markdown_cells(report, store):
 
 
 def test_report_command_writes_self_contained_html(store, tmp_path, capsys):
-    from mixkd.cli import main
+    from mixkd.cli.main import main
     out = tmp_path / "rep"
     assert main(["report", "--tracking-uri", store.uri, "--out", str(out), "--mlflow-ui-url", "http://ui:5000/"]) == 0
     names = {p.name for p in out.iterdir()}
@@ -344,7 +344,7 @@ def test_report_command_writes_self_contained_html(store, tmp_path, capsys):
 
 @pytest.mark.parametrize("bad,match", [("experiment", "no mixkd experiment named 'zzz'"), ("store", "not found")])
 def test_report_command_bad_input_one_line_exit_2(store, tmp_path, capsys, bad, match):
-    from mixkd.cli import main
+    from mixkd.cli.main import main
     out = tmp_path / "rep"
     argv = (["--tracking-uri", store.uri, "--experiment", "zzz"] if bad == "experiment"
             else ["--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}"])

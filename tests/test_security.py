@@ -96,7 +96,7 @@ def test_torch_load_only_with_weights_only():
 
 
 def test_no_trust_remote_code_unless_asked():
-    from mixkd.config import MixKDConfig
+    from mixkd.core.config import MixKDConfig
     assert MixKDConfig().trust_remote_code is False
     for path in SOURCES:
         tree = ast.parse(path.read_text())
@@ -109,7 +109,7 @@ def test_no_trust_remote_code_unless_asked():
             kw = _kw(call, "trust_remote_code")
             assert kw is None or not isinstance(kw, ast.Constant) or kw.value is False, \
                 f"{path.relative_to(REPO)}:{call.lineno}"
-    from mixkd.cli import build_parser
+    from mixkd.cli.main import build_parser
     for cmd in ("finetune", "distill", "evaluate"):
         args = build_parser().parse_args([cmd, "--task", "sst2"])
         assert getattr(args, "trust_remote_code", False) is False   # only --trust-remote-code turns it on
@@ -134,10 +134,10 @@ def test_secrets_are_never_logged_or_saved(tmp_path, monkeypatch, tiny_bert_dir,
     """A token in the environment and a password in the tracking URI: neither shows up in any MLflow
     param, tag or metric of the parent or a child run, in sweep.yaml, in summary.json, or in a message."""
     from mlflow.tracking import MlflowClient
-    from mixkd.config import MixKDConfig
-    from mixkd.errors import UsageError
-    from mixkd.sweep import SweepSpec, saved_spec, summarize, sweep_params
-    from mixkd.tracking import SweepTracker, check_tracking_uri, redact_uri
+    from mixkd.core.config import MixKDConfig
+    from mixkd.core.errors import UsageError
+    from mixkd.platform.sweep import SweepSpec, saved_spec, summarize, sweep_params
+    from mixkd.tracking.writer import SweepTracker, check_tracking_uri, redact_uri
     from test_sweep import spec_dict
     for var in ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD", "DATABRICKS_TOKEN"):
         monkeypatch.setenv(var, SECRET)

@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from mixkd import cli
-from mixkd import latency as L
-from mixkd.errors import UsageError
-from mixkd.selection import choose, group_runs, pareto_front, plot_pareto
+from mixkd.cli import main as cli
+from mixkd.deploy import latency as L
+from mixkd.core.errors import UsageError
+from mixkd.deploy.selection import choose, group_runs, pareto_front, plot_pareto
 from pathlib import Path
 
 from conftest import make_tiny_bert, tiny_cfg
@@ -194,12 +194,12 @@ def tiny_models(tmp_path_factory, minilm_dir):
 
 
 def build_store(root: Path, models: dict, spec=SPEC, teacher_latency: float | None = 4.0) -> dict:
-    """An MLflow SQLite store with one mixkd sweep, written the way mixkd/tracking.py writes it: a
+    """An MLflow SQLite store with one mixkd sweep, written the way mixkd/tracking/writer.py writes it: a
     4-layer teacher and the ``spec`` student configurations (variant, k, scores per seed, logged p90 at
     batch 1 / seq 128 or None), each run pointing at a tiny saved model. The best seed of sm+tmkd k=2
     has no run dir on disk (a run dir on another node): its model exists only as the MLflow artifact."""
     from mlflow.tracking import MlflowClient
-    from mixkd.tracking import PARENT_TAG, ROLE_TAG, flat_params, run_tags
+    from mixkd.tracking.writer import PARENT_TAG, ROLE_TAG, flat_params, run_tags
     root.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(uri)

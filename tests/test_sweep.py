@@ -60,7 +60,7 @@ def spec_dict(name: str, storage: Path, teacher_model: Path, data_dir: Path, **k
 
 
 def make_spec(*args, **kw):
-    from mixkd.sweep import SweepSpec
+    from mixkd.platform.sweep import SweepSpec
     return SweepSpec.from_dict(spec_dict(*args, **kw))
 
 
@@ -112,7 +112,7 @@ def log_rows(run_dir: Path) -> list[dict]:
 def check_sweep_records(exp_dir: Path, name: str, n_trials: int, teacher_key: str = TEACHER_KEY,
                         data_fraction: str = "1.0") -> dict:
     """The invariants every finished n-trial search sweep must satisfy; returns the runs by role."""
-    from mixkd.config import MixKDConfig
+    from mixkd.core.config import MixKDConfig
     runs = mlflow_runs(exp_dir, name)
     client = runs["client"]
     assert len(runs["sweep"]) == 1, f"{len(runs['sweep'])} parent runs"
@@ -156,7 +156,7 @@ def check_sweep_records(exp_dir: Path, name: str, n_trials: int, teacher_key: st
 def check_trial_runs_describe_their_trials(exp_dir: Path, runs: dict) -> None:
     """A trial's MLflow params and config_hash tag are those of the config the trial trained with
     (trials/<id>/config.yaml, metrics.json), so runs can be matched to folders and compared by hash."""
-    from mixkd.config import MixKDConfig
+    from mixkd.core.config import MixKDConfig
     wrong = []
     for r in runs["trial"]:
         key, tags, params = r.data.tags["mixkd.key"], r.data.tags, r.data.params
@@ -192,7 +192,7 @@ def local_ray():
 def search_sweep(local_ray, tmp_path_factory, tiny_bert_dir, small_glue_dir):
     """A finished 3-trial OptunaSearch (NSGA-II on dev score and latency) + ASHA sweep with a latency
     budget every student meets (shared by the search, latency and teacher-once tests)."""
-    from mixkd.sweep import run_sweep
+    from mixkd.platform.sweep import run_sweep
     spec = make_spec("tiny-search", tmp_path_factory.mktemp("sweeps"), tiny_bert_dir, small_glue_dir,
                      latency_budget_ms=1e5)
     summary = run_sweep(spec)
@@ -252,8 +252,8 @@ class TestSingleNode:
         assert sel["score"] == pytest.approx(best["primary_value"])   # one seed: the best trial's score
 
     def test_teacher_trained_once_and_not_on_resume(self, search_sweep, monkeypatch, capsys):
-        import mixkd.sweep
-        from mixkd.sweep import SweepSpec, run_sweep
+        import mixkd.platform.sweep
+        from mixkd.platform.sweep import SweepSpec, run_sweep
         spec, _ = search_sweep
         exp_dir = spec.experiment_dir
         teachers = [p for p in (exp_dir / "teachers").iterdir() if p.is_dir()]
@@ -263,7 +263,7 @@ class TestSingleNode:
 
         def must_not_finetune(cfg_dict):
             raise AssertionError("the teacher was fine-tuned again")
-        monkeypatch.setattr(mixkd.sweep, "_finetune_task", must_not_finetune)
+        monkeypatch.setattr(mixkd.platform.sweep, "_finetune_task", must_not_finetune)
         capsys.readouterr()
         again = SweepSpec.from_dict(spec.to_dict())   # what --resume with the same preset rebuilds
         summary = run_sweep(again, resume=True)
@@ -277,8 +277,8 @@ class TestSingleNode:
         assert optuna_trials(exp_dir) == {f"tiny-search-search-{TEACHER_KEY}": 3}
 
     def test_grid_sweep_covers_every_cell_once(self, local_ray, tmp_path, tiny_bert_dir, small_glue_dir):
-        from mixkd.config import MixKDConfig
-        from mixkd.sweep import run_sweep
+        from mixkd.core.config import MixKDConfig
+        from mixkd.platform.sweep import run_sweep
         grid = {"variant": ["ft", "sm+tmkd"], "student_layers": [1, 2]}
         spec = make_spec("tiny-grid", tmp_path, tiny_bert_dir, small_glue_dir, mode="grid", grid=grid,
                          search_space={})
@@ -300,7 +300,7 @@ class TestSingleNode:
 
     def test_torch_trainer_two_workers_checkpoints(self, local_ray, tmp_path, tiny_teacher_run, small_glue_dir):
         from conftest import tiny_cfg
-        from mixkd.ray_train import fit_distributed
+        from mixkd.platform.ray_train import fit_distributed
         out = tmp_path / "ddp"
         cfg = tiny_cfg(teacher=str(tiny_teacher_run), data_dir=str(small_glue_dir), student_layers=2,
                        max_steps=8, eval_steps=4, max_eval_samples=64, output_dir=str(out))
@@ -450,7 +450,7 @@ def two_node_cluster():
 def test_two_node_cluster_places_trials_on_both_nodes(two_node_cluster, tmp_path, tiny_bert_dir, small_glue_dir):
     import ray
     from ray.util.state import list_actors
-    from mixkd.sweep import run_sweep
+    from mixkd.platform.sweep import run_sweep
     nodes = {n["NodeID"]: ("node_a" if "node_a" in n["Resources"] else "node_b")
              for n in ray.nodes() if n["Alive"]}
     assert sorted(nodes.values()) == ["node_a", "node_b"]
@@ -475,7 +475,7 @@ def test_two_node_cluster_places_trials_on_both_nodes(two_node_cluster, tmp_path
 def test_address_local_never_attaches_to_the_cluster_in_ray_address(two_node_cluster, cli_env, tmp_path):
     """`--address local` promises a fresh local instance. After `source "$(cluster/local_cluster.sh env-file)"`
     RAY_ADDRESS names a running cluster; `local` must still not attach to it."""
-    code = ("from mixkd.sweep_cli import connect; import ray; where = connect('local'); ray.shutdown(); "
+    code = ("from mixkd.cli.sweep import connect; import ray; where = connect('local'); ray.shutdown(); "
             "print('WHERE', where)")
     env = {**cli_env, "RAY_ADDRESS": two_node_cluster.address}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180,

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from conftest import make_tiny_bert, tiny_cfg
-from mixkd.config import MixKDConfig, validate
-from mixkd.errors import NonFiniteLossError, UsageError
-from mixkd.run import distill, finetune
+from mixkd.core.config import MixKDConfig, validate
+from mixkd.core.errors import NonFiniteLossError, UsageError
+from mixkd.jobs.run import distill, finetune
 
 # One intra-op thread: on a shared 2-core machine, 2 OpenMP threads make tiny models ~20x slower.
 
@@ -141,9 +141,9 @@ def test_run_dir_layout(variant_run, tiny_teacher_run):
 
 @pytest.fixture(scope="module")
 def trainer_parts(tiny_teacher_run, small_glue_dir):
-    from mixkd.data import load_glue
-    from mixkd.models import load_classifier, load_tokenizer
-    from mixkd.tasks import get_task
+    from mixkd.core.data import load_glue
+    from mixkd.core.models import load_classifier, load_tokenizer
+    from mixkd.core.tasks import get_task
 
     task = get_task("sst2")
     tok = load_tokenizer(str(tiny_teacher_run))
@@ -178,8 +178,8 @@ class CallLog:
     ("sm+tmkd", 2, 1), ("tmkd", 2, 1), ("kd", 1, 2), ("sm+tmkd", 1, 2),
 ])
 def test_teacher_and_student_calls_per_step(trainer_parts, tmp_path, variant, mixup_ratio, grad_accum):
-    from mixkd.models import build_student
-    from mixkd.trainer import Trainer
+    from mixkd.core.models import build_student
+    from mixkd.core.trainer import Trainer
 
     task, tok, data, teacher = trainer_parts
     B = 8
@@ -272,9 +272,9 @@ def test_resume_accepts_api_config_with_int_values(tiny_teacher_run, small_glue_
 # --- non-finite loss --------------------------------------------------------------------------
 
 def test_nan_loss_names_step_and_term(tiny_teacher_run, small_glue_dir, tmp_path, monkeypatch):
-    import mixkd.losses
+    import mixkd.core.losses
 
-    real = mixkd.losses.tmkd_loss
+    real = mixkd.core.losses.tmkd_loss
     calls = {"n": 0}
 
     def tmkd_nan_from_step_3(*args, **kwargs):
@@ -282,7 +282,7 @@ def test_nan_loss_names_step_and_term(tiny_teacher_run, small_glue_dir, tmp_path
         value = real(*args, **kwargs)
         return value * float("nan") if calls["n"] >= 3 else value
 
-    monkeypatch.setattr(mixkd.losses, "tmkd_loss", tmkd_nan_from_step_3)
+    monkeypatch.setattr(mixkd.core.losses, "tmkd_loss", tmkd_nan_from_step_3)
     out = tmp_path / "nan"
     with pytest.raises(NonFiniteLossError) as info:
         distill(tiny_cfg(teacher=str(tiny_teacher_run), data_dir=str(small_glue_dir), variant="sm+tmkd",

@@ -11,7 +11,7 @@ Layout of an experiment folder (``<storage_path>/<name>/``)::
     summary.json        best trial per (task, variant, student depth), written at the end
 
 Single-worker trials run the core trainer in-process inside the Tune function (no Ray Train
-start-up cost); multi-worker trials launch a TorchTrainer (see :mod:`mixkd.ray_train`) whose
+start-up cost); multi-worker trials launch a TorchTrainer (see :mod:`mixkd.platform.ray_train`) whose
 results reach Tune through TuneReportCallback.
 """
 from __future__ import annotations
@@ -25,11 +25,11 @@ from typing import Any
 
 import yaml
 
-from .config import MixKDConfig, check_writable_dir, load_yaml, validate
-from .atomic import write_json_atomic
-from .errors import SweepFailed, UsageError
+from ..core.config import MixKDConfig, check_writable_dir, load_yaml, validate
+from ..core.atomic import write_json_atomic
+from ..core.errors import SweepFailed, UsageError
 from .search_space import DefineByRun, build_space, grid_cells
-from .tasks import get_task
+from ..core.tasks import get_task
 
 CONFIG_FIELDS = {f.name for f in fields(MixKDConfig)}
 # Teacher runs take the training knobs from the spec's `teacher:` section, never student knobs.
@@ -53,7 +53,7 @@ class SweepSpec:
     num_samples: int = 8                      # search: trials per (task, data fraction, seed) group
     base: dict = field(default_factory=dict)      # config fields fixed for every student trial
     teacher: dict = field(default_factory=dict)   # config fields of the teacher fine-tune
-    search_space: dict = field(default_factory=dict)  # overrides of mixkd.search_space.DEFAULT_SPACE
+    search_space: dict = field(default_factory=dict)  # overrides of mixkd.platform.search_space.DEFAULT_SPACE
     grid: dict = field(default_factory=dict)      # grid mode: {config field: [values]}
     searcher: str = "auto"                    # auto (TPE; NSGA-II with a latency budget), tpe, nsga2, random
     measure_latency: bool = True              # measure each student depth (and the teacher) once, before trials
@@ -186,7 +186,7 @@ def _max_student_layers(spec: SweepSpec) -> int | None:
 
 def _teacher_depth(name: str) -> int | None:
     """Encoder layers of a local (or packaged) teacher backbone from its config.json; None for a hub id."""
-    from .models import resolve_model
+    from ..core.models import resolve_model
     path = Path(resolve_model(name))
     cfg = path / "config.json"
     if not cfg.is_file():
@@ -200,7 +200,7 @@ def preflight(spec: SweepSpec) -> None:
     storage folder cannot be created, a task's GLUE files are missing, a student is deeper than its
     teacher. One UsageError (one line, exit 2), nothing written."""
     check_writable_dir(spec.experiment_dir, "--storage-path")
-    from .data import resolve_data_dir
+    from ..core.data import resolve_data_dir
     data_dir = resolve_data_dir(spec.data_dir)
     if data_dir is None and os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("", "0"):
         raise UsageError("no GLUE folder (--data-dir or $GLUE_DIR) and HF_DATASETS_OFFLINE is set, so the hub "
@@ -266,7 +266,7 @@ def run_trial(config: dict[str, Any], fixed: dict[str, Any]) -> None:
 
     from ray import tune
 
-    from .errors import NonFiniteLossError
+    from ..core.errors import NonFiniteLossError
 
     trial_id = tune.get_context().get_trial_id()
     cell = dict(config.get("cell", {}))
@@ -286,8 +286,8 @@ def run_trial(config: dict[str, Any], fixed: dict[str, Any]) -> None:
     else:
         persisted.set()
 
-    from . import faults
-    from .trainer import append_event, read_jsonl
+    from ..core import faults
+    from ..core.trainer import append_event, read_jsonl
     teacher_dir = fixed["teachers"][spec.teacher_key(task, fraction, seed)]
     cfg = spec.student_config(task, fraction, seed, teacher_dir, str(out), **knobs)
     lat = fixed.get("latency", {}).get(latency_key(cfg))
@@ -321,7 +321,7 @@ def run_trial(config: dict[str, Any], fixed: dict[str, Any]) -> None:
     try:
         if spec.workers_per_trial == 1:
             from .ray_train import FinalReportLast
-            from .run import distill
+            from ..jobs.run import distill
             reporter = FinalReportLast(lambda row, ckpt: report(row))
             distill(cfg, callbacks=[reporter], before_write=gate)
             faults.before_final_report()
@@ -359,7 +359,7 @@ def _student_knobs(spec: SweepSpec) -> list[dict]:
 
 def _latency_task(jobs: list[dict], batch_sizes: list[int], seq_len: int, device: str, threads: int,
                   protocol: dict) -> dict:
-    from .latency import cached_latencies
+    from ..deploy.latency import cached_latencies
     out = {}
     for job in jobs:
         res = cached_latencies(job["source"], batch_sizes, seq_len, device, threads=threads,
@@ -376,8 +376,8 @@ def measure_latencies(spec: SweepSpec, exp_dir: Path, teachers: dict[str, str]) 
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from .latency import mlflow_metrics, mlflow_tags
-    from .tasks import get_task
+    from ..deploy.latency import mlflow_metrics, mlflow_tags
+    from ..core.tasks import get_task
     jobs = {}
     for task, fraction, seed in spec.groups():
         tdir = teachers[spec.teacher_key(task, fraction, seed)]
@@ -420,8 +420,8 @@ def _finetune_task(cfg_dict: dict) -> dict:
     Until metrics.json is written (last, atomically) the folder is an unfinished run no sweep uses."""
     import ray
 
-    from .run import finetune
-    from .trainer import append_event, repair_checkpoints
+    from ..jobs.run import finetune
+    from ..core.trainer import append_event, repair_checkpoints
     cfg = MixKDConfig.from_dict(cfg_dict)
     out = Path(cfg.output_dir)
     append_event(out, "attempt", node_id=ray.get_runtime_context().get_node_id(),
@@ -467,7 +467,7 @@ def prepare_teachers(spec: SweepSpec, exp_dir: Path, tracker=None) -> dict[str, 
                               f"{first}); the folder {teachers[key]} is unfinished and no trial uses it: rerun "
                               f"with --resume to continue it from its last checkpoint") from None
     if tracker is not None:   # record each teacher once (also one a crash left unrecorded)
-        from .tracking import SweepTracker
+        from ..tracking.writer import SweepTracker
         for task, fraction, seed in spec.groups():
             key = spec.teacher_key(task, fraction, seed)
             cfg = MixKDConfig.from_yaml(Path(teachers[key]) / "config.yaml")
@@ -479,7 +479,7 @@ def prepare_teachers(spec: SweepSpec, exp_dir: Path, tracker=None) -> dict[str, 
 # --- back-translation (+BT) data (issue 6) ------------------------------------------------------------
 
 def _bt_task(cfg_dict: dict) -> str:
-    from .augment import bt_file_for_config
+    from ..augment.backtranslate import bt_file_for_config
     return str(bt_file_for_config(MixKDConfig.from_dict(cfg_dict), progress=False).path)
 
 
@@ -502,7 +502,7 @@ def prepare_augmentations(spec: SweepSpec, exp_dir: Path, tracker=None) -> dict[
     {"<teacher key>/bt-<pivot>": path}."""
     import ray
 
-    from .augment import bt_cache_path
+    from ..augment.backtranslate import bt_cache_path
     aug_dir = spec.base.get("augment_dir") or str(exp_dir / "augment")
     wanted: dict[str, tuple[str, MixKDConfig]] = {}
     for task, fraction, seed in spec.groups():
@@ -535,7 +535,7 @@ def prepare_augmentations(spec: SweepSpec, exp_dir: Path, tracker=None) -> dict[
         for key, path in files.items():
             meta = Path(path + ".json")
             if meta.is_file():
-                from .tracking import SweepTracker
+                from ..tracking.writer import SweepTracker
                 tracker.submit(SweepTracker.log_parent_artifact, str(meta), "augment")
     return files
 
@@ -574,7 +574,7 @@ def _mlflow_callback(tracker, trials_dir: Path, spec: SweepSpec, teachers: dict[
                      latency: dict[str, dict] | None = None):
     from ray.tune import Callback
 
-    from .tracking import SweepTracker
+    from ..tracking.writer import SweepTracker
 
     class MLflowSweepCallback(Callback):
         """Driver-side: one nested MLflow run per trial, metrics per eval, artifacts at the end."""
@@ -661,7 +661,7 @@ def _tuner(spec: SweepSpec, exp_dir: Path, group: str, fixed: dict, callbacks, r
 def saved_spec(spec: SweepSpec) -> dict[str, Any]:
     """The spec as written to sweep.yaml and handed to the trials: a password or token in the tracking
     URI is masked (the driver alone talks to MLflow, with the real URI)."""
-    from .tracking import redact_uri
+    from ..tracking.writer import redact_uri
     return {**spec.to_dict(), "tracking_uri": redact_uri(spec.tracking_uri)}
 
 
@@ -673,7 +673,7 @@ def sweep_params(spec: SweepSpec) -> dict[str, Any]:
 
 def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
     """Teachers first, then the trials of every group; returns the summary (also summary.json)."""
-    from .tracking import BackgroundTracker, check_tracking_uri, default_tracking_uri
+    from ..tracking.writer import BackgroundTracker, check_tracking_uri, default_tracking_uri
 
     spec.validate()
     preflight(spec)
@@ -700,7 +700,7 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
     teachers = prepare_teachers(spec, exp_dir, tracker)
     latency = measure_latencies(spec, exp_dir, teachers) if spec.measure_latency else {}
     if latency:
-        from .tracking import SweepTracker
+        from ..tracking.writer import SweepTracker
         for task, fraction, seed in spec.groups():
             tcfg = spec.teacher_config(task, fraction, seed, teachers[spec.teacher_key(task, fraction, seed)])
             lat = latency[latency_key(tcfg, "teacher")]
@@ -708,7 +708,7 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
                            lat["metrics"], lat["tags"])
     if tracker.failed():   # the store opens on the writer thread meanwhile (see BackgroundTracker)
         tracker.close("FAILED", quiet=True)
-        from .tracking import redact_uri
+        from ..tracking.writer import redact_uri
         raise UsageError(f"MLflow store {redact_uri(uri)}: {tracker.failed()[:300]}")
     trials_dir = exp_dir / "trials"
     trials_dir.mkdir(exist_ok=True)
@@ -794,11 +794,11 @@ def close_orphan_optuna_trials(storage, study_name: str) -> int:
 
 def select_under_budget(spec: SweepSpec, exp_dir: Path, uri: str) -> list[dict]:
     """Per task: the most accurate student configuration (mean over seeds) within the latency budget,
-    exported to ``<experiment>/selected-<task>-<budget>ms`` (mixkd.selection.select). A task where no
+    exported to ``<experiment>/selected-<task>-<budget>ms`` (mixkd.deploy.selection.select). A task where no
     configuration meets the budget gets the one-line reason instead."""
     import shutil
 
-    from .selection import select
+    from ..deploy.selection import select
     out = []
     for task in spec.tasks:
         dest = exp_dir / f"selected-{task}-{spec.latency_budget_ms:g}ms"
@@ -839,7 +839,7 @@ def _fit_all(tuner, expected: int):
 
 def summarize(exp_dir: Path, tracker=None) -> dict[str, Any]:
     """Best finished trial per (task, variant, student depth), from the trial folders' metrics.json."""
-    from .tracking import redact_uri
+    from ..tracking.writer import redact_uri
     best: dict[tuple, dict] = {}
     n_finished = 0
     for m in sorted((exp_dir / "trials").glob("*/metrics.json")):
@@ -859,7 +859,7 @@ def summarize(exp_dir: Path, tracker=None) -> dict[str, Any]:
                "parent_run_id": tracker.parent_id if tracker else None}
     write_json_atomic(exp_dir / "summary.json", summary)
     if tracker is not None:
-        from .tracking import SweepTracker
+        from ..tracking.writer import SweepTracker
         for m in sorted((exp_dir / "trials").glob("*/metrics.json")):   # finished trials a crash left unrecorded
             cfg = MixKDConfig.from_yaml(m.parent / "config.yaml")
             tracker.submit(SweepTracker.record_finished, m.parent.name, cfg, "trial", m.parent)

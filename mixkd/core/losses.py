@@ -61,7 +61,7 @@ def pkd_layer_map(n_teacher: int, k: int, strategy: str = "skip") -> list[int]:
     """PKD's teacher layers (1-based) matched to student layers 1..k-1 (Sun et al. 2019, Sec. 3.2).
 
     ``skip`` (PKD-Skip): student layer i learns teacher layer i * N/k, i.e. every N/k-th layer
-    (12 -> 6: 2, 4, 6, 8, 10; 12 -> 3: 4, 8), rounded as :func:`mixkd.models.select_layers` rounds
+    (12 -> 6: 2, 4, 6, 8, 10; 12 -> 3: 4, 8), rounded as :func:`mixkd.core.models.select_layers` rounds
     its ``skip`` init when k does not divide N. ``last`` (PKD-Last): the k-1 layers just below the
     top, N-k+i (12 -> 6: 7..11; 12 -> 3: 10, 11). The student's top layer is not matched: the logit
     KD term covers the output.

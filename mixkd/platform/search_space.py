@@ -1,6 +1,6 @@
 """The MixKD hyperparameter search space, declared once.
 
-Each key is a field of :class:`~mixkd.config.MixKDConfig`; each value is a distribution spec
+Each key is a field of :class:`~mixkd.core.config.MixKDConfig`; each value is a distribution spec
 (``uniform``/``loguniform`` with low/high, ``int`` with low/high, ``choice`` with values). A preset's
 YAML ``search_space:`` section overrides entries by key or removes one with ``null``.
 
@@ -15,8 +15,8 @@ import copy
 from dataclasses import fields
 from typing import Any
 
-from .config import VARIANT_TERMS, MixKDConfig, validate
-from .errors import UsageError
+from ..core.config import VARIANT_TERMS, MixKDConfig, validate
+from ..core.errors import UsageError
 
 # Ranges: the paper's sensitivity study (Fig. 3) covers a_sm, a_tmkd and alpha in [0.1, 10].
 DEFAULT_SPACE: dict[str, dict[str, Any]] = {

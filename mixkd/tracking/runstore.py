@@ -1,18 +1,18 @@
 """Read the MLflow runs that mixkd sweeps wrote, as one pandas DataFrame (read-only).
 
 ``load_runs`` returns one row per mixkd child run (role ``trial`` or ``teacher``, see
-:mod:`mixkd.tracking`) with its tags as typed columns, its params as a dict and every metric as its
+:mod:`mixkd.tracking.writer`) with its tags as typed columns, its params as a dict and every metric as its
 own column (the latest logged value: ``final/accuracy``, ``final/primary``, ``primary``,
 ``eval/f1``, ``params_count``, ``latency/b1_s128_p90_ms`` ...). ``aggregate`` averages a metric
 over the seeds of each group (mean, sample std, n and the run ids behind them).
 
-    from mixkd.runstore import load_runs, aggregate
+    from mixkd.tracking.runstore import load_runs, aggregate
     df = load_runs("sqlite:///runs/sweeps/smoke/mlflow.db")
     trials = df[(df.role == "trial") & (df.status == "FINISHED")]
     aggregate(trials, by=["task", "variant", "student_layers"], metric="final/primary")
 
 The store is never created or modified: a missing SQLite file, an unreachable server, a store
-without mixkd experiments or an unknown experiment name raise :class:`mixkd.errors.UsageError`
+without mixkd experiments or an unknown experiment name raise :class:`mixkd.core.errors.UsageError`
 with a one-line message.
 """
 from __future__ import annotations
@@ -24,8 +24,8 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
-from .errors import UsageError
-from .tracking import PARENT_TAG, ROLE_TAG
+from ..core.errors import UsageError
+from .writer import PARENT_TAG, ROLE_TAG
 
 # typed tag columns, in output order (after the run's identity columns)
 TAG_COLUMNS = ("task", "variant", "student_layers", "layer_strategy", "data_fraction", "augmentation", "seed",
@@ -223,7 +223,7 @@ def _params_group(params: dict) -> str | None:
         return None
     import hashlib
     import json
-    from .config import RUNTIME_FIELDS
+    from ..core.config import RUNTIME_FIELDS
     skip = RUNTIME_FIELDS | {"seed", "data_seed", "teacher"}
     d = {k: v for k, v in params.items() if k not in skip}
     return "p-" + hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]

@@ -8,8 +8,8 @@ import argparse
 import os
 import sys
 
-from .errors import UsageError
-from .report import DEFAULT_UI
+from ..core.errors import UsageError
+from ..report.build import DEFAULT_UI
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,7 +30,7 @@ def main(args: argparse.Namespace) -> int:
     if not uri:
         raise UsageError("no tracking store: pass --tracking-uri (e.g. sqlite:///runs/sweeps/smoke/mlflow.db) "
                          "or set MLFLOW_TRACKING_URI")
-    from .report import write_report
+    from ..report.build import write_report
     out = write_report(uri, args.out, experiment=args.experiment, overwrite=args.overwrite,
                        mlflow_ui_url=args.mlflow_ui_url)
     print(f"report: {out / 'report.md'}\n        {out / 'report.html'} (self-contained)")
@@ -38,7 +38,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def cli(argv=None, prog: str = "make_report.py") -> int:
-    from .cli import standalone
+    from .main import standalone
     return standalone(argv, prog, "Rebuild the MixKD paper's tables from the MLflow runs of mixkd sweeps.",
                       add_arguments, main)
 

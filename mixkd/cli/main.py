@@ -12,8 +12,8 @@ import os
 import sys
 from dataclasses import fields
 
-from .config import MixKDConfig, load_yaml
-from .errors import NonFiniteLossError, UsageError
+from ..core.config import MixKDConfig, load_yaml
+from ..core.errors import NonFiniteLossError, UsageError
 
 COMMANDS = {
     "finetune": "fine-tune a model on a GLUE task (the teacher)",
@@ -25,17 +25,17 @@ COMMANDS = {
 # Subcommands that live in their own module: name -> (module, help). Each module defines
 # ``add_arguments(parser)`` and ``main(args) -> int`` (raising UsageError for bad input).
 EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
-    "sweep": ("sweep_cli", COMMANDS["sweep"]),
-    "latency": ("latency_cli", "inference latency of a model or its k-layer student (p50/p90/p99, cached)"),
-    "select": ("select_cli", "the most accurate student of a sweep within a latency budget: export, card, plot"),
-    "augment": ("augment_cli", "back-translate a task's training rows (+BT data for --augment-file / --augment bt)"),
-    "report": ("report_cli", "the paper's tables (1-3, Fig. 1, Fig. 3) rebuilt from MLflow runs, paper numbers beside"),
+    "sweep": ("sweep", COMMANDS["sweep"]),
+    "latency": ("latency", "inference latency of a model or its k-layer student (p50/p90/p99, cached)"),
+    "select": ("select", "the most accurate student of a sweep within a latency budget: export, card, plot"),
+    "augment": ("augment", "back-translate a task's training rows (+BT data for --augment-file / --augment bt)"),
+    "report": ("report", "the paper's tables (1-3, Fig. 1, Fig. 3) rebuilt from MLflow runs, paper numbers beside"),
 }
 
 
 def _external(name: str):
     import importlib
-    return importlib.import_module(f"mixkd.{EXTERNAL_COMMANDS[name][0]}")
+    return importlib.import_module(f"mixkd.cli.{EXTERNAL_COMMANDS[name][0]}")
 
 
 def _option_strings(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
@@ -64,7 +64,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="mixkd", description="MixKD: distil BERT classifiers with mixup knowledge distillation.")
-    from . import __version__
+    from .. import __version__
     p.add_argument("--version", action="version", version=f"mixkd {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     commands = dict(COMMANDS, **{k: v[1] for k, v in EXTERNAL_COMMANDS.items()})
@@ -115,9 +115,9 @@ def main(argv: list[str] | None = None) -> int:
 def _run_builtin(args: argparse.Namespace) -> int:
     """finetune / distill / evaluate."""
     cfg = config_from_args(args)
-    from .config import validate
+    from ..core.config import validate
     validate(cfg, args.command)          # fail fast, before importing torch and transformers
-    from . import run
+    from ..jobs import run
     if args.command == "evaluate":
         result = run.evaluate(cfg)
         text = json.dumps(result, indent=2, default=str)
@@ -135,7 +135,7 @@ def _run_builtin(args: argparse.Namespace) -> int:
 
 def run_external(main_fn, args: argparse.Namespace, prog: str) -> int:
     """Run a subcommand's ``main`` with the common error contract: UsageError -> one line, exit 2."""
-    from .errors import SweepFailed
+    from ..core.errors import SweepFailed
     try:
         return main_fn(args)
     except UsageError as e:

@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from .atomic import write_json_atomic
-from .errors import UsageError
+from ..core.atomic import write_json_atomic
+from ..core.errors import UsageError
 
 DEFAULT_BATCH_SIZES = (1, 32)
 DEFAULT_SEQ_LEN = 128
@@ -83,7 +83,7 @@ def load_config(model_config_or_dir: Any, num_labels: int | None = None):
         if p.is_file() and p.name.endswith(".json"):
             path = str(p.parent) if p.name == "config.json" else str(p)
         else:
-            from .models import resolve_model
+            from ..core.models import resolve_model
             path = resolve_model(name)
         try:
             cfg = AutoConfig.from_pretrained(path, trust_remote_code=False)
@@ -282,7 +282,7 @@ def build_random_model(model_config: Any, num_labels: int | None = None):
     """A random-weight ``AutoModelForSequenceClassification`` of this architecture (no weights read)."""
     import torch
     from transformers import AutoModelForSequenceClassification
-    from .models import quiet_transformers
+    from ..core.models import quiet_transformers
     quiet_transformers()
     cfg = load_config(model_config, num_labels=num_labels)
     torch.manual_seed(0)
@@ -297,7 +297,7 @@ def build_random_model(model_config: Any, num_labels: int | None = None):
 # cache
 # --------------------------------------------------------------------------------------------------
 def default_cache_dir() -> Path:
-    from .data import cache_dir
+    from ..core.data import cache_dir
     return cache_dir() / "latency"
 
 

@@ -14,8 +14,8 @@ import statistics
 import sys
 from pathlib import Path
 
-from .errors import UsageError
-from . import latency as L
+from ..core.errors import UsageError
+from ..deploy import latency as L
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

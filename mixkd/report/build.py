@@ -1,9 +1,9 @@
 """The paper's tables rebuilt from the MLflow runs of mixkd sweeps, with the paper's numbers beside ours.
 
-    from mixkd.report import write_report
+    from mixkd.report.build import write_report
     write_report("sqlite:///runs/sweeps/smoke/mlflow.db", "runs/report")   # report.md, report.html, PNGs
 
-``build_report(df)`` turns the DataFrame of :func:`mixkd.runstore.load_runs` into a :class:`Report`:
+``build_report(df)`` turns the DataFrame of :func:`mixkd.tracking.runstore.load_runs` into a :class:`Report`:
 a list of :class:`Table` (Table 1 dev, Table 2 speed/size, Table 3 layout, Fig. 1 limited data,
 Fig. 3 sensitivity, and the paper-only reference tables) whose :class:`Cell` s hold our mean ± std
 over seeds (n, run ids), the paper's value and the difference. ``render_markdown`` and
@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from . import paper_numbers as P
-from .errors import UsageError
-from .tasks import TASKS
+from ..core.errors import UsageError
+from ..core.tasks import TASKS
 
 DEFAULT_UI = "http://127.0.0.1:5000"
 TASK_LABEL = {"sst2": "SST-2", "mrpc": "MRPC", "qqp": "QQP", "mnli": "MNLI-m", "qnli": "QNLI", "rte": "RTE",
@@ -711,10 +711,10 @@ def plot_table2(t: Table) -> bytes | None:
 
 
 def _external_pareto(d) -> tuple[dict[str, bytes], str] | None:
-    """One PNG per task from ``mixkd.selection.plot_pareto`` (the selection command's plot), when that
+    """One PNG per task from ``mixkd.deploy.selection.plot_pareto`` (the selection command's plot), when that
     module is importable; None otherwise (the report then draws its own scatter)."""
     try:
-        from .selection import plot_pareto as sel_plot
+        from ..deploy.selection import plot_pareto as sel_plot
     except Exception:
         return None
     pts, xcol = pareto_points(d)
@@ -744,7 +744,7 @@ def _external_pareto(d) -> tuple[dict[str, bytes], str] | None:
 # build
 # ------------------------------------------------------------------------------------------------
 def build_report(df, mlflow_ui_url: str = DEFAULT_UI, figures: bool = True) -> Report:
-    """The report of the runs in ``df`` (a :func:`mixkd.runstore.load_runs` frame)."""
+    """The report of the runs in ``df`` (a :func:`mixkd.tracking.runstore.load_runs` frame)."""
     total = 0 if df is None else len(df)
     d = prepare(df)
     settings = _settings(d)
@@ -778,7 +778,7 @@ def build_report(df, mlflow_ui_url: str = DEFAULT_UI, figures: bool = True) -> R
                 figs[name] = png
                 notes[name] = (f"x = {ext[1]}" if ext[1] != "params_count" else
                                "no latency/* metrics in the store: x = parameter count instead of latency") + \
-                              "; drawn by mixkd.selection.plot_pareto"
+                              "; drawn by mixkd.deploy.selection.plot_pareto"
         else:
             png, note = plot_pareto(d)
             if png:
@@ -825,7 +825,7 @@ def _figure_names(report: Report) -> list[str]:
 def render_markdown(report: Report, images: bool = True) -> str:
     ui = report.mlflow_ui_url
     out = ["# MixKD report: the paper's tables with our runs", "",
-           f"Paper: {P.PAPER} ({P.PAPER_PDF}). Paper numbers: `mixkd/paper_numbers.py` "
+           f"Paper: {P.PAPER} ({P.PAPER_PDF}). Paper numbers: `mixkd/report/paper_numbers.py` "
            f"(from {P.NOTES_FILE}).", ""]
     out += [f"- {s}" for s in report.summary]
     out += ["- Each cell: **ours** mean ± std over seeds (n), the paper's value, Δ = ours − paper, and the MLflow "
@@ -894,7 +894,7 @@ def render_html(report: Report) -> str:
     e = html.escape
     ui = report.mlflow_ui_url
     body = ["<h1>MixKD report: the paper's tables with our runs</h1>",
-            f"<p>Paper: {e(P.PAPER)} ({e(P.PAPER_PDF)}); paper numbers from <code>mixkd/paper_numbers.py</code>.</p>",
+            f"<p>Paper: {e(P.PAPER)} ({e(P.PAPER_PDF)}); paper numbers from <code>mixkd/report/paper_numbers.py</code>.</p>",
             "<ul>" + "".join(f"<li>{_inline_md(s)}</li>" for s in report.summary) + "</ul>",
             "<p>Each cell: <b>ours</b> mean ± std over seeds (n), the paper's value, Δ = ours − paper, and links "
             f"to the runs in the MLflow UI ({e(ui)}). <i>no run</i>: no finished run; —: the paper gives no value.</p>"]
@@ -968,7 +968,7 @@ def write_report(tracking_uri: str, out: str | os.PathLike, experiment: str | No
     """Load the runs, build the report and write ``out``: report.md, report.html (self-contained),
     report.json (the structured tables with full run ids) and the PNGs. Written into a temporary
     folder next to ``out`` and renamed, so ``out`` is either complete or absent."""
-    from .runstore import load_runs
+    from ..tracking.runstore import load_runs
     out = check_out_dir(out, overwrite)
     df = load_runs(tracking_uri, experiment)
     report = build_report(df, mlflow_ui_url=mlflow_ui_url)

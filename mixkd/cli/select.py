@@ -1,12 +1,12 @@
 """``mixkd select``: the most accurate student of a sweep within a latency budget, exported with a model
-card, ``selection.json`` and a Pareto plot (see :mod:`mixkd.selection`)."""
+card, ``selection.json`` and a Pareto plot (see :mod:`mixkd.deploy.selection`)."""
 from __future__ import annotations
 
 import argparse
 import math
 
-from . import latency as L
-from .errors import UsageError
+from ..deploy import latency as L
+from ..core.errors import UsageError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .selection import select
+    from ..deploy.selection import select
     if not (math.isfinite(args.latency_budget_ms) and args.latency_budget_ms > 0):
         raise UsageError(f"--latency-budget-ms {args.latency_budget_ms:g} is invalid; use a positive number of milliseconds")
     if args.threads is not None and args.threads < 1:

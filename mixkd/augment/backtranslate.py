@@ -1,7 +1,7 @@
 """Back-translation (+BT) augmentation: English -> pivot -> English with two translation models.
 
 ``backtranslate(task, ...)`` rewrites the training subset (``--data-fraction`` / ``--data-seed``,
-the same rows :func:`mixkd.data.load_glue` selects) through a forward and a backward
+the same rows :func:`mixkd.core.data.load_glue` selects) through a forward and a backward
 ``AutoModelForSeq2SeqLM`` (default the MarianMT pair ``Helsinki-NLP/opus-mt-en-{pivot}`` and
 ``opus-mt-{pivot}-en``) and writes the result as a TSV in the task's own GLUE layout, loadable with
 ``--augment-file`` (or used directly by ``--augment bt``):
@@ -35,10 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from .data import cache_dir, load_split, read_glue_tsv, resolve_data_dir, subset_indices
-from .atomic import write_json_atomic
-from .errors import UsageError
-from .tasks import TaskSpec, get_task
+from ..core.data import cache_dir, load_split, read_glue_tsv, resolve_data_dir, subset_indices
+from ..core.atomic import write_json_atomic
+from ..core.errors import UsageError
+from ..core.tasks import TaskSpec, get_task
 
 FORMAT_VERSION = 1          # bump when the output of the same inputs changes
 DEFAULT_BATCH_SIZE = 32
@@ -209,7 +209,7 @@ def load_translation_model(name: str, flag: str, device, trust_remote_code: bool
     the model and the fix."""
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from .models import quiet_transformers
+    from ..core.models import quiet_transformers
     quiet_transformers()
     p = Path(name).expanduser()
     looks_local = name.startswith((".", "/", "~")) or p.exists()
@@ -235,7 +235,7 @@ class MarianRoundTrip:
 
     def __init__(self, settings: BTSettings, device: str = "auto", flags: tuple[str, str] = ("--forward-model",
                                                                                             "--backward-model")):
-        from .trainer import resolve_device
+        from ..core.trainer import resolve_device
         self.settings = settings
         self.device = resolve_device(device)
         fwd, bwd = settings.models

@@ -1,10 +1,10 @@
 """The most accurate student of a sweep within a latency budget.
 
-1. :func:`group_runs`: the finished trial runs of an MLflow store (read by :mod:`mixkd.runstore`) are
+1. :func:`group_runs`: the finished trial runs of an MLflow store (read by :mod:`mixkd.tracking.runstore`) are
    grouped by the tag ``config_group`` (the config hash without seeds), the primary dev metric
    ``final/primary`` is averaged over seeds (mean, sample std, 95% CI), and each group gets a latency at
    (percentile, batch size, seq len): the run's ``latency/b{B}_s{L}_{pXX}_ms`` metrics when the sweep
-   logged them, else measured here with :func:`mixkd.latency.cached_latency` from the run's model config.
+   logged them, else measured here with :func:`mixkd.deploy.latency.cached_latency` from the run's model config.
 2. :func:`pareto_front` over (score: higher is better, latency: lower is better).
 3. :func:`choose`: the group with the highest mean score whose latency meets the budget.
 4. :func:`export_student`: the best seed's model of that group, ``save_pretrained`` + tokenizer, a model
@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from .errors import UsageError
+from ..core.errors import UsageError
 from . import latency as L
 
 PERCENTILES = L.PERCENTILES
@@ -448,7 +448,7 @@ def export_student(chosen: Mapping[str, Any], out: str | os.PathLike, selection:
     at the end, so ``out`` is complete or absent. Refuses an existing ``out``."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from .modelcard import model_card
-    from .models import quiet_transformers
+    from ..core.models import quiet_transformers
     quiet_transformers()
     out = Path(out).expanduser()
     if out.exists():
@@ -553,7 +553,7 @@ def _typed_params(params: Mapping[str, str]) -> dict:
 
 def _primary_name(task: str | None) -> str:
     try:
-        from .tasks import get_task
+        from ..core.tasks import get_task
         return get_task(task).primary_metric
     except Exception:
         return "primary"
@@ -583,7 +583,7 @@ def select(tracking_uri: str, budget_ms: float, out: str | os.PathLike, *, exper
     if outp.exists():
         raise UsageError(f"--out {out} already exists; choose a new folder or remove it")
     L.device_info(device, dtype, threads)            # bad device / dtype / threads fail before any work
-    from .runstore import load_runs, resolve_tracking_uri
+    from ..tracking.runstore import load_runs, resolve_tracking_uri
     uri = resolve_tracking_uri(tracking_uri)
     df = load_runs(uri, experiment)
     rows = _records(df)
@@ -593,7 +593,7 @@ def select(tracking_uri: str, budget_ms: float, out: str | os.PathLike, *, exper
         raise UsageError(f"no finished trial runs with a final/primary metric in {where}; run or finish a sweep first")
     tasks = sorted({str(r.get("task")) for r in trials})
     if task is not None:
-        from .tasks import get_task
+        from ..core.tasks import get_task
         task = get_task(task).name
         trials = [r for r in trials if r.get("task") == task]
         if not trials:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .config import MixKDConfig
+from ..core.config import MixKDConfig
 
 
 def _metrics(row: dict[str, Any]) -> dict[str, Any]:
@@ -45,7 +45,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
     from ray.train import Checkpoint
 
-    from .run import distill, finetune
+    from ..jobs.run import distill, finetune
 
     cfg = MixKDConfig.from_dict(config["cfg"])
     rank = ray.train.get_context().get_world_rank()

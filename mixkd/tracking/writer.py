@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .config import MixKDConfig
+from ..core.config import MixKDConfig
 
 PARENT_TAG = "mixkd.sweep_id"
 ROLE_TAG = "mixkd.role"
@@ -56,7 +56,7 @@ def check_tracking_uri(uri: str) -> None:
     """Fail fast (one line) on a tracking store a sweep could not write: an http(s) server that does
     not answer, a sqlite file in a folder that cannot be created or written."""
     from urllib.parse import urlparse
-    from .errors import UsageError
+    from ..core.errors import UsageError
     import socket
     u = urlparse(uri)
     shown = redact_uri(uri)
@@ -116,7 +116,7 @@ def open_client(uri: str):
     path = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
     if path is None or path.exists():
         return MlflowClient(uri)
-    from .data import cache_dir
+    from ..core.data import cache_dir
     template = cache_dir() / "mlflow" / f"empty-{mlflow.__version__}.db"
     if template.is_file() and _copy_sqlite(template, path, default_artifacts=_default_artifact_location()):
         return MlflowClient(uri)

@@ -16,7 +16,7 @@ METHODS = ("backtranslate",)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .augment import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH
+    from ..augment.backtranslate import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH
     p.add_argument("--task", required=True, help="GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli")
     p.add_argument("--method", default="backtranslate", choices=METHODS,
                    help="augmentation method (default: backtranslate, English -> pivot -> English)")
@@ -47,8 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .augment import BTSettings, backtranslate
-    from .errors import UsageError
+    from ..augment.backtranslate import BTSettings, backtranslate
+    from ..core.errors import UsageError
     if not (args.device in ("auto", "cpu", "cuda") or args.device.startswith("cuda:")):
         raise UsageError(f"--device {args.device!r} is invalid: use auto, cpu, cuda or cuda:N")
     settings = BTSettings(pivot=args.pivot, forward_model=args.forward_model, backward_model=args.backward_model,

@@ -9,7 +9,7 @@ Conventions (the paper's): MRPC and QQP are F1/Acc; CoLA would be Matthews corre
 Pearson/Spearman (the paper runs neither); every other task is accuracy; MNLI-m is the matched dev
 or test set, MNLI-mm the mismatched one.
 
-Cell values are dicts of metric -> value using mixkd's metric names (``mixkd.tasks``):
+Cell values are dicts of metric -> value using mixkd's metric names (``mixkd.core.tasks``):
 ``accuracy``, ``f1``, ``accuracy_mm`` (MNLI mismatched), ``matthews_correlation``, ``pearson``,
 ``spearman``.
 

@@ -15,15 +15,15 @@ from typing import Any
 
 import torch
 
-from . import __version__
-from .atomic import write_json_atomic
-from .config import MixKDConfig, check_writable_dir, validate
-from .data import GlueData, load_glue
-from .errors import UsageError
-from .models import (build_student, check_same_vocab, count_parameters, encoder_layers, load_classifier,
+from .. import __version__
+from ..core.atomic import write_json_atomic
+from ..core.config import MixKDConfig, check_writable_dir, validate
+from ..core.data import GlueData, load_glue
+from ..core.errors import UsageError
+from ..core.models import (build_student, check_same_vocab, count_parameters, encoder_layers, load_classifier,
                      load_tokenizer)
-from .tasks import TaskSpec, get_task, metric_key
-from .trainer import (EvalCallback, Trainer, evaluate_model, make_collator, repair_checkpoints, resolve_device,
+from ..core.tasks import TaskSpec, get_task, metric_key
+from ..core.trainer import (EvalCallback, Trainer, evaluate_model, make_collator, repair_checkpoints, resolve_device,
                       seed_everything)
 
 RESULT_FILES = ("config.yaml", "metrics.json", "log.jsonl", "model", "checkpoints")
@@ -97,7 +97,7 @@ def _data_config(cfg: MixKDConfig) -> MixKDConfig:
     ``augment: bt`` (its hash and tags do not depend on where the cache lives)."""
     if cfg.augment != "bt":
         return cfg
-    from .augment import bt_file_for_config
+    from ..augment.backtranslate import bt_file_for_config
     return cfg.replace(augment_file=str(bt_file_for_config(cfg).path))
 
 
@@ -110,7 +110,7 @@ def _environment() -> dict[str, Any]:
 def _train(cfg: MixKDConfig, command: str, task: TaskSpec, student, tokenizer, data: GlueData,
            teacher=None, extra: dict | None = None, callbacks: list[EvalCallback] | None = None,
            wrap_model=None, resume_from: Path | None = None) -> dict:
-    from .trainer import distributed_context
+    from ..core.trainer import distributed_context
     is_main = distributed_context()[1] == 0
     out = Path(cfg.output_dir).expanduser()
     if is_main:
@@ -175,7 +175,7 @@ def distill(cfg: MixKDConfig, callbacks: list[EvalCallback] | None = None, wrap_
 
     ``before_write()``, if given, is called once the models and data are loaded, before anything is
     written to the output dir (a sweep trial waits there until Tune has saved it: see
-    mixkd.sweep.run_trial)."""
+    mixkd.platform.sweep.run_trial)."""
     cfg = validate(cfg, "distill")
     if resume_from is None:
         check_writable_dir(cfg.output_dir, "--output-dir")   # before loading anything
@@ -210,7 +210,7 @@ def distill(cfg: MixKDConfig, callbacks: list[EvalCallback] | None = None, wrap_
              "teacher_layers": teacher_layers, "student_layers_kept": kept,
              "student_model": cfg.student_model, "teacher_primary_value": (tmetrics or {}).get("primary_value")}
     if cfg.variant == "pkd":   # (student layer, teacher layer) pairs of the patient loss, 1-based
-        from .trainer import pkd_pairs
+        from ..core.trainer import pkd_pairs
         extra["pkd_layer_pairs"] = pkd_pairs(cfg, teacher, student)
     needs_teacher = any(t in cfg.terms for t in ("tmkd", "kd"))
     if not needs_teacher:

@@ -1,0 +1,3 @@
+"""Layer 4, tracking: MLflow. ``writer`` records sweeps (a parent run, nested teacher and trial runs);
+``runstore`` reads any store back as a DataFrame. Imports the core only (no Ray).
+"""
