@@ -5,10 +5,18 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
-GLUE_DIR ?= $(abspath ../shared/glue_data)
+# Data of the demo: --data-dir / $GLUE_DIR when given, else ../shared/glue_data when that folder exists,
+# else the hub (nyu-mll/glue) when it is reachable, else the SST-2 sample embedded in the package.
+SHARED_GLUE := $(abspath ../shared/glue_data)
+ifeq ($(origin GLUE_DIR),undefined)
+ifneq ($(wildcard $(SHARED_GLUE)/SST-2/train.tsv),)
+GLUE_DIR := $(SHARED_GLUE)
 export GLUE_DIR
-export HF_HUB_OFFLINE ?= 1
-export HF_DATASETS_OFFLINE ?= 1
+endif
+endif
+# The tests are offline and read the real GLUE files (../shared/glue_data unless GLUE_DIR says otherwise);
+# they fail loudly when those are missing.
+TEST_ENV = GLUE_DIR="$(or $(GLUE_DIR),$(SHARED_GLUE))" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 PYTEST_ARGS ?=
 
 .PHONY: install demo demo-runs test test-slow bench bench-sweep clean
@@ -35,12 +43,12 @@ demo-runs: install
 
 # The default suite leaves out the slow fault-injection tests (pyproject addopts: -m 'not slow').
 test: install
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # Fault injection (tests/test_faults.py): node loss, killed trial workers / teacher / sweep driver, NaN
 # loss, kills mid-checkpoint, concurrent MLflow writers. About 8 minutes on 2 cores.
 test-slow: install
-	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python experiments/bench_step.py

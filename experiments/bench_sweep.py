@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_spec(args):
-    from mixkd.platform.sweep import SweepSpec
+    from mixkd.platform.spec import SweepSpec
     base = {"epochs": args.epochs, "max_seq_length": 64, "student_layers": 2, "variant": "sm+tmkd",
             "max_eval_samples": 200, "lr": 1e-4}
     return SweepSpec(name="bench", mode="grid", tasks=["sst2"], teacher_model="minilm-l6", seeds=[42],
@@ -66,7 +66,7 @@ def run_swept(args) -> dict:
     from mixkd.cli.sweep import connect
     connect("local")
     init = time.perf_counter() - t0
-    from mixkd.platform.sweep import run_sweep
+    from mixkd.platform.driver import run_sweep
     import ray
     spec = make_spec(args)
     summary = run_sweep(spec)

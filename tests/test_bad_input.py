@@ -34,6 +34,11 @@ CASES = [
                                      "--output-dir", "{w}/o"], ["SST-2", "{emptyglue}"]),
     ("finetune-missing-glue-folder", ["finetune", "--task", "sst2", "--model", "{tiny}", "--data-dir", "{w}/noglue",
                                       "--output-dir", "{w}/o"], ["noglue", "is not a directory"]),
+    # no --data-dir, no $GLUE_DIR, the hub offline: only sst2 has the embedded sample
+    ("finetune-no-data-source", ["finetune", "--task", "rte", "--model", "{tiny}", "--output-dir", "{w}/o"],
+     ["no data for task rte", "HF_HUB_OFFLINE", "--data-dir"]),
+    ("finetune-max-train-samples-0", ["finetune", "--task", "sst2", "--max-train-samples", "0",
+                                      "--output-dir", "{w}/o"], ["--max-train-samples 0"]),
     ("finetune-malformed-yaml", ["finetune", "--config", "{preset:malformed}", "--output-dir", "{w}/o"],
      ["malformed.yaml"]),
     ("finetune-unwritable-output", ["finetune", "--task", "sst2", "--model", "{tiny}", "--data-dir", "{glue}",
@@ -68,6 +73,7 @@ CASES = [
      ["--latency-budget-ms -5"]),
     ("sweep-missing-glue-files", ["@sweep", "--preset", "{preset:valid}", "--data-dir", "{emptyglue}"],
      ["missing SST-2/train.tsv"]),
+    ("sweep-no-data-source", ["@sweep", "--preset", "{preset:no_data}"], ["no data for task mrpc", "--data-dir"]),
     ("sweep-unreachable-ray", ["@sweep", "--preset", "{preset:valid}", "--address", "127.0.0.1:1"],
      ["127.0.0.1:1", "ray start --head"]),
     ("sweep-malformed-ray-address", ["@sweep", "--preset", "{preset:valid}", "--address", "nohost"], ["nohost"]),
@@ -98,6 +104,7 @@ CASES = [
     ("report-unreachable-tracking-server", ["report", "--tracking-uri", "http://127.0.0.1:1", "--out", "{w}/rep"],
      ["127.0.0.1:1"]),
     ("augment-unknown-task", ["augment", "--task", "sst3"], ["sst3"]),
+    ("augment-no-data-source", ["augment", "--task", "cola"], ["no data for task cola"]),
     ("augment-data-fraction-0", ["augment", "--task", "sst2", "--data-dir", "{glue}", "--data-fraction", "0"],
      ["0"]),
 ]
@@ -118,6 +125,7 @@ def _presets(d: Path, tiny: Path, glue: Path) -> dict[str, Path]:
         "misspelled": {**{k: v for k, v in valid.items() if k != "num_samples"}, "num_sample": 2},
         "mse_temperature": {**valid, "base": {**valid["base"], "distance": "mse"},
                             "search_space": {**TINY_SPACE, "temperature": {"type": "loguniform", "low": 1, "high": 4}}},
+        "no_data": {**{k: v for k, v in valid.items() if k != "data_dir"}, "tasks": ["mrpc"]},
         "deep_student": {**valid, "search_space": {**TINY_SPACE, "student_layers": {"type": "choice",
                                                                                       "values": [2, 6]}}},
     }

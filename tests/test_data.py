@@ -1,6 +1,7 @@
 """GLUE loading: the real files, strict parsing of fixture files, subsets, tokenization and its cache."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -449,11 +450,14 @@ def test_load_glue_cache_follows_file_content(tmp_path, tok):
     assert d2.train[0]["input_ids"] == tok("awful movie", truncation=True, max_length=64)["input_ids"]
 
 
-def test_load_glue_hub_offline_raises(monkeypatch, tok):
+def test_load_glue_hub_offline_raises_but_sst2_loads_the_embedded_sample(monkeypatch, tok):
     monkeypatch.delenv("GLUE_DIR", raising=False)
     with pytest.raises(UsageError) as e:
-        load_glue(cfg_(data_dir=None), get_task("sst2"), tok)
+        load_glue(cfg_(task="rte", data_dir=None), get_task("rte"), tok)
     assert "--data-dir" in one_line(e)
+    d = load_glue(cfg_(data_dir=None, max_train_samples=300), get_task("sst2"), tok)
+    assert d.info["data_source"].startswith("embedded:") and d.info["train_rows_total"] == 4000
+    assert d.info["train_rows"] == 300 and d.info["dev_rows"] == 872 and d.info["max_train_samples"] == 300
 
 
 # --- task table -------------------------------------------------------------------------------
@@ -490,3 +494,106 @@ def test_task_table():
         if name != "mnli":
             assert len(spec.dev_splits) == 1
     assert get_task("mnli").num_labels == 3 and get_task("cola").has_header is False
+
+
+# --- data source order: flag, $GLUE_DIR, the hub when reachable, the embedded SST-2 sample ---------------
+
+@pytest.fixture
+def fresh_hub_status(monkeypatch):
+    """hub_status is asked once per process: clear it around each test (and restore the env it may set)."""
+    from mixkd.core import data as D
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_ENDPOINT", "GLUE_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    D.hub_status.cache_clear()
+    yield D
+    D.hub_status.cache_clear()
+
+
+def test_source_order_flag_env_hub_embedded(fresh_hub_status, tmp_path, monkeypatch, capsys):
+    D = fresh_hub_status
+    sst2, rte = get_task("sst2"), get_task("rte")
+    monkeypatch.setenv("GLUE_DIR", str(tmp_path))
+    flag = tmp_path / "flag"
+    flag.mkdir()
+    assert D.resolve_data_source(str(flag), sst2) == D.DataSource("dir", flag, f"the GLUE folder {flag} (--data-dir)")
+    assert D.resolve_data_source(None, sst2).path == tmp_path and "$GLUE_DIR" in D.resolve_data_source(None, sst2).description
+    monkeypatch.delenv("GLUE_DIR")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    src = D.resolve_data_source(None, sst2)
+    assert src.kind == "embedded" and src.path == D.EMBEDDED_DIR and "HF_HUB_OFFLINE is set" in src.description
+    with pytest.raises(UsageError) as e:
+        D.resolve_data_source(None, rte)
+    msg = one_line(e)
+    assert "no data for task rte" in msg and "--data-dir" in msg and "sst2" in msg
+    D.announce_data_source(src, sst2)
+    D.announce_data_source(src, sst2)                    # once per process and task
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mixkd: sst2 data from the SST-2 sample embedded in mixkd")
+
+
+def test_unreachable_hub_is_found_quickly_and_turns_offline(fresh_hub_status):
+    import time
+    D = fresh_hub_status
+    os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"     # nothing listens on the discard port
+    try:
+        t0 = time.monotonic()
+        reachable, why = D.hub_status()
+        assert not reachable and "unreachable" in why and time.monotonic() - t0 < 5
+        assert os.environ.get("HF_HUB_OFFLINE") == "1" and os.environ.get("HF_DATASETS_OFFLINE") == "1"
+        assert D.resolve_data_source(None, get_task("sst2")).kind == "embedded"
+    finally:
+        for var in ("HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+            os.environ.pop(var, None)
+        os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"   # as conftest set them
+
+
+def test_reachable_hub_is_chosen_before_the_embedded_sample(fresh_hub_status):
+    """A server that answers (even 404) counts as the hub being there."""
+    import http.server
+    import threading
+    D = fresh_hub_status
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+    server = http.server.HTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{server.server_port}"
+    try:
+        assert D.hub_status() == (True, f"http://127.0.0.1:{server.server_port} answered")
+        src = D.resolve_data_source(None, get_task("rte"))
+        assert src.kind == "hub" and src.path is None
+    finally:
+        server.shutdown()
+        os.environ.pop("HF_ENDPOINT", None)
+        os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+
+def test_embedded_sample_is_real_sst2_with_the_documented_counts(glue_dir):
+    from mixkd.core.data import EMBEDDED_DIR
+    task = get_task("sst2")
+    train = read_glue_tsv(EMBEDDED_DIR / "SST-2" / "train.tsv", task)
+    dev = read_glue_tsv(EMBEDDED_DIR / "SST-2" / "dev.tsv", task)
+    assert len(train["label"]) == 4000 and (train["label"].count(0), train["label"].count(1)) == (1768, 2232)
+    assert len(dev["label"]) == 872 and set(dev["label"]) == {0, 1}
+    full = read_glue_tsv(glue_dir / "SST-2" / "train.tsv", task)
+    rows = set(zip(full["sentence"], full["label"]))
+    assert all(r in rows for r in zip(train["sentence"], train["label"]))   # every row is a real SST-2 row
+    assert (EMBEDDED_DIR / "SST-2" / "dev.tsv").read_bytes() == (glue_dir / "SST-2" / "dev.tsv").read_bytes()
+    readme = (EMBEDDED_DIR / "README.md").read_text()
+    assert "Socher" in readme and "GLUE" in readme and "4,000" in readme
+
+
+def test_max_train_samples_caps_the_fraction_subset():
+    full = subset_indices(1000, 1.0, 3)
+    capped = subset_indices(1000, 1.0, 3, 100)
+    assert len(capped) == 100 and set(capped) <= set(full) and list(capped) == sorted(capped)
+    frac = subset_indices(1000, 0.5, 3)
+    both = subset_indices(1000, 0.5, 3, 50)
+    assert len(both) == 50 and set(both) <= set(frac)
+    assert list(subset_indices(1000, 0.5, 3, 5000)) == list(frac)          # a cap above the subset: unchanged
+    assert list(subset_indices(1000, 0.5, 3, 50)) == list(both)            # seeded

@@ -47,14 +47,14 @@ def fault_spec_dict(name: str, storage: Path, teacher_model: Path, data_dir: Pat
 
 
 def fault_spec(*args, **kw):
-    from mixkd.platform.sweep import SweepSpec
+    from mixkd.platform.spec import SweepSpec
     return SweepSpec.from_dict(fault_spec_dict(*args, **kw))
 
 
 # --- what a run folder and the stores say ---------------------------------------------------------
 
 def events(run_dir: Path) -> list[dict]:
-    from mixkd.core.trainer import read_jsonl
+    from mixkd.core.checkpoints import read_jsonl
     return read_jsonl(Path(run_dir) / "events.jsonl")
 
 
@@ -196,7 +196,7 @@ def test_node_loss_restarts_its_trial_from_the_checkpoint(tmp_path, tiny_bert_di
     from its checkpoint (resumed step 16, not 0), each trial has exactly one FINISHED MLflow run, and the
     Optuna study has each trial once."""
     import ray
-    from mixkd.platform.sweep import run_sweep
+    from mixkd.platform.driver import run_sweep
     spec = fault_spec("node-loss", tmp_path, tiny_bert_dir, small_glue_dir, num_samples=2, max_failures=1)
     trials = spec.experiment_dir / "trials"
     seen: dict = {}
@@ -255,7 +255,7 @@ def test_killed_trial_worker_is_retried_from_its_checkpoint_then_failed(tmp_path
     """SIGKILL a trial's worker after its first checkpoint: Tune retries it (max_failures=1) and it resumes
     from that checkpoint; SIGKILL the retry too: the trial is FAILED in MLflow with the reason and FAIL in
     Optuna, and the sweep finishes the other trials."""
-    from mixkd.platform.sweep import run_sweep
+    from mixkd.platform.driver import run_sweep
     spec = fault_spec("crash", tmp_path, tiny_bert_dir, small_glue_dir, num_samples=3, max_failures=1)
     trials = spec.experiment_dir / "trials"
     seen: dict = {}
@@ -326,7 +326,7 @@ def test_nan_loss_fails_the_trial_with_step_and_term_and_is_not_retried(tmp_path
     score to ASHA; the NaN is deterministic, so its retry (max_failures=1) fails at once without
     training again; the other trials finish."""
     import optuna
-    from mixkd.platform.sweep import run_sweep
+    from mixkd.platform.driver import run_sweep
     spec = fault_spec("nan", tmp_path, tiny_bert_dir, small_glue_dir, num_samples=3, max_failures=1)
     claim = tmp_path / "nan.claim"
     with local_ray(f"step_delay=0.02,nan_step=3,nan_term=tmkd,nan_claim={claim}"):
@@ -375,11 +375,11 @@ def test_teacher_crash_leaves_no_finished_looking_teacher_and_resume_continues_i
     teacher from its checkpoint (never from scratch, never the partial model) and runs the trials."""
     from mixkd.core.errors import SweepFailed, UsageError
     from mixkd.jobs.run import distill
-    from mixkd.platform.sweep import run_sweep
+    from mixkd.platform.driver import run_sweep
     from conftest import tiny_cfg
     spec_d = fault_spec_dict("teacher-crash", tmp_path, tiny_bert_dir, small_glue_dir, num_samples=2, max_failures=1,
                              teacher={**KNOBS, "max_steps": 40, "eval_steps": 8})
-    from mixkd.platform.sweep import SweepSpec
+    from mixkd.platform.spec import SweepSpec
     teacher = SweepSpec.from_dict(spec_d).experiment_dir / "teachers" / TEACHER_KEY
     seen: dict = {"pids": []}
 
@@ -572,7 +572,7 @@ def _run_state(out: Path) -> str:
     anything else (a torn file, a half-written model that looks final) fails the test."""
     import torch
     from safetensors.torch import load_file
-    from mixkd.core.trainer import read_jsonl, repair_checkpoints
+    from mixkd.core.checkpoints import read_jsonl, repair_checkpoints
     if (out / "metrics.json").is_file():
         json.loads((out / "metrics.json").read_text())
         load_file(str(out / "model" / "model.safetensors"))
@@ -650,7 +650,7 @@ def test_a_crash_inside_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_pat
     """The two points where a checkpoint write can die: while the new files are written (a temporary
     folder: `last` is untouched) and between the two renames (`last` moved to `last.old`): the previous
     checkpoint is what --resume finds, and a torn last log line is skipped."""
-    from mixkd.core import trainer as tr
+    from mixkd.core import checkpoints as ck
     from mixkd.jobs.run import finetune
     from conftest import tiny_cfg
     cfg = tiny_cfg(model=str(tiny_bert_dir), data_dir=str(small_glue_dir), max_steps=12, eval_steps=4,
@@ -660,7 +660,7 @@ def test_a_crash_inside_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_pat
     class Crash(BaseException):   # not an Exception: nothing may catch it, like a SIGKILL
         pass
 
-    real_replace, real_save = tr._atomic_replace_dir, tr.torch.save
+    real_replace, real_save = ck._atomic_replace_dir, ck.torch.save
     calls = {"n": 0}
 
     def crash_in_second_last_save(obj, path, *a, **kw):   # the 2nd 'last' checkpoint (step 8), mid-write
@@ -671,10 +671,10 @@ def test_a_crash_inside_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_pat
                 raise Crash()
         return real_save(obj, path, *a, **kw)
 
-    monkeypatch.setattr(tr.torch, "save", crash_in_second_last_save)
+    monkeypatch.setattr(ck.torch, "save", crash_in_second_last_save)
     with pytest.raises(Crash):
         finetune(cfg)
-    monkeypatch.setattr(tr.torch, "save", real_save)
+    monkeypatch.setattr(ck.torch, "save", real_save)
     assert (out / "checkpoints" / ".last.tmp").exists()   # the torn write stayed in the temporary folder
     assert _run_state(out) == "resumable"
     import torch
@@ -688,10 +688,10 @@ def test_a_crash_inside_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_pat
             raise Crash()
         return real_replace(tmp, final)
 
-    monkeypatch.setattr(tr, "_atomic_replace_dir", crash_between_renames)
+    monkeypatch.setattr(ck, "_atomic_replace_dir", crash_between_renames)
     with pytest.raises(Crash):
         finetune(cfg.replace(resume=True))
-    monkeypatch.setattr(tr, "_atomic_replace_dir", real_replace)
+    monkeypatch.setattr(ck, "_atomic_replace_dir", real_replace)
     assert not (out / "checkpoints" / "last").exists() and (out / "checkpoints" / "last.old").is_dir()
     assert _run_state(out) == "resumable"   # repair put last.old back
     assert torch.load(out / "checkpoints" / "last" / "trainer_state.pt", weights_only=True)["step"] == 4

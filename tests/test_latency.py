@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from mixkd.cli import main as cli
+from mixkd.cli import app as cli
 from mixkd.deploy import latency as L
 from mixkd.core.errors import UsageError
 

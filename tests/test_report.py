@@ -230,7 +230,9 @@ def test_limited_data_runs_get_their_own_table1(report):
     assert "10%" in t.title
     c = t.cell("BERT3-FT", "QQP (F1/Acc)")
     assert c.mean == pytest.approx([75.0, 80.0])
-    assert any("differs from the paper" in n for n in t.notes)
+    # another setting than the paper's: both numbers side by side, labelled, and no Δ between them
+    assert c.paper is not None and c.delta is None and c.delta_text() == ""
+    assert any(n.startswith("No Δ in this table") for n in t.notes) and "full data" in t.paper_label
 
 
 def test_table3_dev_next_to_test(report):
@@ -302,7 +304,7 @@ def _md_row(md: str, section: str, label: str) -> list[str]:
 
 
 def test_markdown_cells(report, store):
-    from mixkd.report.build import render_markdown
+    from mixkd.report.render import render_markdown
     md = render_markdown(report)
     header = _md_row(md, "Table 1", "Model")
     row = _md_row(md, "Table 1", "BERT6-FT")
@@ -318,7 +320,7 @@ def test_markdown_cells(report, store):
 
 
 def test_report_command_writes_self_contained_html(store, tmp_path, capsys):
-    from mixkd.cli.main import main
+    from mixkd.cli.app import main
     out = tmp_path / "rep"
     assert main(["report", "--tracking-uri", store.uri, "--out", str(out), "--mlflow-ui-url", "http://ui:5000/"]) == 0
     names = {p.name for p in out.iterdir()}
@@ -344,7 +346,7 @@ def test_report_command_writes_self_contained_html(store, tmp_path, capsys):
 
 @pytest.mark.parametrize("bad,match", [("experiment", "no mixkd experiment named 'zzz'"), ("store", "not found")])
 def test_report_command_bad_input_one_line_exit_2(store, tmp_path, capsys, bad, match):
-    from mixkd.cli.main import main
+    from mixkd.cli.app import main
     out = tmp_path / "rep"
     argv = (["--tracking-uri", store.uri, "--experiment", "zzz"] if bad == "experiment"
             else ["--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}"])

@@ -109,7 +109,7 @@ def test_no_trust_remote_code_unless_asked():
             kw = _kw(call, "trust_remote_code")
             assert kw is None or not isinstance(kw, ast.Constant) or kw.value is False, \
                 f"{path.relative_to(REPO)}:{call.lineno}"
-    from mixkd.cli.main import build_parser
+    from mixkd.cli.app import build_parser
     for cmd in ("finetune", "distill", "evaluate"):
         args = build_parser().parse_args([cmd, "--task", "sst2"])
         assert getattr(args, "trust_remote_code", False) is False   # only --trust-remote-code turns it on
@@ -137,7 +137,8 @@ def test_secrets_are_never_logged_or_saved(tmp_path, monkeypatch, tiny_bert_dir,
     from mixkd.core.config import MixKDConfig
     from mixkd.core.errors import UsageError
     from mixkd.platform.sweep import SweepSpec, saved_spec, summarize, sweep_params
-    from mixkd.tracking.writer import SweepTracker, check_tracking_uri, redact_uri
+    from mixkd.tracking.store import check_tracking_uri, redact_uri
+    from mixkd.tracking.writer import SweepTracker
     from test_sweep import spec_dict
     for var in ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD", "DATABRICKS_TOKEN"):
         monkeypatch.setenv(var, SECRET)

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from mixkd.cli import main as cli
+from mixkd.cli import app as cli
 from mixkd.deploy import latency as L
 from mixkd.core.errors import UsageError
 from mixkd.deploy.selection import choose, group_runs, pareto_front, plot_pareto

@@ -60,7 +60,7 @@ def spec_dict(name: str, storage: Path, teacher_model: Path, data_dir: Path, **k
 
 
 def make_spec(*args, **kw):
-    from mixkd.platform.sweep import SweepSpec
+    from mixkd.platform.spec import SweepSpec
     return SweepSpec.from_dict(spec_dict(*args, **kw))
 
 
@@ -192,7 +192,7 @@ def local_ray():
 def search_sweep(local_ray, tmp_path_factory, tiny_bert_dir, small_glue_dir):
     """A finished 3-trial OptunaSearch (NSGA-II on dev score and latency) + ASHA sweep with a latency
     budget every student meets (shared by the search, latency and teacher-once tests)."""
-    from mixkd.platform.sweep import run_sweep
+    from mixkd.platform.driver import run_sweep
     spec = make_spec("tiny-search", tmp_path_factory.mktemp("sweeps"), tiny_bert_dir, small_glue_dir,
                      latency_budget_ms=1e5)
     summary = run_sweep(spec)
@@ -252,8 +252,9 @@ class TestSingleNode:
         assert sel["score"] == pytest.approx(best["primary_value"])   # one seed: the best trial's score
 
     def test_teacher_trained_once_and_not_on_resume(self, search_sweep, monkeypatch, capsys):
-        import mixkd.platform.sweep
-        from mixkd.platform.sweep import SweepSpec, run_sweep
+        import mixkd.platform.prepare
+        from mixkd.platform.driver import run_sweep
+        from mixkd.platform.spec import SweepSpec
         spec, _ = search_sweep
         exp_dir = spec.experiment_dir
         teachers = [p for p in (exp_dir / "teachers").iterdir() if p.is_dir()]
@@ -263,7 +264,7 @@ class TestSingleNode:
 
         def must_not_finetune(cfg_dict):
             raise AssertionError("the teacher was fine-tuned again")
-        monkeypatch.setattr(mixkd.platform.sweep, "_finetune_task", must_not_finetune)
+        monkeypatch.setattr(mixkd.platform.prepare, "_finetune_task", must_not_finetune)
         capsys.readouterr()
         again = SweepSpec.from_dict(spec.to_dict())   # what --resume with the same preset rebuilds
         summary = run_sweep(again, resume=True)
@@ -278,7 +279,7 @@ class TestSingleNode:
 
     def test_grid_sweep_covers_every_cell_once(self, local_ray, tmp_path, tiny_bert_dir, small_glue_dir):
         from mixkd.core.config import MixKDConfig
-        from mixkd.platform.sweep import run_sweep
+        from mixkd.platform.driver import run_sweep
         grid = {"variant": ["ft", "sm+tmkd"], "student_layers": [1, 2]}
         spec = make_spec("tiny-grid", tmp_path, tiny_bert_dir, small_glue_dir, mode="grid", grid=grid,
                          search_space={})
@@ -450,7 +451,7 @@ def two_node_cluster():
 def test_two_node_cluster_places_trials_on_both_nodes(two_node_cluster, tmp_path, tiny_bert_dir, small_glue_dir):
     import ray
     from ray.util.state import list_actors
-    from mixkd.platform.sweep import run_sweep
+    from mixkd.platform.driver import run_sweep
     nodes = {n["NodeID"]: ("node_a" if "node_a" in n["Resources"] else "node_b")
              for n in ray.nodes() if n["Alive"]}
     assert sorted(nodes.values()) == ["node_a", "node_b"]

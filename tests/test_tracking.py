@@ -9,7 +9,8 @@ import pytest
 
 from mixkd.core.config import MixKDConfig
 from mixkd.core.errors import UsageError
-from mixkd.tracking.writer import BackgroundTracker, SweepTracker, check_tracking_uri
+from mixkd.tracking.store import check_tracking_uri
+from mixkd.tracking.writer import BackgroundTracker, SweepTracker
 
 
 def fake_run_dir(path, score=0.75, steps=(5, 10)):
@@ -148,7 +149,7 @@ def test_close_stale_trials_after_a_driver_crash(tmp_path):
 def test_close_orphan_optuna_trials(tmp_path):
     """An Optuna trial asked for just before a driver crash stays RUNNING forever: marked FAIL, once."""
     import optuna
-    from mixkd.platform.sweep import close_orphan_optuna_trials
+    from mixkd.platform.driver import close_orphan_optuna_trials
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
     study = optuna.create_study(study_name="s", storage=storage)
     done = study.ask()

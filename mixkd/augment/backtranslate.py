@@ -21,10 +21,11 @@ the same rows :func:`mixkd.core.data.load_glue` selects) through a forward and a
   with the same inputs returns the cached file without loading any model.
 
 No Ray or MLflow here; torch and transformers are imported only when a translation is generated.
+The settings and the cache live in :mod:`mixkd.augment.cache`; a translation backend is a module of its
+own that provides a :data:`RoundTrip`: :mod:`mixkd.augment.hf` (Hugging Face seq2seq models, the default).
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -33,72 +34,17 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
-from ..core.data import cache_dir, load_split, read_glue_tsv, resolve_data_dir, subset_indices
+from ..core.data import load_split, read_glue_tsv, resolve_data_dir, subset_indices
 from ..core.atomic import write_json_atomic
 from ..core.errors import UsageError
 from ..core.tasks import TaskSpec, get_task
-
-FORMAT_VERSION = 1          # bump when the output of the same inputs changes
-DEFAULT_BATCH_SIZE = 32
-DEFAULT_MAX_LENGTH = 256
+from .cache import BTSettings, _copy_atomic, _locked, cache_path, meta_path
+from .hf import MarianRoundTrip
 
 # a round trip: (texts, batch index) -> one back-translated string per text
 RoundTrip = Callable[[list[str], int], list[str]]
-
-
-def default_models(pivot: str) -> tuple[str, str]:
-    return f"Helsinki-NLP/opus-mt-en-{pivot}", f"Helsinki-NLP/opus-mt-{pivot}-en"
-
-
-@dataclass(frozen=True)
-class BTSettings:
-    """Everything that decides the generated text (and so the cache key), besides the data."""
-    pivot: str = "de"
-    forward_model: str | None = None      # default Helsinki-NLP/opus-mt-en-{pivot}
-    backward_model: str | None = None     # default Helsinki-NLP/opus-mt-{pivot}-en
-    num_beams: int = 4
-    do_sample: bool = False
-    top_p: float = 0.9
-    temperature: float = 1.0
-    max_length: int = DEFAULT_MAX_LENGTH  # input truncation and max new tokens, per translation
-    batch_size: int = DEFAULT_BATCH_SIZE  # rows per generate call (pairs: 2 sentences per row)
-    seed: int = 42
-    trust_remote_code: bool = False
-
-    @property
-    def models(self) -> tuple[str, str]:
-        fwd, bwd = default_models(self.pivot)
-        return self.forward_model or fwd, self.backward_model or bwd
-
-    def check(self) -> "BTSettings":
-        def bad(flag, value, fix):
-            raise UsageError(f"--{flag} {value!r} is invalid: {fix}")
-        if not self.pivot or not self.pivot.replace("_", "").replace("-", "").isalnum():
-            bad("pivot", self.pivot, "use a language code such as de, fr or zh")
-        if self.num_beams < 1:
-            bad("num-beams", self.num_beams, "use a beam size >= 1")
-        if not 0 < self.top_p <= 1:
-            bad("top-p", self.top_p, "use a probability mass in (0, 1]")
-        if self.temperature <= 0:
-            bad("temperature", self.temperature, "the sampling temperature must be > 0")
-        if self.max_length < 1:
-            bad("max-length", self.max_length, "use a positive number of tokens, e.g. 256")
-        if self.batch_size < 1:
-            bad("batch-size", self.batch_size, "use a positive number of rows per batch, e.g. 32")
-        return self
-
-    def generation_kwargs(self) -> dict:
-        kw = {"num_beams": self.num_beams, "do_sample": self.do_sample, "max_new_tokens": self.max_length}
-        if self.do_sample:   # pure nucleus sampling: top_k=0 turns off transformers' default top-k of 50
-            kw.update(top_p=self.top_p, temperature=self.temperature, top_k=0)
-        return kw
-
-    def key_dict(self) -> dict:
-        """The settings that change the output (sampling knobs only when sampling)."""
-        d = {"pivot": self.pivot, **self.generation_kwargs(), "batch_size": self.batch_size, "seed": self.seed}
-        return d
 
 
 @dataclass
@@ -138,7 +84,7 @@ def _synth_row(task: TaskSpec, texts: Sequence[str], label: str) -> list[str]:
 def load_source_rows(task: TaskSpec, data_dir: str | None) -> SourceRows:
     """The raw training rows: the local GLUE file's own fields (validated by the normal loader), or
     rows synthesised in the GLUE column layout from the hub split."""
-    d = resolve_data_dir(data_dir)
+    d = resolve_data_dir(data_dir, task)
     if d is not None:
         path = d / task.folder / "train.tsv"
         read_glue_tsv(path, task)                # every row checked, errors name file:line
@@ -188,122 +134,6 @@ def judge(sources: Sequence[str], outputs: Sequence[str]) -> str:
     return "ok"
 
 
-# --- models -----------------------------------------------------------------------------------------
-
-def model_fingerprint(name: str) -> str:
-    """A hub id as is; a local directory by its absolute path, config and weight-file sizes."""
-    p = Path(name).expanduser()
-    if not p.is_dir():
-        return name
-    h = hashlib.sha256(str(p.resolve()).encode())
-    for f in sorted(p.iterdir()):
-        if f.name in ("config.json", "generation_config.json"):
-            h.update(f.read_bytes())
-        elif f.suffix in (".safetensors", ".bin", ".model", ".spm", ".json"):
-            h.update(f"{f.name}:{f.stat().st_size}".encode())
-    return f"{p.resolve()}@{h.hexdigest()[:16]}"
-
-
-def load_translation_model(name: str, flag: str, device, trust_remote_code: bool = False):
-    """(tokenizer, model) of a seq2seq translation model; any failure is one UsageError line naming
-    the model and the fix."""
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-
-    from ..core.models import quiet_transformers
-    quiet_transformers()
-    p = Path(name).expanduser()
-    looks_local = name.startswith((".", "/", "~")) or p.exists()
-    if looks_local and not p.is_dir():
-        raise UsageError(f"translation model '{name}' ({flag}) does not exist; pass an existing local model "
-                         f"directory or a hub id with {flag}")
-    try:
-        tok = AutoTokenizer.from_pretrained(str(p) if looks_local else name, trust_remote_code=trust_remote_code)
-        model = AutoModelForSeq2SeqLM.from_pretrained(str(p) if looks_local else name,
-                                                      trust_remote_code=trust_remote_code)
-    except Exception as e:  # offline hub, missing files, not a seq2seq model, missing sentencepiece ...
-        msg = (str(e).strip().splitlines() or [""])[0][:160]
-        fix = (f"pass {flag} a local directory with a saved translation model (save_pretrained of the model "
-               f"and its tokenizer)" if looks_local else
-               f"without network, download it where there is one (e.g. `hf download {name}`) and pass the "
-               f"local directory with {flag}; Marian tokenizers also need `pip install sentencepiece`")
-        raise UsageError(f"cannot load translation model '{name}' ({type(e).__name__}: {msg}); {fix}") from None
-    return tok, model.to(device).eval()
-
-
-class MarianRoundTrip:
-    """English -> pivot -> English with two seq2seq models, batched and seeded per batch."""
-
-    def __init__(self, settings: BTSettings, device: str = "auto", flags: tuple[str, str] = ("--forward-model",
-                                                                                            "--backward-model")):
-        from ..core.trainer import resolve_device
-        self.settings = settings
-        self.device = resolve_device(device)
-        fwd, bwd = settings.models
-        self.forward = load_translation_model(fwd, flags[0], self.device, settings.trust_remote_code)
-        self.backward = load_translation_model(bwd, flags[1], self.device, settings.trust_remote_code)
-
-    def _generate(self, pair, texts: list[str], seed: int) -> list[str]:
-        import torch
-        tok, model = pair
-        n = self.settings.max_length     # never past the model's position table (decoder start included)
-        positions = getattr(model.config, "max_position_embeddings", None)
-        if positions:
-            n = min(n, positions - 1)
-        enc = tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=n)
-        enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-        torch.manual_seed(seed)          # CPU and CUDA generators: sampling repeats exactly per batch
-        with torch.inference_mode():
-            out = model.generate(**enc, **{**self.settings.generation_kwargs(), "max_new_tokens": n})
-        return tok.batch_decode(out, skip_special_tokens=True, clean_up_tokenization_spaces=True)
-
-    def __call__(self, texts: list[str], batch_index: int) -> list[str]:
-        base = self.settings.seed * 1_000_003 + 2 * batch_index
-        pivot = self._generate(self.forward, texts, base)
-        return self._generate(self.backward, pivot, base + 1)
-
-
-# --- the cache --------------------------------------------------------------------------------------
-
-def augment_root(augment_dir: str | None = None) -> Path:
-    return Path(augment_dir).expanduser() if augment_dir else cache_dir() / "augment"
-
-
-def cache_path(task: TaskSpec, source: SourceRows, fraction: float, data_seed: int, settings: BTSettings,
-               augment_dir: str | None = None) -> tuple[Path, dict]:
-    """Deterministic path of the back-translation of this subset with these models and settings."""
-    fwd, bwd = settings.models
-    key = {"format": FORMAT_VERSION, "method": "backtranslate", "task": task.name, "source": source.content_id,
-           "data_fraction": float(fraction), "data_seed": int(data_seed), "forward_model": model_fingerprint(fwd),
-           "backward_model": model_fingerprint(bwd), "settings": settings.key_dict()}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    name = f"{task.name}-bt-{settings.pivot}-f{float(fraction):g}-s{data_seed}-{digest}.tsv"
-    return augment_root(augment_dir) / name, key
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock on ``path`` (two processes never append to the same partial file)."""
-    import fcntl
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _copy_atomic(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    tmp.write_bytes(src.read_bytes())
-    os.replace(tmp, dst)
-
-
-def meta_path(path: Path) -> Path:
-    return path.with_name(path.name + ".json")
-
-
 # --- the job ----------------------------------------------------------------------------------------
 
 def backtranslate(task: str | TaskSpec, data_dir: str | None = None, data_fraction: float | None = None,
@@ -311,10 +141,12 @@ def backtranslate(task: str | TaskSpec, data_dir: str | None = None, data_fracti
                   out: str | os.PathLike | None = None, augment_dir: str | None = None,
                   translator: RoundTrip | None = None, progress: bool = True,
                   log: Callable[[str], None] | None = None,
-                  flags: tuple[str, str] = ("--forward-model", "--backward-model")) -> AugmentResult:
+                  flags: tuple[str, str] = ("--forward-model", "--backward-model"),
+                  max_rows: int | None = None) -> AugmentResult:
     """Back-translate the training subset of ``task``; returns where the TSV is and what was dropped.
 
-    ``data_seed`` defaults to ``settings.seed`` (as ``--data-seed`` defaults to ``--seed``).
+    ``data_seed`` defaults to ``settings.seed`` (as ``--data-seed`` defaults to ``--seed``); ``max_rows``
+    caps the subset as ``--max-train-samples`` does for training.
     ``translator`` replaces the model round trip (tests); it is built only on a cache miss.
     """
     t0 = time.time()
@@ -326,7 +158,7 @@ def backtranslate(task: str | TaskSpec, data_dir: str | None = None, data_fracti
     data_seed = settings.seed if data_seed is None else int(data_seed)
     log = log or (lambda msg: print(msg, file=sys.stderr))
     source = load_source_rows(task, data_dir)
-    final, key = cache_path(task, source, fraction, data_seed, settings, augment_dir)
+    final, key = cache_path(task, source, fraction, data_seed, settings, augment_dir, max_rows)
     final.parent.mkdir(parents=True, exist_ok=True)
 
     def finish(result: AugmentResult) -> AugmentResult:
@@ -351,14 +183,14 @@ def backtranslate(task: str | TaskSpec, data_dir: str | None = None, data_fracti
         if final.is_file():                      # another process finished it while we waited
             return from_cache()
         result = _generate(task, source, fraction, data_seed, settings, final, key, device, translator,
-                           progress, log, flags)
+                           progress, log, flags, max_rows)
     return finish(result)
 
 
 def _generate(task: TaskSpec, source: SourceRows, fraction: float, data_seed: int, settings: BTSettings,
               final: Path, key: dict, device: str, translator: RoundTrip | None, progress: bool,
-              log: Callable[[str], None], flags: tuple[str, str]) -> AugmentResult:
-    idx = subset_indices(len(source.rows), fraction, data_seed).tolist()
+              log: Callable[[str], None], flags: tuple[str, str], max_rows: int | None = None) -> AugmentResult:
+    idx = subset_indices(len(source.rows), fraction, data_seed, max_rows).tolist()
     cols = task.text_columns
     # long rows together: less padding per generate call; the plan is fixed by the data alone
     order = sorted(idx, key=lambda i: (sum(len(source.rows[i][c]) for c in cols), i))
@@ -461,7 +293,7 @@ def bt_cache_path(cfg) -> Path:
     settings = settings_from_config(cfg).check()
     fraction = 1.0 if cfg.data_fraction is None else cfg.data_fraction
     return cache_path(task, load_source_rows(task, cfg.data_dir), fraction, cfg.resolved_data_seed, settings,
-                      cfg.augment_dir)[0]
+                      cfg.augment_dir, cfg.max_train_samples)[0]
 
 
 def bt_file_for_config(cfg, progress: bool | None = None) -> AugmentResult:
@@ -469,27 +301,6 @@ def bt_file_for_config(cfg, progress: bool | None = None) -> AugmentResult:
     ``cfg.device``). The generation seed is the data seed: runs on the same subset share one file."""
     return backtranslate(cfg.task, cfg.data_dir, cfg.data_fraction, cfg.resolved_data_seed,
                          settings_from_config(cfg), device=cfg.device, augment_dir=cfg.augment_dir,
-                         progress=cfg.progress if progress is None else progress, flags=CONFIG_FLAGS)
-
-
-def save_tiny_translation_model(path, tokenizer_dir, positions: int = 128, seed: int = 0,
-                                eos_logit_bias: float = 0.0):
-    """Save a 1+1-layer, 16-wide random-weight MarianMT with ``tokenizer_dir``'s vocabulary ([SEP] is its
-    EOS) and that tokenizer: runs the whole back-translation path offline (tests, demos), translating into
-    random words. ``positions - 1`` bounds the generated length; ``eos_logit_bias`` makes it stop early."""
-    import torch
-    from transformers import AutoTokenizer, MarianConfig, MarianMTModel
-    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    torch.manual_seed(seed)
-    cfg = MarianConfig(vocab_size=len(tok), d_model=16, encoder_layers=1, decoder_layers=1,
-                       encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
-                       max_position_embeddings=positions, pad_token_id=tok.pad_token_id, eos_token_id=tok.sep_token_id,
-                       decoder_start_token_id=tok.pad_token_id, forced_eos_token_id=None)
-    model = MarianMTModel(cfg)
-    if eos_logit_bias:
-        with torch.no_grad():
-            model.final_logits_bias[0, tok.sep_token_id] = eos_logit_bias
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+                         progress=cfg.progress if progress is None else progress, flags=CONFIG_FLAGS,
+                         max_rows=cfg.max_train_samples)
 

@@ -1,4 +1,4 @@
 """Layer 8, the command line: ``mixkd <command>``, one module per command and one error contract
 (bad input: one line on stderr, exit 2). The top layer: may import every other layer.
 """
-from .main import main  # noqa: F401
+from .app import main  # noqa: F401

@@ -16,7 +16,7 @@ METHODS = ("backtranslate",)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..augment.backtranslate import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH
+    from ..augment.cache import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH
     p.add_argument("--task", required=True, help="GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli")
     p.add_argument("--method", default="backtranslate", choices=METHODS,
                    help="augmentation method (default: backtranslate, English -> pivot -> English)")
@@ -30,6 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-fraction", type=float, help="back-translate this fraction of the training set: the "
                                                       "same seeded subset as a run's --data-fraction (default 1)")
     p.add_argument("--data-seed", type=int, help="seed of the subset (default: --seed)")
+    p.add_argument("--max-train-samples", type=int, help="at most N rows of the subset, as the training run uses")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="rows per generate call")
     p.add_argument("--num-beams", type=int, default=4, help="beam size (1 with --do-sample: pure sampling)")
     p.add_argument("--do-sample", action=argparse.BooleanOptionalAction, default=False,
@@ -47,17 +48,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..augment.backtranslate import BTSettings, backtranslate
+    from ..augment.backtranslate import backtranslate
+    from ..augment.cache import BTSettings
     from ..core.errors import UsageError
     if not (args.device in ("auto", "cpu", "cuda") or args.device.startswith("cuda:")):
         raise UsageError(f"--device {args.device!r} is invalid: use auto, cpu, cuda or cuda:N")
+    if args.max_train_samples is not None and args.max_train_samples < 1:
+        raise UsageError(f"--max-train-samples {args.max_train_samples} is invalid: use a positive number of rows")
     settings = BTSettings(pivot=args.pivot, forward_model=args.forward_model, backward_model=args.backward_model,
                           num_beams=args.num_beams, do_sample=args.do_sample, top_p=args.top_p,
                           temperature=args.temperature, max_length=args.max_length, batch_size=args.batch_size,
                           seed=args.seed, trust_remote_code=args.trust_remote_code)
     try:
         r = backtranslate(args.task, args.data_dir, args.data_fraction, args.data_seed, settings, device=args.device,
-                          out=args.out, augment_dir=args.augment_dir, progress=args.progress)
+                          out=args.out, augment_dir=args.augment_dir, progress=args.progress,
+                          max_rows=args.max_train_samples)
     except KeyboardInterrupt:
         print("mixkd augment: interrupted; run the same command again to continue where it stopped",
               file=sys.stderr)

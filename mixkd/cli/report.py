@@ -9,7 +9,7 @@ import os
 import sys
 
 from ..core.errors import UsageError
-from ..report.build import DEFAULT_UI
+from ..report.cells import DEFAULT_UI
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,7 +38,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def cli(argv=None, prog: str = "make_report.py") -> int:
-    from .main import standalone
+    from .app import standalone
     return standalone(argv, prog, "Rebuild the MixKD paper's tables from the MLflow runs of mixkd sweeps.",
                       add_arguments, main)
 

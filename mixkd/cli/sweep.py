@@ -50,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def load_spec(args: argparse.Namespace):
-    from ..platform.sweep import SweepSpec
+    from ..platform.spec import SweepSpec
     preset = args.preset
     path = PRESETS_DIR / f"{preset}.yaml" if preset in PRESETS else Path(preset)
     if not path.is_file():
@@ -115,13 +115,15 @@ def connect(address: str) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..platform.sweep import format_summary, preflight, run_sweep
+    from ..platform.driver import run_sweep
+    from ..platform.spec import preflight
+    from ..platform.summary import format_summary
     spec = load_spec(args)
     preflight(spec)   # storage, GLUE files, student depth: before Ray starts
     if (spec.experiment_dir / "sweep.yaml").is_file() and not args.resume:   # before Ray starts
         raise UsageError(f"experiment '{spec.experiment_dir}' exists; pass --resume to continue it or choose "
                          f"another --experiment-name")
-    from ..tracking.writer import check_tracking_uri, default_tracking_uri
+    from ..tracking.store import check_tracking_uri, default_tracking_uri
     check_tracking_uri(spec.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
                        or default_tracking_uri(spec.experiment_dir))   # one line now, not after the sweep
     where = connect(args.address)
@@ -141,6 +143,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 def cli(argv=None, prog: str = "glue_sweep.py") -> int:
-    from .main import standalone
+    from .app import standalone
     return standalone(argv, prog, "Run a MixKD sweep (Ray Tune + Optuna/ASHA or a grid) recorded in MLflow.",
                       add_arguments, main)

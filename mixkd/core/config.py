@@ -49,6 +49,9 @@ class MixKDConfig:
                                               "seeded subset (default: the teacher's for distill, else 1)")
     data_seed: Optional[int] = _f(None, "seed of the --data-fraction subset (default: the teacher's for "
                                         "distill, else --seed)")
+    max_train_samples: Optional[int] = _f(None, "use at most N training rows: a seeded random subset of the "
+                                                "--data-fraction subset (default: the teacher's for distill, "
+                                                "else all of them)")
     augment_file: Optional[str] = _f(None, "extra training rows (e.g. back-translation) as a TSV in the "
                                            "task's own GLUE layout")
     augment: str = _f("none", "data augmentation of the training subset: none, or bt (English -> --bt-pivot "
@@ -268,6 +271,8 @@ def validate(cfg: MixKDConfig, command: str) -> MixKDConfig:
             bad(f.name.replace("_", "-"), v, f"choose one of: {', '.join(ch)}")
     if cfg.data_fraction is not None and not (0.0 < cfg.data_fraction <= 1.0):
         bad("data-fraction", cfg.data_fraction, "use a value in (0, 1], e.g. 0.1 for 10%")
+    if cfg.max_train_samples is not None and (isinstance(cfg.max_train_samples, bool) or cfg.max_train_samples < 1):
+        bad("max-train-samples", cfg.max_train_samples, "use a positive number of rows or leave it unset")
     if cfg.max_seq_length < 8 or cfg.max_seq_length > 8192:
         bad("max-seq-length", cfg.max_seq_length, "use a length between 8 and the model's maximum, e.g. 128")
     if cfg.max_eval_samples is not None and cfg.max_eval_samples < 1:

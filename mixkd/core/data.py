@@ -1,4 +1,5 @@
-"""GLUE data: the original TSV layout (``--data-dir`` / ``$GLUE_DIR``) or the hub (``nyu-mll/glue``).
+"""GLUE data: the original TSV layout (``--data-dir`` / ``$GLUE_DIR``), the hub (``nyu-mll/glue``), or the
+SST-2 sample embedded in the package (``sample_data/``, for a machine with neither).
 
 Local files are parsed strictly (GLUE TSV is unquoted: quote characters are kept verbatim; CoLA
 has no header; every row is checked for its field count and label) so a bad row gives a one-line
@@ -7,9 +8,11 @@ error naming the file and line. Rows become a ``datasets.Dataset``; tokenization
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,17 +29,80 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MIXKD_CACHE", Path.home() / ".cache" / "mixkd"))
 
 
-def resolve_data_dir(data_dir: str | None) -> Path | None:
-    """--data-dir, else $GLUE_DIR, else None (the hub)."""
+EMBEDDED_DIR = Path(__file__).resolve().parent / "sample_data"   # GLUE layout; see its README.md
+EMBEDDED_TASKS = ("sst2",)
+_TRUE = ("1", "ON", "YES", "TRUE")
+
+
+@functools.lru_cache(maxsize=None)
+def hub_status(timeout: float = 3.0) -> tuple[bool, str]:
+    """(reachable, why): offline when ``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE`` is set, else one HEAD
+    request to the hub (``$HF_ENDPOINT``, proxies honoured) with a short timeout, so an unreachable hub costs
+    seconds instead of the datasets library's retries. Asked once per process; an unreachable hub sets
+    ``HF_HUB_OFFLINE=1`` and ``HF_DATASETS_OFFLINE=1`` for this process and the ones it starts (Ray workers),
+    so they neither ask again nor let the Hugging Face libraries retry."""
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        if os.environ.get(var, "").strip().upper() in _TRUE:
+            return False, f"{var} is set"
+    import urllib.error
+    import urllib.request
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    try:
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/api/datasets/{HUB_DATASET}", method="HEAD"),
+                               timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return True, f"{endpoint} answered"       # the server is there (an error status is still an answer)
+    except (OSError, ValueError) as e:           # URLError, timeouts, DNS failures are OSErrors
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+        return False, f"{endpoint} is unreachable ({type(getattr(e, 'reason', e)).__name__})"
+    return True, f"{endpoint} answered"
+
+
+@dataclass(frozen=True)
+class DataSource:
+    kind: str                # "dir" (a GLUE folder), "hub" or "embedded"
+    path: Path | None        # the GLUE-layout folder (None: the hub)
+    description: str         # one line for people: which source, and why this one
+
+
+_announced: set[tuple[str, str]] = set()
+
+
+def resolve_data_source(data_dir: str | None, task: TaskSpec | None = None) -> DataSource:
+    """Where a task's data comes from, in this order: ``--data-dir``, ``$GLUE_DIR``, the hub when it is
+    reachable, the embedded sample (``sst2`` only). ``task=None`` stops before the hub check (the hub)."""
     d = data_dir or os.environ.get("GLUE_DIR") or None
-    if d is None:
-        return None
-    p = Path(d).expanduser()
-    if not p.is_dir():
+    if d is not None:
+        p = Path(d).expanduser()
         src = "--data-dir" if data_dir else "$GLUE_DIR"
-        raise UsageError(f"{src} '{d}' is not a directory; point it at a GLUE folder (with SST-2/, MRPC/, ...) "
-                         f"or leave it unset to load from the hub")
-    return p
+        if not p.is_dir():
+            raise UsageError(f"{src} '{d}' is not a directory; point it at a GLUE folder (with SST-2/, MRPC/, ...) "
+                             f"or leave it unset to load from the hub")
+        return DataSource("dir", p, f"the GLUE folder {p} ({src})")
+    if task is None:
+        return DataSource("hub", None, f"the Hugging Face hub ({HUB_DATASET})")
+    reachable, why = hub_status()
+    if reachable:
+        return DataSource("hub", None, f"the Hugging Face hub ({HUB_DATASET}; no --data-dir or $GLUE_DIR)")
+    if task.name in EMBEDDED_TASKS:
+        return DataSource("embedded", EMBEDDED_DIR,
+                          f"the SST-2 sample embedded in mixkd ({EMBEDDED_DIR}: 4,000 train rows, the 872-row dev "
+                          f"set; no --data-dir or $GLUE_DIR, and the hub is offline: {why})")
+    raise UsageError(f"no data for task {task.name}: no --data-dir or $GLUE_DIR, the hub is offline ({why}), and the "
+                     f"embedded sample holds {', '.join(EMBEDDED_TASKS)} only; pass --data-dir PATH/glue_data")
+
+
+def resolve_data_dir(data_dir: str | None, task: TaskSpec | None = None) -> Path | None:
+    """The GLUE-layout folder a task's data comes from (None: the hub); see :func:`resolve_data_source`."""
+    return resolve_data_source(data_dir, task).path
+
+
+def announce_data_source(source: DataSource, task: TaskSpec) -> None:
+    """One line on stderr, once per process and task, saying which data source is used."""
+    if (task.name, source.description) not in _announced:
+        _announced.add((task.name, source.description))
+        print(f"mixkd: {task.name} data from {source.description}", file=sys.stderr, flush=True)
 
 
 def read_glue_tsv(path: Path, task: TaskSpec) -> dict[str, list]:
@@ -106,12 +172,16 @@ def load_split(task: TaskSpec, split: str, data_dir: Path | None, dev: DevSplit 
     return ds, f"hub:{HUB_DATASET}/{task.hub_config}/{hub_split}", ds._fingerprint
 
 
-def subset_indices(n: int, fraction: float, seed: int) -> np.ndarray:
-    """A fixed random subset of round(fraction * n) rows (at least 1), sorted, from a seeded RNG."""
-    if fraction >= 1.0:
-        return np.arange(n)
-    size = max(1, int(round(fraction * n)))
-    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+def subset_indices(n: int, fraction: float, seed: int, max_rows: int | None = None) -> np.ndarray:
+    """A fixed random subset of round(fraction * n) rows (at least 1), sorted, from a seeded RNG; with
+    ``max_rows``, at most that many of them (a second seeded draw from the fraction's subset)."""
+    idx = np.arange(n)
+    if fraction < 1.0:
+        size = max(1, int(round(fraction * n)))
+        idx = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+    if max_rows is not None and len(idx) > max_rows:
+        idx = np.sort(np.random.default_rng([seed, 1]).choice(idx, size=max_rows, replace=False))
+    return idx
 
 
 @dataclass
@@ -148,15 +218,17 @@ def load_glue(cfg, task: TaskSpec, tokenizer, train: bool = True) -> GlueData:
 
     import datasets
     datasets.disable_progress_bars()
-    data_dir = resolve_data_dir(cfg.data_dir)
-    info: dict[str, Any] = {"data_source": str(data_dir) if data_dir else f"hub:{HUB_DATASET}"}
+    source = resolve_data_source(cfg.data_dir, task)
+    data_dir = source.path
+    info: dict[str, Any] = {"data_source": {"embedded": f"embedded:{data_dir}", "hub": f"hub:{HUB_DATASET}"}.get(
+        source.kind, str(data_dir))}
     train_ds = None
     if train:
         raw, src, content = load_split(task, "train", data_dir)
         fraction = 1.0 if cfg.data_fraction is None else cfg.data_fraction
-        idx = subset_indices(len(raw), fraction, cfg.resolved_data_seed)
+        idx = subset_indices(len(raw), fraction, cfg.resolved_data_seed, cfg.max_train_samples)
         info.update(train_rows_total=len(raw), train_rows_subset=int(len(idx)),
-                    data_fraction=fraction, data_seed=cfg.resolved_data_seed,
+                    data_fraction=fraction, data_seed=cfg.resolved_data_seed, max_train_samples=cfg.max_train_samples,
                     subset_fingerprint=hashlib.sha256(idx.astype(np.int64).tobytes()).hexdigest()[:16])
         if len(idx) < len(raw):
             raw = raw.select(idx)
@@ -177,4 +249,5 @@ def load_glue(cfg, task: TaskSpec, tokenizer, train: bool = True) -> GlueData:
             content = f"{content}|first{len(raw)}"
         info[f"dev_rows{'_' + split.name if split.name else ''}"] = len(raw)
         dev[split.name] = _tokenize(raw, task, tokenizer, cfg.max_seq_length, content)
+    announce_data_source(source, task)   # after the files were read: bad data stays a one-line error
     return GlueData(task, train_ds, dev, list(task.dev_splits), info)

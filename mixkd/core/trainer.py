@@ -10,11 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import random
-import shutil
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,43 +19,17 @@ import torch
 from torch import nn
 
 from . import faults, losses
+from .checkpoints import (append_event, read_checkpoint, repair_checkpoints, rng_state, set_rng_state, truncate_log,
+                          write_checkpoint)
+from .checkpoints import read_jsonl  # noqa: F401 (mixkd.platform imports it from here)
 from .data import GlueData
+from .device import autocast_for, distributed_context, resolve_device
 from .errors import NonFiniteLossError, UsageError
 from .metrics import glue_metrics
 from .mixup import _token_type_table, mix_embeddings, mix_labels, sample_plan
 from .tasks import TaskSpec, metric_key
 
 EvalCallback = Callable[[dict[str, Any], Path], None]
-
-
-def distributed_context() -> tuple[int, int]:
-    """(world size, rank) of an initialised torch.distributed group, else (1, 0)."""
-    import torch.distributed as dist
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {name} was asked for but no CUDA GPU is visible; use --device cpu or auto")
-    return torch.device(name)
-
-
-def autocast_for(device: torch.device, precision: str):
-    """bf16 autocast on GPU (auto or bf16); fp32 on CPU unless bf16 is forced (slow on AVX2 CPUs)."""
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    if not use_bf16:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def model_inputs(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -125,68 +95,6 @@ def evaluate_model(model: nn.Module, data: GlueData, collator, batch_size: int, 
         logits, labels = predict(model, data.dev[split.name], collator, batch_size, device, precision)
         out.update(glue_metrics(data.task, logits, labels, split))
     return out
-
-
-def _atomic_replace_dir(tmp: Path, final: Path) -> None:
-    """Make the complete folder ``tmp`` the new ``final``. Two renames (a folder cannot replace a non-empty
-    one in one step): a crash between them leaves ``final.old`` (complete) and no ``final``, which
-    :func:`repair_checkpoints` puts back; a crash before them leaves the old ``final`` untouched."""
-    old = final.with_name(final.name + ".old")
-    if old.exists():
-        if final.exists():
-            shutil.rmtree(old)
-        else:   # a crash between the renames of the previous save: old is the checkpoint, keep it
-            old.rename(final)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    if old.exists():
-        shutil.rmtree(old)
-
-
-def repair_checkpoints(ckpt_dir: Path) -> None:
-    """Undo what a crash during :meth:`Trainer.save_checkpoint` left in ``ckpt_dir``: a checkpoint
-    moved aside (``last.old`` without ``last``) is put back; half-written temporary folders are removed."""
-    ckpt_dir = Path(ckpt_dir)
-    if not ckpt_dir.is_dir():
-        return
-    for which in ("last", "best"):
-        final, old = ckpt_dir / which, ckpt_dir / f"{which}.old"
-        if old.is_dir():
-            if final.is_dir():
-                shutil.rmtree(old)
-            else:
-                old.rename(final)
-        tmp = ckpt_dir / f".{which}.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-
-
-def append_event(out_dir: Path, event: str, **fields: Any) -> None:
-    """One line of ``events.jsonl`` in a run folder: each start, resume (with the step it resumed from)
-    and sweep attempt (pid, Ray node) of the run, so a restart after a crash can be seen and checked."""
-    import socket
-    row = {"event": event, "time": round(time.time(), 3), "pid": os.getpid(), "host": socket.gethostname(),
-           **fields}
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "events.jsonl", "a") as fh:
-        fh.write(json.dumps(row, default=str) + "\n")
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The rows of a JSON-lines file; a last line torn by a crash mid-write is skipped."""
-    rows = []
-    path = Path(path)
-    if not path.is_file():
-        return rows
-    for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return rows
 
 
 class Trainer:
@@ -345,66 +253,32 @@ class Trainer:
         return totals
 
     # --- checkpoints ------------------------------------------------------------------------
-    def _rng_state(self) -> dict[str, Any]:
-        st = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
-              "python_version": random.getstate()[0]}
-        if torch.cuda.is_available():
-            st["cuda"] = torch.cuda.get_rng_state_all()
-        return st
-
-    def _set_rng_state(self, st: dict[str, Any]) -> None:
-        torch.set_rng_state(st["torch"])
-        random.setstate((st["python_version"], tuple(st["python"]), None))
-        if "cuda" in st and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(st["cuda"])
+    def _state(self) -> dict[str, Any]:
+        """What checkpoints/last holds besides the weights."""
+        return {
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "rng": rng_state(), "step": self.step, "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch, "best_value": self.best_value,
+            "best_step": self.best_step, "best_metrics": self.best_metrics,
+            "last_metrics": self.last_metrics, "train_time": self.train_time,
+            "examples_seen": self.examples_seen, "total_steps": self.total_steps,
+        }
 
     def save_checkpoint(self, which: str = "last") -> Path:
         """Weights (safetensors) + optimizer, scheduler, RNG and counters; written atomically."""
-        final = self.ckpt_dir / which
-        tmp = self.ckpt_dir / f".{which}.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        self.student.save_pretrained(tmp, safe_serialization=True)
-        if which == "last":
-            torch.save({
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "rng": self._rng_state(), "step": self.step, "epoch": self.epoch,
-                "step_in_epoch": self.step_in_epoch, "best_value": self.best_value,
-                "best_step": self.best_step, "best_metrics": self.best_metrics,
-                "last_metrics": self.last_metrics, "train_time": self.train_time,
-                "examples_seen": self.examples_seen, "total_steps": self.total_steps,
-            }, tmp / "trainer_state.pt")
-        else:
-            self.tokenizer.save_pretrained(tmp)
-        _atomic_replace_dir(tmp, final)
-        return final
+        return write_checkpoint(self.ckpt_dir, which, self.student, self.tokenizer, self._state)
 
     def load_checkpoint(self, path: Path) -> None:
-        from safetensors.torch import load_file
-        state = torch.load(path / "trainer_state.pt", weights_only=True, map_location="cpu")
-        if state["total_steps"] != self.total_steps:
-            raise UsageError(f"checkpoint {path} was made for {state['total_steps']} steps, this run has "
-                             f"{self.total_steps}; resume with the same config or pass --overwrite")
-        weights = load_file(str(path / "model.safetensors"), device=str(self.device))
-        missing, unexpected = self.student.load_state_dict(weights, strict=False)
-        real_missing = [k for k in missing if not k.endswith("position_ids")]
-        if real_missing or unexpected:
-            raise UsageError(f"checkpoint {path} does not match the student ({len(real_missing)} missing, "
-                             f"{len(unexpected)} unexpected tensors); resume with the same config")
+        state = read_checkpoint(path, self.student, self.device, self.total_steps)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         for k in ("step", "epoch", "step_in_epoch", "best_value", "best_step", "best_metrics", "last_metrics",
                   "train_time", "examples_seen"):
             setattr(self, k, state[k])
-        self._set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         # rows logged after this checkpoint (a crash between the log write and the save) are redone
-        log = self.output_dir / "log.jsonl"
-        if self.is_main and log.is_file():
-            rows = [r for r in read_jsonl(log) if r.get("step", 0) <= self.step]
-            tmp = log.with_name(".log.jsonl.tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-            os.replace(tmp, log)
+        if self.is_main:
+            truncate_log(self.output_dir / "log.jsonl", self.step)
 
     # --- eval and logging -------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:

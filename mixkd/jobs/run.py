@@ -23,8 +23,9 @@ from ..core.errors import UsageError
 from ..core.models import (build_student, check_same_vocab, count_parameters, encoder_layers, load_classifier,
                      load_tokenizer)
 from ..core.tasks import TaskSpec, get_task, metric_key
-from ..core.trainer import (EvalCallback, Trainer, evaluate_model, make_collator, repair_checkpoints, resolve_device,
-                      seed_everything)
+from ..core.checkpoints import repair_checkpoints
+from ..core.device import resolve_device, seed_everything
+from ..core.trainer import EvalCallback, Trainer, evaluate_model, make_collator
 
 RESULT_FILES = ("config.yaml", "metrics.json", "log.jsonl", "model", "checkpoints")
 
@@ -77,18 +78,22 @@ def _teacher_run(teacher: str) -> tuple[dict | None, dict | None]:
 
 
 def _resolve_subset(cfg: MixKDConfig, tcfg: dict | None) -> MixKDConfig:
-    """Fill data_fraction/data_seed: the teacher's subset for distill, else the full set and --seed."""
+    """Fill data_fraction/data_seed/max_train_samples: the teacher's subset for distill, else the full
+    set (capped by --max-train-samples) and --seed."""
     if tcfg is None:
         return cfg.replace(data_fraction=1.0 if cfg.data_fraction is None else cfg.data_fraction,
                            data_seed=cfg.resolved_data_seed)
-    t_frac, t_seed = tcfg["data_fraction"], tcfg["data_seed"]
+    t_frac, t_seed, t_max = tcfg["data_fraction"], tcfg["data_seed"], tcfg.get("max_train_samples")
     frac = t_frac if cfg.data_fraction is None else cfg.data_fraction
     seed = t_seed if cfg.data_seed is None else cfg.data_seed
-    if (frac, seed) != (t_frac, t_seed) and not cfg.allow_subset_mismatch:
-        raise UsageError(f"the teacher was trained on data_fraction={t_frac} (data_seed={t_seed}) but this run asks "
-                         f"for {frac} (seed {seed}); drop --data-fraction/--data-seed to use the teacher's subset "
-                         f"or pass --allow-subset-mismatch")
-    return cfg.replace(data_fraction=frac, data_seed=seed)
+    cap = t_max if cfg.max_train_samples is None else cfg.max_train_samples
+    if (frac, seed, cap) != (t_frac, t_seed, t_max) and not cfg.allow_subset_mismatch:
+        def rows(f, s, m):
+            return f"data_fraction={f} (data_seed={s}" + (f", max_train_samples={m})" if m else ")")
+        raise UsageError(f"the teacher was trained on {rows(t_frac, t_seed, t_max)} but this run asks for "
+                         f"{rows(frac, seed, cap)}; drop --data-fraction/--data-seed/--max-train-samples to use the "
+                         f"teacher's subset or pass --allow-subset-mismatch")
+    return cfg.replace(data_fraction=frac, data_seed=seed, max_train_samples=cap)
 
 
 def _data_config(cfg: MixKDConfig) -> MixKDConfig:
@@ -110,7 +115,7 @@ def _environment() -> dict[str, Any]:
 def _train(cfg: MixKDConfig, command: str, task: TaskSpec, student, tokenizer, data: GlueData,
            teacher=None, extra: dict | None = None, callbacks: list[EvalCallback] | None = None,
            wrap_model=None, resume_from: Path | None = None) -> dict:
-    from ..core.trainer import distributed_context
+    from ..core.device import distributed_context
     is_main = distributed_context()[1] == 0
     out = Path(cfg.output_dir).expanduser()
     if is_main:
@@ -175,7 +180,7 @@ def distill(cfg: MixKDConfig, callbacks: list[EvalCallback] | None = None, wrap_
 
     ``before_write()``, if given, is called once the models and data are loaded, before anything is
     written to the output dir (a sweep trial waits there until Tune has saved it: see
-    mixkd.platform.sweep.run_trial)."""
+    mixkd.platform.trial.run_trial)."""
     cfg = validate(cfg, "distill")
     if resume_from is None:
         check_writable_dir(cfg.output_dir, "--output-dir")   # before loading anything

@@ -1,3 +1,4 @@
 """Layer 4, tracking: MLflow. ``writer`` records sweeps (a parent run, nested teacher and trial runs);
-``runstore`` reads any store back as a DataFrame. Imports the core only (no Ray).
+``store`` checks, redacts and opens tracking URIs; ``runstore`` reads any store back as a DataFrame.
+Imports the core only (no Ray).
 """

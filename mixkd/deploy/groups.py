@@ -1,0 +1,227 @@
+"""Groups of finished runs (one per ``config_group``): the dev score over seeds and a latency per group,
+logged by the sweep or measured here (:func:`group_runs`, step 1 of :mod:`mixkd.deploy.selection`)."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from ..core.errors import UsageError
+from . import latency as L
+from .pareto import _finite
+
+PERCENTILES = L.PERCENTILES
+PRIMARY = "final/primary"
+
+
+# --------------------------------------------------------------------------------------------------
+# groups of runs
+# --------------------------------------------------------------------------------------------------
+def _ci95(values: list[float]) -> list[float] | None:
+    n = len(values)
+    if n < 2:
+        return None
+    from scipy import stats
+    mean = sum(values) / n
+    sd = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5
+    h = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    return [mean - h, mean + h]
+
+
+def _none(v: Any) -> Any:
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+
+def group_label(g: Mapping[str, Any]) -> str:
+    """A short human name: ``sm+tmkd k=2 first`` (+ fraction / augmentation when not the default)."""
+    if g.get("role") == "teacher":
+        parts = ["teacher", f"{g.get('task')}"]
+    else:
+        parts = [str(g.get("variant")), f"k={g.get('student_layers')}", str(g.get("layer_strategy") or "")]
+    frac = g.get("data_fraction")
+    if _finite(frac) and float(frac) != 1.0:
+        parts.append(f"frac={float(frac):g}")
+    if g.get("augmentation") not in (None, "none"):
+        parts.append(f"aug={g['augmentation']}")
+    parts.append(f"[{str(g.get('config_group'))[:6]}]")
+    return " ".join(p for p in parts if p)
+
+
+class _Latencies:
+    """Latency of a run at one (percentile, batch, seq len): logged by the sweep or measured here."""
+
+    def __init__(self, tracking_uri: str | None, percentile: str, batch_size: int, seq_len: int, device: str,
+                 dtype: str, threads: int | None, remeasure: bool, cache_dir: str | None, protocol: dict,
+                 log: Callable[[str], None]):
+        self.uri, self.pct, self.b, self.s = tracking_uri, percentile, batch_size, seq_len
+        self.device, self.dtype, self.threads, self.remeasure = device, dtype, threads, remeasure
+        self.cache_dir, self.protocol, self.log = cache_dir, protocol, log
+        self._client = None
+        self._tmp = None
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def _tags(self, run_id: str) -> dict:
+        if not self.uri:
+            return {}
+        try:
+            if self._client is None:
+                from mlflow.tracking import MlflowClient
+                self._client = MlflowClient(self.uri)
+            return dict(self._client.get_run(run_id).data.tags)
+        except Exception:
+            return {}
+
+    def logged(self, run: Mapping[str, Any]) -> dict | None:
+        """The sweep's latency metrics of this run, when present and measured on the requested device kind."""
+        stats = {st: _none(run.get(L.metric_name(self.b, self.s, st))) for st in (*PERCENTILES, "mean", "std",
+                                                                                   "throughput")}
+        if not _finite(stats[self.pct]):
+            return None
+        tags = self._tags(run["run_id"])
+        dev = tags.get(L.LATENCY_DEVICE_TAG)
+        if dev is not None and dev != self.device.split(":")[0]:
+            return None
+        fp = tags.get(L.LATENCY_FINGERPRINT_TAG)
+        try:
+            fp = json.loads(fp) if fp else None
+        except ValueError:
+            fp = None
+        return {"stats": {f"{k}_ms" if k != "throughput" else k: v for k, v in stats.items()},
+                "source": "sweep", "fingerprint": fp, "run_id": run["run_id"]}
+
+    def model_config(self, run: Mapping[str, Any]) -> Any:
+        """The run's model config: ``<run_dir>/model/config.json``, else the MLflow ``model/config.json``
+        artifact, else the teacher's config with ``student_layers`` layers."""
+        rd = run.get("run_dir")
+        if rd and (Path(rd) / "model" / "config.json").is_file():
+            return str(Path(rd) / "model" / "config.json")
+        if run.get("artifact_uri") and self.uri:
+            try:
+                import mlflow.artifacts
+                if self._tmp is None:
+                    self._tmp = tempfile.mkdtemp(prefix="mixkd-select-")
+                dst = Path(self._tmp) / run["run_id"]
+                dst.mkdir(exist_ok=True)
+                return mlflow.artifacts.download_artifacts(run_id=run["run_id"], artifact_path="model/config.json",
+                                                           dst_path=str(dst), tracking_uri=self.uri)
+            except Exception:
+                pass
+        params = run.get("params") or {}
+        teacher, k = params.get("teacher"), _none(run.get("student_layers"))
+        if run.get("role") == "trial" and teacher not in (None, "None") and params.get("student_model") in (None, "None") \
+                and k is not None:
+            try:
+                return L.student_config(teacher, int(k))
+            except UsageError:
+                pass
+        return None
+
+    def measured(self, run: Mapping[str, Any]) -> dict | None:
+        cfg = self.model_config(run)
+        if cfg is None:
+            return None
+        res = L.cached_latency(cfg, self.b, self.s, self.device, self.dtype, self.cache_dir, threads=self.threads,
+                               **self.protocol)
+        if not res["cached"]:
+            self.log(f"measured {run.get('_label', run['run_id'])}: {self.pct} {res[self.pct + '_ms']:.2f} ms "
+                     f"(batch {self.b}, seq {self.s}, {res['iters']} iterations)")
+        return {"stats": {k: res[k] for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "throughput")},
+                "source": "cache" if res["cached"] else "measured", "fingerprint": res["fingerprint"],
+                "architecture_fingerprint": res["architecture_fingerprint"], "run_id": run["run_id"]}
+
+    def __call__(self, runs: Sequence[Mapping[str, Any]]) -> dict | None:
+        if not self.remeasure:
+            for r in runs:
+                got = self.logged(r)
+                if got:
+                    return got
+        for r in runs:
+            got = self.measured(r)
+            if got:
+                return got
+        return None
+
+
+def _records(df) -> list[dict]:
+    return [{k: _none(v) if not isinstance(v, (dict, list)) else v for k, v in row.items()}
+            for row in df.to_dict("records")]
+
+
+def group_runs(runs, *, percentile: str = "p90", batch_size: int = 1, seq_len: int = L.DEFAULT_SEQ_LEN,
+               device: str = "cpu", dtype: str = "fp32", threads: int | None = None, tracking_uri: str | None = None,
+               remeasure: bool = False, cache_dir: str | None = None, protocol: dict | None = None,
+               role: str = "trial", log: Callable[[str], None] | None = None) -> list[dict]:
+    """One dict per ``config_group`` of the finished ``role`` runs in ``runs`` (a :func:`runstore.load_runs`
+    DataFrame or a list of its row dicts) that have ``final/primary``.
+
+    Each dict: ``config_group, role, task, variant, student_layers, layer_strategy, data_fraction,
+    augmentation, label, n, seeds, run_ids, scores, score`` (mean of final/primary), ``score_std``
+    (sample std, NaN for one seed), ``score_ci95`` ([lo, hi] or None), ``metrics`` ({final/x: [mean, std]}),
+    ``best_run`` (the row of the seed with the highest score; ties: lowest seed, then run id),
+    ``params_count``, ``latency_ms`` (at ``percentile``; None when unknown), ``latency`` (p50/p90/p99/mean/
+    std ms and throughput), ``latency_source`` (sweep | measured | cache), ``latency_fingerprint``.
+    Ordered by score descending, then label.
+    """
+    if percentile not in PERCENTILES:
+        raise UsageError(f"--percentile {percentile!r} is invalid; use one of {', '.join(PERCENTILES)}")
+    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    rows = runs if isinstance(runs, list) else _records(runs)
+    rows = [r for r in rows if r.get("role") == role and r.get("status", "FINISHED") == "FINISHED"
+            and _finite(r.get(PRIMARY))]
+    by: dict[str, list[dict]] = {}
+    for r in rows:
+        by.setdefault(r.get("config_group") or r.get("config_hash") or r["run_id"], []).append(r)
+    lat = _Latencies(tracking_uri, percentile, batch_size, seq_len, device, dtype, threads, remeasure, cache_dir,
+                     protocol or {}, log)
+    groups = []
+    try:
+        for key, rs in by.items():
+            rs.sort(key=lambda r: (-float(r[PRIMARY]), r.get("seed") if r.get("seed") is not None else 1 << 62,
+                                   r["run_id"]))
+            first = rs[0]
+            g = {"config_group": key, "role": role}
+            for col in ("task", "variant", "student_layers", "layer_strategy", "data_fraction", "augmentation",
+                        "experiment"):
+                g[col] = first.get(col)
+            if _finite(g["student_layers"]):            # 3, not 3.0 (a float column next to missing values)
+                g["student_layers"] = int(g["student_layers"])
+            g["label"] = group_label(g)
+            scores = [float(r[PRIMARY]) for r in rs]
+            n = len(scores)
+            mean = sum(scores) / n
+            g.update(n=n, seeds=[r.get("seed") for r in rs], run_ids=[r["run_id"] for r in rs], scores=scores,
+                     score=mean,
+                     score_std=(sum((s - mean) ** 2 for s in scores) / (n - 1)) ** 0.5 if n > 1 else math.nan,
+                     score_ci95=_ci95(scores))
+            metrics = {}
+            for k in sorted({k for r in rs for k in r if k.startswith("final/")}):
+                vals = [float(r[k]) for r in rs if _finite(r.get(k))]
+                if vals:
+                    m = sum(vals) / len(vals)
+                    sd = (sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else math.nan
+                    metrics[k] = [m, sd, len(vals)]
+            g["metrics"] = metrics
+            g["best_run"] = first
+            g["params_count"] = int(first["params_count"]) if _finite(first.get("params_count")) else None
+            for r in rs:
+                r["_label"] = g["label"]
+            got = lat(rs)
+            if got is None:
+                log(f"no latency for {g['label']}: no logged latency/b{batch_size}_s{seq_len}_{percentile}_ms and "
+                    f"no model config found (run_dir or MLflow model/ artifact); left out")
+            g["latency"] = got["stats"] if got else None
+            g["latency_ms"] = got["stats"][f"{percentile}_ms"] if got else None
+            g["latency_source"] = got["source"] if got else None
+            g["latency_fingerprint"] = got.get("fingerprint") if got else None
+            groups.append(g)
+    finally:
+        lat.close()
+    groups.sort(key=lambda g: (-g["score"], g["label"]))
+    return groups

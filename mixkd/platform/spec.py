@@ -1,0 +1,232 @@
+"""The sweep spec: what to sweep (:class:`SweepSpec`, loaded from a preset YAML), the configs of its
+teacher and student runs, and the checks that run before Ray starts (:func:`preflight`)."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..core.config import MixKDConfig, check_writable_dir, load_yaml, validate
+from ..core.errors import UsageError
+from .search_space import build_space, grid_cells
+from ..core.tasks import get_task
+
+CONFIG_FIELDS = {f.name for f in fields(MixKDConfig)}
+# Teacher runs take the training knobs from the spec's `teacher:` section, never student knobs.
+STUDENT_ONLY = {"teacher", "student_model", "student_layers", "layer_strategy", "variant", "alpha", "mixup_ratio",
+                "w_mle", "a_sm", "a_tmkd", "a_kd", "distance", "temperature", "mixup_padding", "mixup_token_types",
+                "allow_subset_mismatch", "pkd_beta", "pkd_layer_map",
+                # +BT is a student setting (teachers are shared by +BT and plain cells): see prepare_augmentations
+                "augment", "bt_pivot", "bt_forward_model", "bt_backward_model", "bt_num_beams", "bt_do_sample",
+                "bt_top_p", "bt_temperature", "augment_dir"}
+
+
+@dataclass
+class SweepSpec:
+    """What to sweep: loaded from a preset YAML, overridden by glue_sweep.py flags."""
+    name: str = "mixkd-sweep"
+    mode: str = "search"                      # search (Optuna + ASHA) or grid (every cell once)
+    tasks: list = field(default_factory=lambda: ["sst2"])
+    teacher_model: str = "minilm-l6"
+    seeds: list = field(default_factory=lambda: [42])
+    data_fractions: list = field(default_factory=lambda: [1.0])
+    num_samples: int = 8                      # search: trials per (task, data fraction, seed) group
+    base: dict = field(default_factory=dict)      # config fields fixed for every student trial
+    teacher: dict = field(default_factory=dict)   # config fields of the teacher fine-tune
+    search_space: dict = field(default_factory=dict)  # overrides of mixkd.platform.search_space.DEFAULT_SPACE
+    grid: dict = field(default_factory=dict)      # grid mode: {config field: [values]}
+    searcher: str = "auto"                    # auto (TPE; NSGA-II with a latency budget), tpe, nsga2, random
+    measure_latency: bool = True              # measure each student depth (and the teacher) once, before trials
+    latency_batch_sizes: list = field(default_factory=lambda: [1, 32])
+    latency_seq_len: int = 128
+    latency_threads: int | None = None        # default: every CPU of the node that measures
+    latency_budget_ms: float | None = None    # makes latency a second objective and picks the best student
+    latency_percentile: str = "p90"           # of the budget and the objective
+    latency_batch_size: int = 1               # of the budget and the objective
+    latency_protocol: dict = field(default_factory=dict)   # warmup, min_iters, min_seconds (mixkd.latency)
+    grace_period: int = 1                     # ASHA: evals before a trial can be stopped
+    reduction_factor: int = 2
+    workers_per_trial: int = 1
+    cpus_per_trial: float = 2.0
+    gpus_per_trial: float = 0.0
+    max_failures: int = 1                     # retries of a crashed trial (from its checkpoint)
+    max_concurrent_trials: int | None = None  # default: what the cluster's current resources fit
+    storage_path: str = "runs/sweeps"
+    tracking_uri: str | None = None
+    experiment_name: str | None = None
+    data_dir: str | None = None
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> "SweepSpec":
+        return cls.from_dict(load_yaml(path), source=str(path))
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "sweep") -> "SweepSpec":
+        known = {f.name for f in fields(cls)}
+        for k in d:
+            if k not in known:
+                import difflib
+                hint = difflib.get_close_matches(k, known, n=1)
+                raise UsageError(f"{source}: unknown key '{k}'" + (f"; did you mean '{hint[0]}'?" if hint else ""))
+        return cls(**d)
+
+    @property
+    def experiment_dir(self) -> Path:
+        if "://" in self.storage_path:
+            raise UsageError(f"--storage-path {self.storage_path}: mixkd keeps teachers and trial folders on a "
+                             f"filesystem shared by all nodes; mount the bucket (e.g. NFS, EFS, s3fs) and pass its path")
+        return Path(self.storage_path).expanduser().resolve() / self.name
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def validate(self) -> "SweepSpec":
+        def bad(msg):
+            raise UsageError(msg)
+        if self.mode not in ("search", "grid"):
+            bad(f"mode {self.mode!r} is invalid; use search or grid")
+        if not self.tasks:
+            bad("tasks is empty; name at least one GLUE task")
+        self.tasks = [get_task(t).name for t in self.tasks]
+        if not self.seeds or not all(isinstance(s, int) for s in self.seeds):
+            bad(f"seeds must be a non-empty list of integers, got {self.seeds!r}")
+        for f in self.data_fractions:
+            if not isinstance(f, (int, float)) or not 0 < f <= 1:
+                bad(f"data fraction {f!r} is invalid; use values in (0, 1]")
+        if self.num_samples < 1:
+            bad(f"num_samples {self.num_samples} is invalid; run at least 1 trial")
+        if self.workers_per_trial < 1 or self.cpus_per_trial <= 0 or self.gpus_per_trial < 0:
+            bad("workers_per_trial must be >= 1, cpus_per_trial > 0 and gpus_per_trial >= 0")
+        if self.max_concurrent_trials is not None and self.max_concurrent_trials < 1:
+            bad(f"max_concurrent_trials {self.max_concurrent_trials} is invalid; use >= 1 or leave it unset")
+        if self.searcher not in ("auto", "tpe", "nsga2", "random"):
+            bad(f"searcher {self.searcher!r} is invalid; use auto, tpe, nsga2 or random")
+        if self.latency_budget_ms is not None:
+            if not isinstance(self.latency_budget_ms, (int, float)) or not self.latency_budget_ms > 0:
+                bad(f"--latency-budget-ms {self.latency_budget_ms} is invalid; use a positive number of milliseconds")
+            if not self.measure_latency:
+                bad("latency_budget_ms needs measure_latency: true")
+        if self.latency_percentile not in ("p50", "p90", "p99"):
+            bad(f"latency_percentile {self.latency_percentile!r} is invalid; use p50, p90 or p99")
+        if (not self.latency_batch_sizes or not all(isinstance(b, int) and b > 0 for b in self.latency_batch_sizes)
+                or not isinstance(self.latency_seq_len, int) or self.latency_seq_len < 1):
+            bad("latency_batch_sizes must be positive integers and latency_seq_len a positive integer")
+        unknown = set(self.latency_protocol) - {"warmup", "min_iters", "min_seconds"}
+        if unknown:
+            bad(f"latency_protocol: unknown key(s) {', '.join(sorted(unknown))}; use warmup, min_iters, min_seconds")
+        if self.latency_batch_size not in self.latency_batch_sizes:
+            bad(f"latency_batch_size {self.latency_batch_size} is not among latency_batch_sizes "
+                f"{self.latency_batch_sizes}; add it there")
+        for section in ("base", "teacher"):
+            for k in getattr(self, section):
+                if k not in CONFIG_FIELDS:
+                    import difflib
+                    hint = difflib.get_close_matches(k, CONFIG_FIELDS, n=1)
+                    bad(f"{section}: '{k}' is not a config field" + (f"; did you mean '{hint[0]}'?" if hint else ""))
+        probe = self.student_config(self.tasks[0], self.data_fractions[0], self.seeds[0], "teacher", "out")
+        validate(probe, "distill")
+        if self.mode == "search":
+            build_space(self.search_space, self.base)
+        else:
+            if not self.grid:
+                bad("grid mode needs a grid: section, e.g. {variant: [ft, sm+tmkd], student_layers: [2, 3]}")
+            for cell in grid_cells(self.grid):
+                validate(probe.replace(**cell), "distill")
+        return self
+
+    # --- configs of the runs -----------------------------------------------------------------
+    def teacher_key(self, task: str, fraction: float, seed: int) -> str:
+        return f"{task}-f{fraction:g}-s{seed}"
+
+    def teacher_config(self, task: str, fraction: float, seed: int, output_dir: str) -> MixKDConfig:
+        base = {k: v for k, v in self.base.items() if k not in STUDENT_ONLY}
+        return MixKDConfig.from_dict({**base, **self.teacher, "task": task, "model": self.teacher_model,
+                                      "data_fraction": fraction, "data_seed": seed, "seed": seed,
+                                      "data_dir": self.data_dir, "output_dir": output_dir, "progress": False})
+
+    def student_config(self, task: str, fraction: float, seed: int, teacher_dir: str, output_dir: str,
+                       **knobs) -> MixKDConfig:
+        return MixKDConfig.from_dict({**self.base, **knobs, "task": task, "data_fraction": fraction,
+                                      "data_seed": seed, "seed": seed, "teacher": teacher_dir,
+                                      "data_dir": self.data_dir, "output_dir": output_dir, "progress": False})
+
+    def groups(self) -> list[tuple[str, float, int]]:
+        return [(t, f, s) for t in self.tasks for f in self.data_fractions for s in self.seeds]
+
+
+def _student_knobs(spec: SweepSpec) -> list[dict]:
+    """Every architecture-deciding knob set a student of this sweep can have."""
+    if spec.mode == "grid":
+        cells = grid_cells(spec.grid) if spec.grid else [{}]
+        return [{k: c[k] for k in ("student_layers", "student_model") if k in c} for c in cells]
+    d = build_space(spec.search_space, spec.base).get("student_layers")
+    if d is None:
+        return [{}]
+    values = d["values"] if d["type"] == "choice" else range(int(d["low"]), int(d["high"]) + 1)
+    return [{"student_layers": int(v)} for v in values]
+
+
+def _max_student_layers(spec: SweepSpec) -> int | None:
+    """The deepest truncated student the sweep can train (None: every student is a --student-model)."""
+    depths = []
+    for c in _student_knobs(spec):
+        knobs = {**spec.base, **c}
+        if not knobs.get("student_model"):
+            depths.append(int(knobs.get("student_layers", MixKDConfig.student_layers)))
+    return max(depths) if depths else None
+
+
+def _teacher_depth(name: str) -> int | None:
+    """Encoder layers of a local (or packaged) teacher backbone from its config.json; None for a hub id."""
+    from ..core.models import resolve_model
+    path = Path(resolve_model(name))
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        return None
+    c = json.loads(cfg.read_text())
+    return c.get("num_hidden_layers") or c.get("n_layers") or c.get("num_layers")
+
+
+def preflight(spec: SweepSpec) -> None:
+    """What a sweep would otherwise find out only after Ray has started and a teacher has trained: the
+    storage folder cannot be created, a task's GLUE files are missing, a student is deeper than its
+    teacher. One UsageError (one line, exit 2), nothing written."""
+    check_writable_dir(spec.experiment_dir, "--storage-path")
+    from ..core.data import announce_data_source, resolve_data_source
+    sources = []
+    for t in spec.tasks:
+        task = get_task(t)
+        source = resolve_data_source(spec.data_dir, task)   # the flag, $GLUE_DIR, the hub, the embedded sample
+        if source.path is not None:
+            for name in ("train.tsv", *(d.tsv_file for d in task.dev_splits)):
+                f = source.path / task.folder / name
+                if not f.is_file():
+                    raise UsageError(f"--data-dir {source.path}: missing {task.folder}/{name} for task {task.name}; "
+                                     f"put the task's GLUE TSV files there or drop the task")
+        sources.append((source, task))
+    deepest, depth = _max_student_layers(spec), _teacher_depth(spec.teacher_model)
+    if deepest is not None and depth is not None and deepest > depth:
+        raise UsageError(f"student_layers {deepest} is invalid: the teacher {spec.teacher_model} has {depth} layers; "
+                         f"keep student depths within 1..{depth}")
+    for source, task in sources:
+        announce_data_source(source, task)
+
+
+def group_name(spec: SweepSpec, task: str, fraction: float, seed: int) -> str:
+    """The Tune experiment (folder ``tune/<group>``) that runs the trials of this (task, fraction, seed)."""
+    return "grid" if spec.mode == "grid" else f"search-{spec.teacher_key(task, fraction, seed)}"
+
+
+def saved_spec(spec: SweepSpec) -> dict[str, Any]:
+    """The spec as written to sweep.yaml and handed to the trials: a password or token in the tracking
+    URI is masked (the driver alone talks to MLflow, with the real URI)."""
+    from ..tracking.writer import redact_uri
+    return {**spec.to_dict(), "tracking_uri": redact_uri(spec.tracking_uri)}
+
+
+def sweep_params(spec: SweepSpec) -> dict[str, Any]:
+    """The parent run's MLflow params: the spec without the tracking URI; no secret is ever a param (the
+    config holds none, and tokens live in the environment: MLFLOW_TRACKING_TOKEN, ...)."""
+    return {k: v for k, v in spec.to_dict().items() if k != "tracking_uri"}
