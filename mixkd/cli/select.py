@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..deploy.selection import select
+    from ..deploy.selection import format_selection, select
     if not (math.isfinite(args.latency_budget_ms) and args.latency_budget_ms > 0):
         raise UsageError(f"--latency-budget-ms {args.latency_budget_ms:g} is invalid; use a positive number of milliseconds")
     if args.threads is not None and args.threads < 1:
@@ -45,24 +45,5 @@ def main(args: argparse.Namespace) -> int:
                  device=args.device, dtype=args.dtype, threads=args.threads, remeasure=args.remeasure,
                  cache_dir=args.cache_dir,
                  protocol=dict(warmup=args.warmup, min_iters=args.min_iters, min_seconds=args.min_seconds))
-    ch = sel["chosen"]
-    std = ch.get("score_std")
-    pm = f" ± {std:.4f}" if isinstance(std, float) else ""
-    print(f"{'':2}{'configuration':<44} {'score':>18} {args.percentile + ' ms':>10}  on front  within budget")
-    front = {g["config_group"] for g in sel["front"]}
-    for g in sel["groups"]:
-        if g["latency_ms"] is None:
-            continue
-        mark = "*" if g["config_group"] == ch["config_group"] else " "
-        s = f"{g['score']:.4f}" + (f" ± {g['score_std']:.4f}" if isinstance(g.get("score_std"), float) else "")
-        print(f"{mark:2}{g['label'][:44]:<44} {s:>18} {g['latency_ms']:>10.2f}  "
-              f"{'yes' if g['config_group'] in front else 'no':<8}  "
-              f"{'yes' if g['latency_ms'] <= sel['budget_ms'] else 'no'}")
-    t = sel.get("teacher") or {}
-    sp = sel.get("speedup_vs_teacher")
-    print(f"chosen: {ch['label']}: {sel['primary_metric']} {ch['score']:.4f}{pm} over {ch['n']} seed(s), "
-          f"{args.percentile} {ch['latency_ms']:.2f} ms (batch {args.batch_size}, seq {args.seq_len}, {args.device}; "
-          f"{ch['latency_source']})" + (f", {sp:.2f}x faster than the teacher ({t.get('latency_ms'):.2f} ms)" if sp else ""))
-    print(f"exported run {ch['best_run_id']} (seed {ch['best_seed']}) to {args.out}: model, tokenizer, README.md, "
-          f"selection.json, pareto.png")
+    print(format_selection(sel))
     return 0

@@ -10,7 +10,7 @@ from pathlib import Path
 from ..core.errors import UsageError
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "experiments" / "presets"
-PRESETS = ("smoke", "ablation", "limited", "search", "paper")
+PRESETS = ("demo", "smoke", "ablation", "limited", "search", "paper")
 # environment the Ray workers need (offline mode, data and cache locations)
 # (not MLflow's: the driver is the only MLflow writer, so tracking URIs and tokens stay in its process and
 # never reach the Ray job's runtime_env, which the dashboard shows)
@@ -21,7 +21,7 @@ WORKER_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "GLUE_DIR", "MIXKD_CACHE"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default="auto",
                    help="Ray cluster: 'auto' (a running cluster, else a local instance), 'local', or HOST:PORT / ray://...")
-    p.add_argument("--preset", default="smoke", help=f"one of {', '.join(PRESETS)} or a YAML file (see experiments/presets/)")
+    p.add_argument("--preset", default="demo", help=f"one of {', '.join(PRESETS)} or a YAML file (see experiments/presets/)")
     p.add_argument("--tasks", nargs="+", help="GLUE tasks (overrides the preset)")
     p.add_argument("--teacher-model", help="teacher backbone: hub id, local dir or minilm-l6")
     p.add_argument("--num-samples", type=int, help="search: trials per (task, data fraction, seed)")
@@ -39,10 +39,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted sweep of the same name (starts it if there is none yet)")
     p.add_argument("--data-dir", help="GLUE folder (default: $GLUE_DIR, else the hub)")
-    p.add_argument("--latency-budget-ms", type=float,
-                   help="latency budget (p90, batch 1, seq 128 unless the preset says otherwise): search then "
-                        "optimises dev score and latency together (NSGA-II) and the sweep exports the best "
-                        "student within the budget")
+    p.add_argument("--latency-budget-ms", type=_budget,
+                   help="latency budget in ms (p90, batch 1, seq 128 unless the preset says otherwise), or auto: "
+                        "half the teacher's; search then optimises dev score and latency together (NSGA-II) and "
+                        "the sweep exports the best student within the budget")
+    p.add_argument("--student-seeds", type=int, nargs="+",
+                   help="grid: train each cell once per seed, on the same teacher and data subset")
+    p.add_argument("--report", action=argparse.BooleanOptionalAction, default=None,
+                   help="after the sweep, write the report (paper tables and the claims scorecard) to "
+                        "<storage>/<name>/report and print the scorecard (default: the preset's)")
     p.add_argument("--measure-latency", action=argparse.BooleanOptionalAction, default=None,
                    help="measure the teacher and each student depth once before the trials (default: on)")
     p.add_argument("--searcher", choices=("auto", "tpe", "nsga2", "random"),
@@ -59,7 +64,8 @@ def load_spec(args: argparse.Namespace):
     overrides = {k: getattr(args, k) for k in ("tasks", "teacher_model", "num_samples", "seeds", "data_fractions",
                                                "workers_per_trial", "gpus_per_trial", "cpus_per_trial", "max_concurrent_trials",
                                                "storage_path", "tracking_uri", "data_dir",
-                                               "latency_budget_ms", "measure_latency", "searcher")
+                                               "latency_budget_ms", "measure_latency", "searcher", "student_seeds",
+                                               "report")
                  if getattr(args, k, None) is not None}
     if args.experiment_name:
         overrides["name"] = args.experiment_name
@@ -69,6 +75,15 @@ def load_spec(args: argparse.Namespace):
     if spec.data_dir is None and os.environ.get("GLUE_DIR"):
         spec.data_dir = os.environ["GLUE_DIR"]
     return spec.validate()
+
+
+def _budget(value: str):
+    if value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is neither a number of milliseconds nor auto") from None
 
 
 def _reachable(address: str, timeout: float = 3.0) -> bool:
@@ -135,11 +150,36 @@ def main(args: argparse.Namespace) -> int:
         ray.shutdown()
     print("\nBest trial per task / data fraction / student depth / variant:")
     print(format_summary(summary))
+    if spec.report:
+        show_results(spec, summary)
     uri = summary["tracking_uri"]
     print(f"\nMLflow runs: {uri} (parent run {summary['parent_run_id']})")
     if uri and uri.startswith("sqlite:"):
         print(f"Open them with: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
     return 0
+
+
+def show_results(spec, summary: dict) -> None:
+    """What a sweep bought, in this order: the claims scorecard of its runs, the Pareto front with the chosen
+    student and where it went, then the report (written to ``<experiment>/report``)."""
+    import json
+
+    from ..report.build import write_report
+    from ..report.scorecard import build_scorecard, format_text
+    from ..tracking.runstore import load_runs
+    uri = spec.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or summary["tracking_uri"]
+    experiment = spec.experiment_name or spec.name
+    print("\nClaims scorecard (the paper's claims, measured on this sweep's runs):")
+    print(format_text(build_scorecard(load_runs(uri, experiment))))
+    from ..deploy.selection import format_selection
+    for sel in summary.get("selection") or []:
+        print(f"\nPareto front of {sel['task']}, latency budget {summary.get('latency_budget_ms', 0):g} ms:")
+        if "error" in sel:
+            print(f"  no student within the budget: {sel['error']}")
+        else:
+            print(format_selection(json.loads((Path(sel["out"]) / "selection.json").read_text())))
+    out = write_report(uri, spec.experiment_dir / "report", experiment=experiment, overwrite=True)
+    print(f"\nReport: {out / 'report.html'} (self-contained; also report.md, report.json and the PNGs)")
 
 
 def cli(argv=None, prog: str = "glue_sweep.py") -> int:

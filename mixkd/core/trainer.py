@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -21,7 +22,6 @@ from torch import nn
 from . import faults, losses
 from .checkpoints import (append_event, read_checkpoint, repair_checkpoints, rng_state, set_rng_state, truncate_log,
                           write_checkpoint)
-from .checkpoints import read_jsonl  # noqa: F401 (mixkd.platform imports it from here)
 from .data import GlueData
 from .device import autocast_for, distributed_context, resolve_device
 from .errors import NonFiniteLossError, UsageError
@@ -302,6 +302,8 @@ class Trainer:
                "train_time_s": round(self.train_time, 3),
                "train_examples_per_s": round(self.examples_seen / max(self.train_time, 1e-9), 2)}
         self._sums, self._sum_count = {}, 0
+        if self.is_main:
+            self._print_eval(row)
         last = None
         if self.is_main:   # one writer; every rank evaluates (cheap) so all agree on the best step
             with open(self.output_dir / "log.jsonl", "a") as fh:   # before the checkpoint: see load_checkpoint
@@ -312,6 +314,16 @@ class Trainer:
         for cb in self.callbacks:
             cb(row, last)
         return row
+
+    def _print_eval(self, row: dict[str, Any]) -> None:
+        """One line per evaluation on stderr, progress bar or not (sweeps run without bars: a teacher's
+        fine-tune would otherwise show nothing for minutes)."""
+        from tqdm.auto import tqdm
+        loss = row.get("loss/total")
+        tqdm.write(f"{self.output_dir.name}: step {row['step']}/{row['total_steps']} (epoch {row['epoch']:g}) dev "
+                   f"{self.task.primary_metric} {row['primary']:.4f} (best {row['best_primary'] or float('nan'):.4f} "
+                   f"at step {row['best_step']})" + ("" if loss is None else f", train loss {loss:.4f}") +
+                   f", {row['train_time_s']:.0f} s training", file=sys.stderr)
 
     # --- the loop ---------------------------------------------------------------------------
     @property

@@ -214,4 +214,31 @@ def select(tracking_uri: str, budget_ms: float, out: str | os.PathLike, *, exper
     return selection
 
 
-__all__ = ["pareto_front", "choose", "group_runs", "group_label", "plot_pareto", "export_student", "select"]
+def format_selection(sel: Mapping[str, Any]) -> str:
+    """A selection (``select``'s result or a ``selection.json``) for a terminal: every configuration with its
+    score, latency, whether it is on the Pareto front and within the budget (* the chosen one), then the
+    choice and where it was exported."""
+    pct, ch = sel["percentile"], sel["chosen"]
+    lines = [f"{'':2}{'configuration':<44} {'score':>18} {pct + ' ms':>10}  on front  within budget"]
+    front = {g["config_group"] for g in sel["front"]}
+    for g in sel["groups"]:
+        if g["latency_ms"] is None:
+            continue
+        mark = "*" if g["config_group"] == ch["config_group"] else " "
+        s = f"{g['score']:.4f}" + (f" ± {g['score_std']:.4f}" if isinstance(g.get("score_std"), float) else "")
+        lines.append(f"{mark:2}{g['label'][:44]:<44} {s:>18} {g['latency_ms']:>10.2f}  "
+                     f"{'yes' if g['config_group'] in front else 'no':<8}  "
+                     f"{'yes' if g['latency_ms'] <= sel['budget_ms'] else 'no'}")
+    t, sp, std = sel.get("teacher") or {}, sel.get("speedup_vs_teacher"), ch.get("score_std")
+    pm = f" ± {std:.4f}" if isinstance(std, float) else ""
+    lines.append(f"chosen: {ch['label']}: {sel['primary_metric']} {ch['score']:.4f}{pm} over {ch['n']} seed(s), "
+                 f"{pct} {ch['latency_ms']:.2f} ms (batch {sel['batch_size']}, seq {sel['seq_len']}, {sel['device']}; "
+                 f"{ch['latency_source']})" +
+                 (f", {sp:.2f}x faster than the teacher ({t.get('latency_ms'):.2f} ms)" if sp else ""))
+    lines.append(f"exported run {ch['best_run_id']} (seed {ch['best_seed']}) to {sel['out']}: model, tokenizer, "
+                 f"README.md, selection.json, pareto.png")
+    return "\n".join(lines)
+
+
+__all__ = ["pareto_front", "choose", "group_runs", "group_label", "plot_pareto", "export_student", "select",
+           "format_selection"]

@@ -112,7 +112,8 @@ def _tuner(spec: SweepSpec, exp_dir: Path, group: str, fixed: dict, callbacks, r
 
 def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
     """Teachers first, then the trials of every group; returns the summary (also summary.json)."""
-    from ..tracking.writer import BackgroundTracker, check_tracking_uri, default_tracking_uri
+    from ..tracking.store import check_tracking_uri, default_tracking_uri
+    from ..tracking.writer import BackgroundTracker
 
     spec.validate()
     preflight(spec)
@@ -147,7 +148,7 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
                            lat["metrics"], lat["tags"])
     if tracker.failed():   # the store opens on the writer thread meanwhile (see BackgroundTracker)
         tracker.close("FAILED", quiet=True)
-        from ..tracking.writer import redact_uri
+        from ..tracking.store import redact_uri
         raise UsageError(f"MLflow store {redact_uri(uri)}: {tracker.failed()[:300]}")
     trials_dir = exp_dir / "trials"
     trials_dir.mkdir(exist_ok=True)
@@ -166,8 +167,9 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
     status = "FAILED"
     try:
         if spec.mode == "grid":
-            cells = [{**c, "task": t, "data_fraction": f, "seed": s}
-                     for (t, f, s) in spec.groups() for c in grid_cells(spec.grid)]
+            cells = [{**c, "task": t, "data_fraction": f, "seed": s, **({} if ss is None else {"student_seed": ss})}
+                     for (t, f, s) in spec.groups() for c in grid_cells(spec.grid)
+                     for ss in (spec.student_seeds or [None])]
             from ray import tune
             tuner = _tuner(spec, exp_dir, "grid", fixed, callbacks, resume, {"cell": tune.grid_search(cells)})
             _fit_all(tuner, len(cells))
@@ -200,7 +202,9 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
         summary = summarize(exp_dir, tracker)
         if spec.latency_budget_ms is not None:
             tracker.flush()
-            summary["selection"] = select_under_budget(spec, exp_dir, tracker.uri)
+            budget = resolve_budget(spec, latency, teachers)
+            summary["latency_budget_ms"] = budget
+            summary["selection"] = select_under_budget(spec, exp_dir, tracker.uri, budget)
             write_json_atomic(exp_dir / "summary.json", summary)
         status = "FINISHED"
         return summary
@@ -251,7 +255,19 @@ def close_orphan_optuna_trials(storage, study_name: str) -> int:
     return n
 
 
-def select_under_budget(spec: SweepSpec, exp_dir: Path, uri: str) -> list[dict]:
+def resolve_budget(spec: SweepSpec, latency: dict, teachers: dict[str, str]) -> float:
+    """The latency budget in ms: the spec's number, or for ``auto`` half the fastest teacher's latency at the
+    spec's percentile and batch size (as measured before the trials)."""
+    if spec.latency_budget_ms != "auto":
+        return float(spec.latency_budget_ms)
+    t = [latency[k]["objective_ms"] for k in {latency_key(spec.teacher_config(task, f, s, teachers[
+        spec.teacher_key(task, f, s)]), "teacher") for task, f, s in spec.groups()} if k in latency]
+    if not t:
+        raise UsageError("latency_budget_ms auto needs the teacher's latency; keep measure_latency on")
+    return round(min(t) / 2, 3)
+
+
+def select_under_budget(spec: SweepSpec, exp_dir: Path, uri: str, budget: float) -> list[dict]:
     """Per task: the most accurate student configuration (mean over seeds) within the latency budget,
     exported to ``<experiment>/selected-<task>-<budget>ms`` (mixkd.deploy.selection.select). A task where no
     configuration meets the budget gets the one-line reason instead."""
@@ -260,11 +276,11 @@ def select_under_budget(spec: SweepSpec, exp_dir: Path, uri: str) -> list[dict]:
     from ..deploy.selection import select
     out = []
     for task in spec.tasks:
-        dest = exp_dir / f"selected-{task}-{spec.latency_budget_ms:g}ms"
+        dest = exp_dir / f"selected-{task}-{budget:g}ms"
         if dest.exists():   # a resumed sweep selects again from all its trials
             shutil.rmtree(dest)
         try:
-            sel = select(uri, spec.latency_budget_ms, dest, experiment=spec.experiment_name or spec.name, task=task,
+            sel = select(uri, budget, dest, experiment=spec.experiment_name or spec.name, task=task,
                          percentile=spec.latency_percentile, batch_size=spec.latency_batch_size,
                          seq_len=spec.latency_seq_len, device="cuda" if spec.gpus_per_trial > 0 else "cpu")
             ch = sel["chosen"]

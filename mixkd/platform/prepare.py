@@ -83,7 +83,7 @@ def _finetune_task(cfg_dict: dict) -> dict:
     import ray
 
     from ..jobs.run import finetune
-    from ..core.trainer import append_event, repair_checkpoints
+    from ..core.checkpoints import append_event, repair_checkpoints
     cfg = MixKDConfig.from_dict(cfg_dict)
     out = Path(cfg.output_dir)
     append_event(out, "attempt", node_id=ray.get_runtime_context().get_node_id(),

@@ -42,7 +42,11 @@ class SweepSpec:
     latency_batch_sizes: list = field(default_factory=lambda: [1, 32])
     latency_seq_len: int = 128
     latency_threads: int | None = None        # default: every CPU of the node that measures
-    latency_budget_ms: float | None = None    # makes latency a second objective and picks the best student
+    latency_budget_ms: float | str | None = None   # makes latency a second objective and picks the best student;
+    #                                           "auto": half the teacher's latency (latency_percentile, batch 1)
+    student_seeds: list = field(default_factory=list)   # grid: each cell once per seed (init, order, mixup draws),
+    #                                           all on the group's teacher and data subset; empty: the group seed
+    report: bool = False                      # write the report (with the claims scorecard) after the sweep
     latency_percentile: str = "p90"           # of the budget and the objective
     latency_batch_size: int = 1               # of the budget and the objective
     latency_protocol: dict = field(default_factory=dict)   # warmup, min_iters, min_seconds (mixkd.latency)
@@ -101,11 +105,19 @@ class SweepSpec:
             bad("workers_per_trial must be >= 1, cpus_per_trial > 0 and gpus_per_trial >= 0")
         if self.max_concurrent_trials is not None and self.max_concurrent_trials < 1:
             bad(f"max_concurrent_trials {self.max_concurrent_trials} is invalid; use >= 1 or leave it unset")
+        if not isinstance(self.student_seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                                for s in self.student_seeds):
+            bad(f"student_seeds must be a list of integers, got {self.student_seeds!r}")
+        if self.student_seeds and self.mode != "grid":
+            bad("student_seeds works in grid mode only (a search samples its own configurations); use seeds")
         if self.searcher not in ("auto", "tpe", "nsga2", "random"):
             bad(f"searcher {self.searcher!r} is invalid; use auto, tpe, nsga2 or random")
         if self.latency_budget_ms is not None:
-            if not isinstance(self.latency_budget_ms, (int, float)) or not self.latency_budget_ms > 0:
-                bad(f"--latency-budget-ms {self.latency_budget_ms} is invalid; use a positive number of milliseconds")
+            if self.latency_budget_ms != "auto" and (isinstance(self.latency_budget_ms, (bool, str)) or not
+                                                     (isinstance(self.latency_budget_ms, (int, float)) and
+                                                      self.latency_budget_ms > 0)):
+                bad(f"--latency-budget-ms {self.latency_budget_ms} is invalid; use a positive number of milliseconds "
+                    f"or auto (half the teacher's latency)")
             if not self.measure_latency:
                 bad("latency_budget_ms needs measure_latency: true")
         if self.latency_percentile not in ("p50", "p90", "p99"):
@@ -148,8 +160,10 @@ class SweepSpec:
 
     def student_config(self, task: str, fraction: float, seed: int, teacher_dir: str, output_dir: str,
                        **knobs) -> MixKDConfig:
+        student_seed = knobs.pop("student_seed", None)   # grid cells of student_seeds: the group keeps the data
         return MixKDConfig.from_dict({**self.base, **knobs, "task": task, "data_fraction": fraction,
-                                      "data_seed": seed, "seed": seed, "teacher": teacher_dir,
+                                      "data_seed": seed, "seed": seed if student_seed is None else student_seed,
+                                      "teacher": teacher_dir,
                                       "data_dir": self.data_dir, "output_dir": output_dir, "progress": False})
 
     def groups(self) -> list[tuple[str, float, int]]:
@@ -222,7 +236,7 @@ def group_name(spec: SweepSpec, task: str, fraction: float, seed: int) -> str:
 def saved_spec(spec: SweepSpec) -> dict[str, Any]:
     """The spec as written to sweep.yaml and handed to the trials: a password or token in the tracking
     URI is masked (the driver alone talks to MLflow, with the real URI)."""
-    from ..tracking.writer import redact_uri
+    from ..tracking.store import redact_uri
     return {**spec.to_dict(), "tracking_uri": redact_uri(spec.tracking_uri)}
 
 

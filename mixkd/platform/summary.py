@@ -12,7 +12,7 @@ from ..core.atomic import write_json_atomic
 
 def summarize(exp_dir: Path, tracker=None) -> dict[str, Any]:
     """Best finished trial per (task, variant, student depth), from the trial folders' metrics.json."""
-    from ..tracking.writer import redact_uri
+    from ..tracking.store import redact_uri
     best: dict[tuple, dict] = {}
     n_finished = 0
     for m in sorted((exp_dir / "trials").glob("*/metrics.json")):

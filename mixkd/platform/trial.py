@@ -73,7 +73,7 @@ def run_trial(config: dict[str, Any], fixed: dict[str, Any]) -> None:
         persisted.set()
 
     from ..core import faults
-    from ..core.trainer import append_event, read_jsonl
+    from ..core.checkpoints import append_event, read_jsonl
     teacher_dir = fixed["teachers"][spec.teacher_key(task, fraction, seed)]
     cfg = spec.student_config(task, fraction, seed, teacher_dir, str(out), **knobs)
     lat = fixed.get("latency", {}).get(latency_key(cfg))

@@ -16,7 +16,6 @@ from typing import Any
 
 from ..core.config import MixKDConfig
 from .store import open_client, redact_uri, sqlite_init_lock
-from .store import SECRET_WORDS, check_tracking_uri, default_tracking_uri  # noqa: F401 (mixkd.platform imports them here)
 
 PARENT_TAG = "mixkd.sweep_id"
 ROLE_TAG = "mixkd.role"
