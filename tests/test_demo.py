@@ -68,3 +68,15 @@ def test_demo_path_end_to_end_on_the_embedded_sample(cli_env, tmp_path, tiny_ber
     assert "## Claims scorecard" in md and "SM+TMKD beats FT" in md
     # the teacher is not the paper's: its Table 1 shows our runs and the paper's side by side, no Δ
     assert "No Δ in this table" in md
+
+
+def test_every_named_preset_loads_by_name():
+    """`--preset NAME` finds experiments/presets/NAME.yaml from the installed CLI module."""
+    import argparse
+
+    from mixkd.cli.sweep import PRESETS, PRESETS_DIR, load_spec
+    assert PRESETS_DIR == REPO / "experiments" / "presets"
+    for name in PRESETS:
+        assert (PRESETS_DIR / f"{name}.yaml").is_file(), name
+    args = argparse.Namespace(preset="smoke", experiment_name=None)
+    assert load_spec(args).name == "smoke"

@@ -332,7 +332,8 @@ def test_report_command_writes_self_contained_html(store, tmp_path, capsys):
     assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
     assert "<link" not in html and "<script" not in html
     assert f'href="http://ui:5000/#/experiments/{store.exp_id}/runs/{store.ids["ft6-sst2"][0]}"' in html
-    assert "91.00 ± 1.41 (n=2)" in html and "no run" in html
+    assert "91.00 ± 1.41 (n=2)" in html and "no run" in html and "Claims scorecard" in html
+    assert "claims scorecard:" in capsys.readouterr().out
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".rep")]      # no temp dirs left
     # an existing --out is refused without --overwrite (one line, exit 2) and replaced with it
     capsys.readouterr()

@@ -33,7 +33,12 @@ def main(args: argparse.Namespace) -> int:
     from ..report.build import write_report
     out = write_report(uri, args.out, experiment=args.experiment, overwrite=args.overwrite,
                        mlflow_ui_url=args.mlflow_ui_url)
-    print(f"report: {out / 'report.md'}\n        {out / 'report.html'} (self-contained)")
+    import json
+    from ..report.scorecard import VERDICTS
+    card = json.loads((out / "report.json").read_text()).get("scorecard", [])
+    counts = ", ".join(f"{sum(r['verdict'] == v for r in card)} {v}" for v in VERDICTS)
+    print(f"report: {out / 'report.md'}\n        {out / 'report.html'} (self-contained)\n"
+          f"claims scorecard: {counts} (the first section of the report)")
     return 0
 
 

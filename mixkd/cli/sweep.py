@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..core.errors import UsageError
 
-PRESETS_DIR = Path(__file__).resolve().parents[1] / "experiments" / "presets"
+PRESETS_DIR = Path(__file__).resolve().parents[2] / "experiments" / "presets"   # the repository's
 PRESETS = ("demo", "smoke", "ablation", "limited", "search", "paper")
 # environment the Ray workers need (offline mode, data and cache locations)
 # (not MLflow's: the driver is the only MLflow writer, so tracking URIs and tokens stay in its process and
