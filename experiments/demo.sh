@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fine-tune the packaged MiniLM teacher on an SST-2 slice, then distil it into a k-layer student
-# with each variant, and print a table. Offline: reads $GLUE_DIR (default ../shared/glue_data).
+# with each variant, and print a table. Data: $GLUE_DIR, ../shared/glue_data, the hub or the embedded sample.
 # Finished runs are skipped, so re-running resumes where it stopped.
 #   FRACTION=0.1 EPOCHS=3 VARIANTS="ft sm+tmkd" bash experiments/demo.sh
 set -euo pipefail
@@ -12,8 +12,9 @@ K=${K:-2}
 LR=${LR:-1e-4}
 SEED=${SEED:-42}
 VARIANTS=${VARIANTS:-ft kd tmkd sm+tmkd}
-export GLUE_DIR=${GLUE_DIR:-$(cd "$(dirname "$0")/.." && pwd)/../shared/glue_data}
-export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} HF_DATASETS_OFFLINE=${HF_DATASETS_OFFLINE:-1}
+# data: $GLUE_DIR, else ../shared/glue_data when it exists, else the hub or the embedded SST-2 sample
+SHARED="$(cd "$(dirname "$0")/.." && pwd)/../shared/glue_data"
+if [ -z "${GLUE_DIR:-}" ] && [ -f "$SHARED/SST-2/train.tsv" ]; then export GLUE_DIR="$SHARED"; fi
 MIXKD=${MIXKD:-mixkd}
 
 run() {  # run DIR CMD...: skip finished runs, resume interrupted ones

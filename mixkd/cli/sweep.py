@@ -170,7 +170,7 @@ def show_results(spec, summary: dict) -> None:
     uri = spec.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or summary["tracking_uri"]
     experiment = spec.experiment_name or spec.name
     print("\nClaims scorecard (the paper's claims, measured on this sweep's runs):")
-    print(format_text(build_scorecard(load_runs(uri, experiment))))
+    print(format_text(build_scorecard(load_runs(uri, experiment)), measured_only=True))
     from ..deploy.selection import format_selection
     for sel in summary.get("selection") or []:
         print(f"\nPareto front of {sel['task']}, latency budget {summary.get('latency_budget_ms', 0):g} ms:")

@@ -57,7 +57,7 @@ def build_report(df, mlflow_ui_url: str = DEFAULT_UI, figures: bool = True) -> R
     tables += [f1, *f3, *paper_only_tables()]
     used = 0 if d is None else len(d)
     summary = [f"{total} mixkd runs in the store; {used} FINISHED with final metrics are used.",
-               "Settings (teacher backbone, training-data fraction): "
+               "Settings (teacher backbone, training-data fraction, row cap): "
                + ("; ".join(_setting_text(s) for s in settings) if settings else "none")]
     if d is not None and len(d):
         exps = sorted(set(zip(d["experiment"], d["experiment_id"])))

@@ -184,7 +184,22 @@ def prepare(df):
     d["base_variant"] = variant.str.replace(r"\+bt$", "", regex=True)
     d["teacher_model"] = d["teacher_model"].fillna("?").astype(str)
     d["layer_strategy"] = d["layer_strategy"].fillna("first")
+    d["train_cap"] = [train_cap(p) for p in d["params"]]
     return d.reset_index(drop=True)
+
+
+def train_cap(params: dict | None) -> int | None:
+    """The run's --max-train-samples (None: no cap)."""
+    try:
+        return int(float((params or {}).get("max_train_samples")))
+    except (TypeError, ValueError):
+        return None
+
+
+def in_setting(d, setting) -> Any:
+    """Row mask of the runs of ``setting`` = (teacher backbone, data fraction, row cap)."""
+    teacher, fraction, cap = setting
+    return (d["teacher_model"] == teacher) & (d["data_fraction"] == fraction) & d["train_cap"].map(lambda c: c == cap)
 
 
 def _pct(df, col: str):
@@ -227,12 +242,12 @@ def best_group_cell(runs, metrics: tuple[str, ...], paper: list | None, primary:
     return cell
 
 
-def _settings(d) -> list[tuple[str, float]]:
-    """(teacher backbone, data fraction) pairs with trial or teacher runs, full data first."""
+def _settings(d) -> list[tuple[str, float, int | None]]:
+    """(teacher backbone, data fraction, row cap) with trial or teacher runs, full data first."""
     if d is None or len(d) == 0:
         return []
-    pairs = {(str(t), float(f)) for t, f in zip(d["teacher_model"], d["data_fraction"])}
-    return sorted(pairs, key=lambda p: (-p[1], p[0]))
+    keys = {(str(t), float(f), c) for t, f, c in zip(d["teacher_model"], d["data_fraction"], d["train_cap"])}
+    return sorted(keys, key=lambda p: (-p[1], p[2] is not None, -(p[2] or 0), p[0]))
 
 
 def _row_label(variant: str, bt: bool, k: int | None, strategy: str = "first") -> str:
@@ -265,17 +280,18 @@ def _our_row_keys(d) -> list[tuple[str, bool, int, str]]:
 PAPER_TEACHERS = ("bert-base-uncased", "google-bert/bert-base-uncased")   # the paper's BERT12 teacher
 
 
-def paper_comparable(teacher: str | None, fraction: float | None, paper_fraction: float = 1.0) -> bool:
-    """True when our runs are in the paper's setting (its teacher backbone and data fraction): only then
-    is a Δ between our absolute score and the paper's meaningful."""
-    return teacher in PAPER_TEACHERS and fraction == paper_fraction
+def paper_comparable(teacher: str | None, fraction: float | None, cap: int | None = None,
+                     paper_fraction: float = 1.0) -> bool:
+    """True when our runs are in the paper's setting (its teacher backbone and data fraction, no row cap):
+    only then is a Δ between our absolute score and the paper's meaningful."""
+    return teacher in PAPER_TEACHERS and fraction == paper_fraction and cap is None
 
 
-def _setting_text(setting: tuple[str, float] | None) -> str:
+def _setting_text(setting: tuple | None) -> str:
     if setting is None:
         return "no runs"
-    teacher, frac = setting
-    return f"teacher {teacher}, {_frac(frac)} of the training data"
+    teacher, frac, cap = setting
+    return f"teacher {teacher}, {_frac(frac)} of the training data" + (f", at most {cap:,} rows" if cap else "")
 
 
 def _frac(f: float) -> str:

@@ -350,16 +350,21 @@ def table_rows(rows: list[ScoreRow]) -> list[list[str]]:
     return out
 
 
-def format_text(rows: list[ScoreRow]) -> str:
-    """The scorecard for a terminal: one block per claim, verdict first."""
+def format_text(rows: list[ScoreRow], measured_only: bool = False) -> str:
+    """The scorecard for a terminal: one block per claim, verdict first; ``measured_only`` leaves out the
+    rows without runs (counted in one line at the end)."""
     lines, last = [], None
-    for r, cells in zip(rows, table_rows(rows)):
+    shown = [r for r in rows if r.ours.mean is not None] if measured_only else rows
+    for r, cells in zip(shown, table_rows(shown)):
         if r.claim != last:
             lines.append(f"{r.claim}  (paper: {r.source})")
             last = r.claim
         lines.append(f"  {r.verdict.upper():13s} {cells[1]}: ours {cells[3]}, n={cells[4]}; paper {cells[2]}")
         if cells[5] != "—":
             lines.append(f"  {'':13s} {cells[5]}")
+    if len(shown) < len(rows):
+        left = sorted({r.claim for r in rows if r.ours.mean is None}, key=[r.claim for r in rows].index)
+        lines.append(f"not measured by these runs ({len(rows) - len(shown)} rows): " + "; ".join(left))
     counts = summary_counts(rows)
     lines.append("verdicts: " + ", ".join(f"{n} {v}" for v, n in counts.items()) +
                  "  (Δ in points x100 of the primary dev metric; holds = 95% CI above 0)")
@@ -400,7 +405,7 @@ def plot(rows: list[ScoreRow]) -> bytes | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     colors = {"holds": "tab:green", "contradicted": "tab:red", "inconclusive": "tab:gray"}
-    fig, ax = plt.subplots(figsize=(9, 0.45 * len(shown) + 1.4))
+    fig, ax = plt.subplots(figsize=(9, 0.6 * len(shown) + 1.4))
     for i, r in enumerate(reversed(shown)):
         e = r.ours
         if e.lo is not None:
@@ -410,11 +415,11 @@ def plot(rows: list[ScoreRow]) -> bytes | None:
             ax.plot([r.paper], [i], "D", mfc="none", color="tab:blue")
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(range(len(shown)))
-    ax.set_yticklabels([f"{r.claim} | {r.setting}" for r in reversed(shown)], fontsize=7)
+    ax.set_yticklabels([f"{r.claim}\n{r.setting}" for r in reversed(shown)], fontsize=7)
     ax.set_xlabel("effect (points of the primary dev metric); ● ours with 95% CI, ◇ paper")
     ax.set_title("Claims scorecard")
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()

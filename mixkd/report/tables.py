@@ -13,14 +13,14 @@ import re
 from . import paper_numbers as P
 from ..core.tasks import TASKS
 from .cells import (TASK_LABEL, Cell, Row, Table, TextTable, _frac, _our_row_keys, _row_label, _select,
-                    _setting_text, best_group_cell, column_label, paper_comparable, task_metrics, PAPER_TEACHERS)
+                    _setting_text, best_group_cell, column_label, in_setting, paper_comparable, task_metrics, PAPER_TEACHERS)
 
 
 def _score_table(key, spec, d, setting, columns: list[tuple[str, tuple[str, ...]]], paper_of, extra_rows=True,
                  title_suffix="", notes=(), paper_fmt="{:.2f}") -> Table:
     sub = d
     if setting is not None and d is not None and len(d):
-        sub = d[(d["teacher_model"] == setting[0]) & (d["data_fraction"] == setting[1])]
+        sub = d[in_setting(d, setting)]
     rows = []
     paper_keys = set()
     for prow in spec["rows"]:
@@ -269,7 +269,7 @@ def fig3_tables(d) -> list[Table]:
             notes.append("Our setting is not the paper's (SST-2, 3-layer student): paper values left out.")
         table = Table(f"fig3_{pname}", f"{spec['title']} — {p['label']}", ["w/o BT", "w/ BT"], rows,
                       notes=notes + spec["notes"])
-        if paper_match and not paper_comparable(setting[3], setting[2]):
+        if paper_match and not paper_comparable(setting[3], setting[2], next((c for c in sm["train_cap"] if c), None)):
             _no_cross_setting_delta(table, "BERT-base teacher, full data")
         tables.append(table)
     return tables
