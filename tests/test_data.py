@@ -505,6 +505,7 @@ def fresh_hub_status(monkeypatch):
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_ENDPOINT", "GLUE_DIR"):
         monkeypatch.delenv(var, raising=False)
     D.hub_status.cache_clear()
+    D._announced.clear()
     yield D
     D.hub_status.cache_clear()
 

@@ -191,6 +191,7 @@ class GlueData:
     dev: dict[str, Any]             # DevSplit.name -> tokenized Dataset
     dev_splits: list[DevSplit]
     info: dict[str, Any] = field(default_factory=dict)
+    source: DataSource | None = None   # where the rows came from (announced once the run starts)
 
 
 def _tokenize(ds, task: TaskSpec, tokenizer, max_len: int, key: str):
@@ -249,5 +250,4 @@ def load_glue(cfg, task: TaskSpec, tokenizer, train: bool = True) -> GlueData:
             content = f"{content}|first{len(raw)}"
         info[f"dev_rows{'_' + split.name if split.name else ''}"] = len(raw)
         dev[split.name] = _tokenize(raw, task, tokenizer, cfg.max_seq_length, content)
-    announce_data_source(source, task)   # after the files were read: bad data stays a one-line error
-    return GlueData(task, train_ds, dev, list(task.dev_splits), info)
+    return GlueData(task, train_ds, dev, list(task.dev_splits), info, source)

@@ -18,7 +18,7 @@ import torch
 from .. import __version__
 from ..core.atomic import write_json_atomic
 from ..core.config import MixKDConfig, check_writable_dir, validate
-from ..core.data import GlueData, load_glue
+from ..core.data import GlueData, announce_data_source, load_glue
 from ..core.errors import UsageError
 from ..core.models import (build_student, check_same_vocab, count_parameters, encoder_layers, load_classifier,
                      load_tokenizer)
@@ -121,6 +121,8 @@ def _train(cfg: MixKDConfig, command: str, task: TaskSpec, student, tokenizer, d
     if is_main:
         if resume_from is None:
             check_output_dir(cfg)
+        if data.source is not None:   # after every check: bad input stays a one-line error
+            announce_data_source(data.source, task)
         out.mkdir(parents=True, exist_ok=True)
         if not cfg.resume and resume_from is None:
             _clear_results(out)

@@ -116,7 +116,7 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
     from ..tracking.writer import BackgroundTracker
 
     spec.validate()
-    preflight(spec)
+    sources = preflight(spec)
     exp_dir = spec.experiment_dir
     spec_file = exp_dir / "sweep.yaml"
     if spec_file.is_file():
@@ -129,6 +129,9 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
             changed = sorted(k for k in saved if saved.get(k) != now.get(k))
             raise UsageError(f"--resume: the sweep differs from the saved one in {', '.join(changed)}; resume "
                              f"with the same preset and flags")
+    from ..core.data import announce_data_source
+    for source, task in sources:
+        announce_data_source(source, task)
     exp_dir.mkdir(parents=True, exist_ok=True)
     if not spec_file.is_file():
         spec_file.write_text(yaml.safe_dump(saved_spec(spec), sort_keys=False))

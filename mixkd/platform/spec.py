@@ -203,12 +203,13 @@ def _teacher_depth(name: str) -> int | None:
     return c.get("num_hidden_layers") or c.get("n_layers") or c.get("num_layers")
 
 
-def preflight(spec: SweepSpec) -> None:
+def preflight(spec: SweepSpec) -> list:
     """What a sweep would otherwise find out only after Ray has started and a teacher has trained: the
-    storage folder cannot be created, a task's GLUE files are missing, a student is deeper than its
-    teacher. One UsageError (one line, exit 2), nothing written."""
+    storage folder cannot be created, a task has no data source or its GLUE files are missing, a student is
+    deeper than its teacher. One UsageError (one line, exit 2), nothing written. Returns the (data source,
+    task) pairs, for :func:`mixkd.core.data.announce_data_source` once every other check has passed."""
     check_writable_dir(spec.experiment_dir, "--storage-path")
-    from ..core.data import announce_data_source, resolve_data_source
+    from ..core.data import resolve_data_source
     sources = []
     for t in spec.tasks:
         task = get_task(t)
@@ -224,8 +225,7 @@ def preflight(spec: SweepSpec) -> None:
     if deepest is not None and depth is not None and deepest > depth:
         raise UsageError(f"student_layers {deepest} is invalid: the teacher {spec.teacher_model} has {depth} layers; "
                          f"keep student depths within 1..{depth}")
-    for source, task in sources:
-        announce_data_source(source, task)
+    return sources
 
 
 def group_name(spec: SweepSpec, task: str, fraction: float, seed: int) -> str:
