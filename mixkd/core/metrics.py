@@ -1,5 +1,8 @@
-"""Official GLUE metrics, computed with scikit-learn and scipy."""
+"""Official GLUE metrics, computed with scikit-learn and scipy, and the chance level of each: what a trivial
+predictor scores on the same dev split (a model that does not beat it learned nothing)."""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -26,3 +29,39 @@ def glue_metrics(task: TaskSpec, logits: np.ndarray, labels: np.ndarray, split: 
     """All of ``task``'s metrics for one dev split; keys get the split suffix (MNLI: ``accuracy_mm``)."""
     preds = logits.reshape(-1) if task.regression else logits.argmax(-1)
     return {metric_key(m, split): _compute(m, preds, labels) for m in task.metrics}
+
+
+CHANCE_MARGIN = 0.01   # a score must beat the trivial predictor by more than 1 point (of 100) to count
+
+
+def chance_metrics(task: TaskSpec, labels: np.ndarray, split: DevSplit) -> dict[str, float]:
+    """Each metric of the best trivial predictor on these labels: the majority class (accuracy; Matthews
+    correlation 0), the all-positive predictor for F1 (the best F1 a constant can reach), and for regression
+    a constant (the mean: correlation 0)."""
+    if task.regression:
+        return {metric_key(m, split): 0.0 for m in task.metrics}
+    labels = np.asarray(labels).astype(int)
+    majority = np.full_like(labels, int(np.bincount(labels).argmax()))
+    out = {}
+    for m in task.metrics:
+        if m == "matthews_correlation":
+            out[metric_key(m, split)] = 0.0            # any constant prediction
+        else:
+            preds = np.ones_like(labels) if m == "f1" else majority
+            out[metric_key(m, split)] = _compute(m, preds, labels)
+    return out
+
+
+def above_chance(value: float, chance: float) -> bool:
+    """The score beats the trivial predictor by more than CHANCE_MARGIN (NaN never does)."""
+    return math.isfinite(value) and value > chance + CHANCE_MARGIN
+
+
+def chance_warning(result: dict) -> str | None:
+    """One line for a finished run (its metrics.json) that does not beat the trivial predictor, else None."""
+    if result.get("above_chance", True):
+        return None
+    key = result["primary_metric"]
+    return (f"warning: the model is at chance level on the dev set ({key} {result['primary_value']:.4f}; a constant "
+            f"predictor scores {result['chance'][key]:.4f}): it learned nothing useful; train it longer (--epochs, "
+            f"--max-steps) or with a higher --lr")

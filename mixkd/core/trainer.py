@@ -25,7 +25,7 @@ from .checkpoints import (append_event, read_checkpoint, repair_checkpoints, rng
 from .data import GlueData
 from .device import autocast_for, distributed_context, resolve_device
 from .errors import NonFiniteLossError, UsageError
-from .metrics import glue_metrics
+from .metrics import above_chance, chance_metrics, glue_metrics
 from .mixup import _token_type_table, mix_embeddings, mix_labels, sample_plan
 from .tasks import TaskSpec, metric_key
 
@@ -97,6 +97,14 @@ def evaluate_model(model: nn.Module, data: GlueData, collator, batch_size: int, 
     return out
 
 
+def dev_chance(data: GlueData) -> dict[str, float]:
+    """The trivial predictors' scores on every dev split (majority class, all-positive F1, a constant)."""
+    out: dict[str, float] = {}
+    for split in data.dev_splits:
+        out.update(chance_metrics(data.task, np.asarray(data.dev[split.name]["labels"]), split))
+    return out
+
+
 class Trainer:
     """Trains ``student`` on ``data`` with the loss terms of ``cfg.variant``; ``teacher`` is frozen."""
 
@@ -151,6 +159,7 @@ class Trainer:
         self.best_step: int | None = None
         self.best_metrics: dict[str, float] = {}
         self.last_metrics: dict[str, float] = {}
+        self._chance: dict[str, float] | None = None
         self.train_time = 0.0
         self.examples_seen = 0
         self._sums: dict[str, float] = {}
@@ -285,9 +294,17 @@ class Trainer:
         return evaluate_model(self.student, self.data, self.collator, self.cfg.eval_batch_size,
                               self.device, self.cfg.precision)
 
+    @property
+    def chance(self) -> dict[str, float]:
+        """The trivial predictors' scores on the dev splits (see :func:`dev_chance`)."""
+        if self._chance is None:
+            self._chance = dev_chance(self.data)
+        return self._chance
+
     def _on_eval(self) -> dict[str, Any]:
         metrics = self.evaluate()
-        primary = metrics[metric_key(self.task.primary_metric, self.data.dev_splits[0])]
+        pkey = metric_key(self.task.primary_metric, self.data.dev_splits[0])
+        primary = metrics[pkey]
         # a NaN score (e.g. Pearson of constant predictions) never counts as the best
         improved = math.isfinite(primary) and (self.best_value is None or primary > self.best_value)
         self.last_metrics = metrics
@@ -299,6 +316,8 @@ class Trainer:
                **{f"loss/{k}": v / max(1, self._sum_count) for k, v in self._sums.items()},
                **{f"eval/{k}": v for k, v in metrics.items()},
                "primary": primary, "best_primary": self.best_value, "best_step": self.best_step,
+               **{f"chance/{k}": v for k, v in self.chance.items()}, "chance_primary": self.chance[pkey],
+               "above_chance": above_chance(primary, self.chance[pkey]),
                "train_time_s": round(self.train_time, 3),
                "train_examples_per_s": round(self.examples_seen / max(self.train_time, 1e-9), 2)}
         self._sums, self._sum_count = {}, 0

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from ..core.errors import UsageError
+from ..core.metrics import above_chance
+from ..core.tasks import get_task
 from . import latency as L
 from .pareto import _finite
 
@@ -157,7 +159,8 @@ def _records(df) -> list[dict]:
 def group_runs(runs, *, percentile: str = "p90", batch_size: int = 1, seq_len: int = L.DEFAULT_SEQ_LEN,
                device: str = "cpu", dtype: str = "fp32", threads: int | None = None, tracking_uri: str | None = None,
                remeasure: bool = False, cache_dir: str | None = None, protocol: dict | None = None,
-               role: str = "trial", log: Callable[[str], None] | None = None) -> list[dict]:
+               role: str = "trial", log: Callable[[str], None] | None = None,
+               keep_at_chance: bool = False) -> list[dict]:
     """One dict per ``config_group`` of the finished ``role`` runs in ``runs`` (a :func:`runstore.load_runs`
     DataFrame or a list of its row dicts) that have ``final/primary``.
 
@@ -167,6 +170,9 @@ def group_runs(runs, *, percentile: str = "p90", batch_size: int = 1, seq_len: i
     ``best_run`` (the row of the seed with the highest score; ties: lowest seed, then run id),
     ``params_count``, ``latency_ms`` (at ``percentile``; None when unknown), ``latency`` (p50/p90/p99/mean/
     std ms and throughput), ``latency_source`` (sweep | measured | cache), ``latency_fingerprint``.
+    ``at_chance`` is True when the mean score does not beat the mean chance level the runs logged
+    (``final/chance_<primary metric>``, see :func:`mixkd.core.metrics.above_chance`); such trial groups are left
+    out (with a log line) unless ``keep_at_chance``: a model that learned nothing is never chosen.
     Ordered by score descending, then label.
     """
     if percentile not in PERCENTILES:
@@ -208,6 +214,12 @@ def group_runs(runs, *, percentile: str = "p90", batch_size: int = 1, seq_len: i
                     sd = (sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else math.nan
                     metrics[k] = [m, sd, len(vals)]
             g["metrics"] = metrics
+            chance = metrics.get(f"final/chance_{get_task(g['task']).primary_metric}") if g["task"] else None
+            g["at_chance"] = chance is not None and not above_chance(mean, chance[0])
+            if g["at_chance"] and role == "trial" and not keep_at_chance:
+                log(f"skipped {g['label']}: at chance level (mean {mean:.4f}, a constant predictor scores "
+                    f"{chance[0]:.4f}); it learned nothing")
+                continue
             g["best_run"] = first
             g["params_count"] = int(first["params_count"]) if _finite(first.get("params_count")) else None
             for r in rs:

@@ -20,12 +20,13 @@ from ..core.atomic import write_json_atomic
 from ..core.config import MixKDConfig, check_writable_dir, validate
 from ..core.data import GlueData, announce_data_source, load_glue
 from ..core.errors import UsageError
+from ..core.metrics import above_chance
 from ..core.models import (build_student, check_same_vocab, count_parameters, encoder_layers, load_classifier,
                      load_tokenizer)
 from ..core.tasks import TaskSpec, get_task, metric_key
 from ..core.checkpoints import repair_checkpoints
 from ..core.device import resolve_device, seed_everything
-from ..core.trainer import EvalCallback, Trainer, evaluate_model, make_collator
+from ..core.trainer import EvalCallback, Trainer, dev_chance, evaluate_model, make_collator
 
 RESULT_FILES = ("config.yaml", "metrics.json", "log.jsonl", "model", "checkpoints")
 
@@ -149,6 +150,7 @@ def _train(cfg: MixKDConfig, command: str, task: TaskSpec, student, tokenizer, d
     metrics = {
         "command": command, "task": task.name, "variant": cfg.variant, "augmentation": cfg.augmentation,
         "primary_metric": primary, "primary_value": final_metrics[primary], "metrics": final_metrics,
+        "chance": trainer.chance, "above_chance": above_chance(final_metrics[primary], trainer.chance[primary]),
         "final_model": cfg.final_model, "best_step": trainer.best_step, "steps": trainer.step,
         "params": count_parameters(student), "layers": len(encoder_layers(student)),
         "train_time_s": round(trainer.train_time, 2), "wall_time_s": round(time.time() - t0, 2),
@@ -240,5 +242,7 @@ def evaluate(cfg: MixKDConfig) -> dict:
     metrics = evaluate_model(model.to(device), data, make_collator(tokenizer), cfg.eval_batch_size, device,
                              cfg.precision)
     primary = metric_key(task.primary_metric, data.dev_splits[0])
+    chance = dev_chance(data)
     return {"task": task.name, "model": cfg.model, "primary_metric": primary, "primary_value": metrics[primary],
-            "metrics": metrics, "params": count_parameters(model), "data": data.info}
+            "metrics": metrics, "chance": chance, "above_chance": above_chance(metrics[primary], chance[primary]),
+            "params": count_parameters(model), "data": data.info}

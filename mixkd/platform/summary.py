@@ -14,20 +14,22 @@ def summarize(exp_dir: Path, tracker=None) -> dict[str, Any]:
     """Best finished trial per (task, variant, student depth), from the trial folders' metrics.json."""
     from ..tracking.store import redact_uri
     best: dict[tuple, dict] = {}
-    n_finished = 0
+    n_finished, at_chance = 0, []
     for m in sorted((exp_dir / "trials").glob("*/metrics.json")):
         d = json.loads(m.read_text())
         cfg = MixKDConfig.from_yaml(m.parent / "config.yaml")
         n_finished += 1
+        if d.get("above_chance") is False:
+            at_chance.append(m.parent.name)
         key = (d["task"], d["variant"], d["layers"], cfg.data_fraction, cfg.augmentation)
         row = {"task": d["task"], "variant": d["variant"], "augmentation": cfg.augmentation, "student_layers": d["layers"],
                "data_fraction": cfg.data_fraction, "trial": m.parent.name, "primary_metric": d["primary_metric"],
                "primary_value": d["primary_value"], "metrics": d["metrics"], "params": d["params"],
-               "run_dir": str(m.parent)}
+               "run_dir": str(m.parent), "above_chance": d.get("above_chance")}
         if key not in best or row["primary_value"] > best[key]["primary_value"]:
             best[key] = row
     rows = sorted(best.values(), key=lambda r: (r["task"], r["data_fraction"], r["student_layers"], r["variant"]))
-    summary = {"experiment_dir": str(exp_dir), "finished_trials": n_finished, "best": rows,
+    summary = {"experiment_dir": str(exp_dir), "finished_trials": n_finished, "best": rows, "at_chance": at_chance,
                "tracking_uri": redact_uri(tracker.uri) if tracker else None,
                "parent_run_id": tracker.parent_id if tracker else None}
     write_json_atomic(exp_dir / "summary.json", summary)
@@ -50,8 +52,12 @@ def format_summary(summary: dict[str, Any]) -> str:
     for r in summary["best"]:
         variant = r["variant"] + ("+bt" if str(r.get("augmentation", "none")).startswith("bt") else "")
         lines.append(f"{r['task']:<6}{r['data_fraction']:>6g}{r['student_layers']:>7}  {variant:<9}"
-                     f"{r['primary_metric']:<22}{100 * r['primary_value']:>8.2f}  {r['params']:>11,}  {r['trial']}")
+                     f"{r['primary_metric']:<22}{100 * r['primary_value']:>8.2f}  {r['params']:>11,}  {r['trial']}"
+                     + ("  AT CHANCE" if r.get("above_chance") is False else ""))
     lines.append(f"{summary['finished_trials']} finished trials; folders under {summary['experiment_dir']}/trials")
+    if summary.get("at_chance"):
+        lines.append(f"{len(summary['at_chance'])} trial(s) at chance level (no better than a constant predictor on "
+                     f"dev; never selected): {', '.join(summary['at_chance'])}")
     for sel in summary.get("selection") or []:
         if "error" in sel:
             lines.append(f"{sel['task']}: no student within the latency budget: {sel['error']}")

@@ -239,6 +239,10 @@ def best_group_cell(runs, metrics: tuple[str, ...], paper: list | None, primary:
     cell.runs = [(str(e), str(r)) for e, r in zip(g["experiment_id"], g["run_id"])]
     if len(groups) > 1:
         cell.note = f"best of {len(groups)} configs"
+    if "final/above_chance" in g.columns and (g["final/above_chance"] == 0).any():
+        k = int((g["final/above_chance"] == 0).sum())
+        cell.note = "; ".join(x for x in (cell.note, f"AT CHANCE: {k} of {len(g)} runs no better than a "
+                                                   f"constant predictor") if x)
     return cell
 
 

@@ -114,7 +114,8 @@ class SweepTracker:
         self._last_step[run_id] = step
         metrics = {k: float(v) for k, v in row.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)
-                   and (k.startswith(("loss/", "eval/")) or k in ("primary", "lr", "epoch", "train_examples_per_s"))}
+                   and (k.startswith(("loss/", "eval/", "chance/"))
+                        or k in ("primary", "lr", "epoch", "train_examples_per_s", "chance_primary"))}
         if metrics:
             from mlflow.entities import Metric
             import time
@@ -135,6 +136,10 @@ class SweepTracker:
                 final = {f"final/{k}": float(v) for k, v in m.get("metrics", {}).items()}
                 final["final/primary"] = float(m["primary_value"])
                 final["params_count"] = float(m.get("params", 0))
+                final.update({f"final/chance_{k}": float(v) for k, v in (m.get("chance") or {}).items()})
+                if "above_chance" in m:   # 1/0 as a metric (sortable in the UI) and a tag (filterable)
+                    final["final/above_chance"] = float(bool(m["above_chance"]))
+                    self.client.set_tag(run_id, "above_chance", str(bool(m["above_chance"])).lower())
                 from mlflow.entities import Metric
                 import time
                 ts = int(time.time() * 1000)
