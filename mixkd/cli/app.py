@@ -30,6 +30,7 @@ EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
     "select": ("select", "the most accurate student of a sweep within a latency budget: export, card, plot"),
     "augment": ("augment", "back-translate a task's training rows (+BT data for --augment-file / --augment bt)"),
     "report": ("report", "the paper's tables (1-3, Fig. 1, Fig. 3) rebuilt from MLflow runs, paper numbers beside"),
+    "export": ("export", "a classifier as torch or onnx (--quantize int8), reloaded and checked on the dev set, with a card"),
 }
 
 
@@ -119,9 +120,16 @@ def _run_builtin(args: argparse.Namespace) -> int:
     validate(cfg, args.command)          # fail fast, before importing torch and transformers
     from ..jobs import run
     if args.command == "evaluate":
-        result = run.evaluate(cfg)
+        from ..deploy.formats import read_export_meta     # a `mixkd export` folder runs in its own format
+        exported = cfg.model and os.path.isdir(os.path.expanduser(cfg.model)) and read_export_meta(cfg.model)
+        if exported:
+            from ..deploy.formats import evaluate_exported
+        result = evaluate_exported(cfg) if exported else run.evaluate(cfg)
         text = json.dumps(result, indent=2, default=str)
         print(text)
+        from ..core.metrics import chance_warning
+        if chance_warning(result):
+            print(f"mixkd evaluate: {chance_warning(result)}", file=sys.stderr)
         if args.output:
             with open(args.output, "w") as fh:
                 fh.write(text + "\n")
@@ -130,6 +138,9 @@ def _run_builtin(args: argparse.Namespace) -> int:
     print(json.dumps({k: result[k] for k in ("task", "variant", "primary_metric", "primary_value",
                                              "metrics", "params", "steps")}, indent=2))
     print(f"results in {os.path.abspath(cfg.output_dir)}", file=sys.stderr)
+    from ..core.metrics import chance_warning
+    if chance_warning(result):
+        print(f"mixkd {args.command}: {chance_warning(result)}", file=sys.stderr)
     return 0
 
 

@@ -21,6 +21,8 @@ from ..deploy import latency as L
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="HF model dir, mixkd run dir, config.json, or the alias minilm-l6")
     p.add_argument("--student-layers", type=int, help="measure the k-layer student of --model instead")
+    p.add_argument("--format", help="torch (default) or onnx (ONNX Runtime); an exported folder: its own format")
+    p.add_argument("--quantize", help="int8: dynamic int8 quantization (CPU; torch and onnx)")
     p.add_argument("--num-labels", type=int, help="classifier outputs (default: the model config's)")
     p.add_argument("--batch-size", type=int, nargs="+", default=list(L.DEFAULT_BATCH_SIZES), dest="batch_sizes",
                    help=f"batch sizes (default: {' '.join(map(str, L.DEFAULT_BATCH_SIZES))})")
@@ -58,8 +60,19 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError(f"--output {args.output}: folder {Path(args.output).parent} does not exist; create it first")
 
 
+def _format(args: argparse.Namespace) -> tuple[str, str]:
+    """(format, onnx weight type) of the flags, or of an exported folder's mixkd_export.json."""
+    from ..deploy.formats import format_name, read_export_meta
+    meta = read_export_meta(args.model) if Path(args.model).expanduser().is_dir() else None
+    fmt = getattr(args, "format", None)
+    if meta is not None and fmt is None and getattr(args, "quantize", None) is None:
+        return format_name(meta["format"], device=args.device), (meta.get("quantization") or {}).get("weight_type", "qint8")
+    return format_name(fmt or "torch", getattr(args, "quantize", None), device=args.device), "qint8"
+
+
 def run(args: argparse.Namespace) -> dict:
     """Measure as the flags say; returns the JSON-able result (also used by experiments/bench_latency.py)."""
+    fmt, weight_type = _format(args)
     _check(args)
     cfg = L.load_config(args.model, num_labels=args.num_labels)
     if args.student_layers is not None:
@@ -70,8 +83,18 @@ def run(args: argparse.Namespace) -> dict:
     proto = dict(device=args.device, dtype=args.dtype, warmup=args.warmup, min_iters=args.min_iters,
                  min_seconds=args.min_seconds, threads=args.threads)
     label = args.model + (f" k={args.student_layers}" if args.student_layers is not None else "")
+    label += "" if fmt == "torch" else f" {fmt}"
     rows = []
-    if args.repeats == 1:
+    if fmt != "torch":       # ONNX Runtime / int8: the same protocol and cache, keyed by format and runtime
+        from ..deploy.formats import format_latencies
+        reps = {b: [] for b in args.batch_sizes}
+        for r in range(args.repeats):
+            res = format_latencies(cfg, fmt, args.batch_sizes, args.seq_len, cache_dir=args.cache_dir,
+                                   use_cache=not args.no_cache and args.repeats == 1, weight_type=weight_type, **proto)
+            for b in args.batch_sizes:
+                reps[b].append(res[b])
+        rows = [_row(label, args, b, rs) for b, rs in reps.items()]
+    elif args.repeats == 1:
         res = L.cached_latencies(cfg, args.batch_sizes, args.seq_len, cache_dir=args.cache_dir,
                                  use_cache=not args.no_cache, **proto)
         for b in args.batch_sizes:
@@ -83,19 +106,22 @@ def run(args: argparse.Namespace) -> dict:
             for b in args.batch_sizes:
                 print(f"repeat {r + 1}/{args.repeats}, batch {b} ...", file=sys.stderr, flush=True)
                 reps[b].append(L.measure(model, b, args.seq_len, **proto))
-        for b, rs in reps.items():
-            med = {k: statistics.median(x[k] for x in rs)
-                   for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "throughput")}
-            rows.append({"model": label, "batch_size": b, "seq_len": args.seq_len, **med,
-                         "iters": sum(x["iters"] for x in rs), "cached": False,
-                         "cv_p50": L.coefficient_of_variation([x["p50_ms"] for x in rs]),
-                         "cv_p90": L.coefficient_of_variation([x["p90_ms"] for x in rs]),
-                         "fingerprint": rs[0]["fingerprint"], "device_fingerprint": rs[0]["device_fingerprint"],
-                         "repeats": rs})
-    return {"model": args.model, "student_layers": args.student_layers,
+        rows = [_row(label, args, b, rs) for b, rs in reps.items()]
+    return {"model": args.model, "student_layers": args.student_layers, "format": fmt,
             "architecture_fingerprint": L.architecture_fingerprint(cfg), "architecture": L.architecture_fields(cfg),
             "protocol": {k: v for k, v in proto.items() if k not in ("device", "dtype", "threads")}
             | {"repeats": args.repeats}, "fingerprint": rows[0]["fingerprint"], "results": rows}
+
+
+def _row(label: str, args: argparse.Namespace, b: int, rs: list[dict]) -> dict:
+    """One batch size's row: the result itself (one measurement) or the medians over repeats with the CV."""
+    if len(rs) == 1:
+        return {"model": label, **rs[0], "repeats": rs}
+    med = {k: statistics.median(x[k] for x in rs) for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "throughput")}
+    return {"model": label, "batch_size": b, "seq_len": args.seq_len, **med, "iters": sum(x["iters"] for x in rs),
+            "cached": False, "cv_p50": L.coefficient_of_variation([x["p50_ms"] for x in rs]),
+            "cv_p90": L.coefficient_of_variation([x["p90_ms"] for x in rs]),
+            "fingerprint": rs[0]["fingerprint"], "device_fingerprint": rs[0]["device_fingerprint"], "repeats": rs}
 
 
 def main(args: argparse.Namespace) -> int:
@@ -107,7 +133,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"(medians over {args.repeats} repeats; cv = std/mean of p50 and p90 across repeats)")
     fp = out["fingerprint"]
     print(f"device: {fp['device']} | cpu: {fp['cpu']} x{fp['cpu_count']} | gpu: {fp['gpu'] or '-'} | "
-          f"threads: {fp['threads']} | dtype: {fp['dtype']} | torch {fp['torch']} | transformers {fp['transformers']}")
+          f"threads: {fp['threads']} | dtype: {fp['dtype']} | torch {fp['torch']} | transformers {fp['transformers']}"
+          + (f" | format {out['format']}" + (f" | {fp['runtime']} {fp['runtime_version']} (intra-op threads "
+                                             f"{fp['intra_op_threads']}, inter-op {fp['inter_op_threads']})"
+                                             if fp.get("runtime") else "") if out["format"] != "torch" else ""))
     print(f"architecture: {out['architecture_fingerprint']} ({out['architecture'].get('model_type')}, "
           f"{out['architecture'].get('num_hidden_layers')} layers, hidden {out['architecture'].get('hidden_size')})")
     if args.output:

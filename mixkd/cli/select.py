@@ -29,6 +29,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-seconds", type=float, default=L.DEFAULT_MIN_SECONDS,
                    help="latency protocol: minimum timed seconds")
     p.add_argument("--cache-dir", help="latency cache (default $MIXKD_CACHE/latency)")
+    p.add_argument("--formats", default="torch",
+                   help="deployment formats to choose over, comma-separated: torch, torch-int8, onnx, onnx-int8, or "
+                        "all (every one this device has); each is scored on the dev set after conversion (default torch)")
+    p.add_argument("--data-dir", help="GLUE folder for the after-conversion dev scores (default: $GLUE_DIR, hub, sample)")
+    p.add_argument("--max-eval-samples", type=int, help="score formats on the first N dev rows only (default: all)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -40,10 +45,15 @@ def main(args: argparse.Namespace) -> int:
     if args.warmup < 0 or args.min_iters < 1 or not args.min_seconds >= 0:
         raise UsageError(f"the latency protocol --warmup {args.warmup} --min-iters {args.min_iters} "
                          f"--min-seconds {args.min_seconds:g} is invalid; use warmup >= 0, min-iters >= 1, min-seconds >= 0")
+    from ..deploy.formats import parse_formats
+    formats = parse_formats(args.formats, args.device)
+    if args.max_eval_samples is not None and args.max_eval_samples < 1:
+        raise UsageError(f"--max-eval-samples {args.max_eval_samples} is invalid; use a positive number of rows")
     sel = select(args.tracking_uri, args.latency_budget_ms, args.out, experiment=args.experiment,
                  percentile=args.percentile, batch_size=args.batch_size, seq_len=args.seq_len, task=args.task,
                  device=args.device, dtype=args.dtype, threads=args.threads, remeasure=args.remeasure,
                  cache_dir=args.cache_dir,
-                 protocol=dict(warmup=args.warmup, min_iters=args.min_iters, min_seconds=args.min_seconds))
+                 protocol=dict(warmup=args.warmup, min_iters=args.min_iters, min_seconds=args.min_seconds),
+                 formats=formats, data_dir=args.data_dir, max_eval_samples=args.max_eval_samples)
     print(format_selection(sel))
     return 0

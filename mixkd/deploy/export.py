@@ -69,36 +69,28 @@ def export_student(chosen: Mapping[str, Any], out: str | os.PathLike, selection:
     from .modelcard import model_card
     from ..core.models import quiet_transformers
     quiet_transformers()
+    from ..core.atomic import atomic_folder
     out = Path(out).expanduser()
-    if out.exists():
-        raise UsageError(f"--out {out} already exists; choose a new folder or remove it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     dl = Path(tempfile.mkdtemp(prefix="mixkd-model-"))
     try:
-        src = _model_source(chosen["best_run"], tracking_uri, dl)
-        try:
-            model = AutoModelForSequenceClassification.from_pretrained(src, trust_remote_code=False)
-            tok = AutoTokenizer.from_pretrained(src, trust_remote_code=False)
-        except (OSError, ValueError) as e:
-            raise UsageError(f"cannot load the chosen model from {src} ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0][:160]})") from None
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        sel = dict(selection)
-        sel["exported_from"] = src
-        sel["params"] = sum(p.numel() for p in model.parameters())
-        if plot is not None:
-            plot(tmp / "pareto.png")
-            sel["plot"] = "pareto.png"
-        (tmp / "selection.json").write_text(json.dumps(_jsonable(sel), indent=2, default=str) + "\n")
-        (tmp / "README.md").write_text(model_card(sel))
-        if out.exists():
-            raise UsageError(f"--out {out} appeared while exporting; choose a new folder")
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with atomic_folder(out) as tmp:
+            src = _model_source(chosen["best_run"], tracking_uri, dl)
+            try:
+                model = AutoModelForSequenceClassification.from_pretrained(src, trust_remote_code=False)
+                tok = AutoTokenizer.from_pretrained(src, trust_remote_code=False)
+            except (OSError, ValueError) as e:
+                raise UsageError(f"cannot load the chosen model from {src} ({type(e).__name__}: "
+                                 f"{str(e).splitlines()[0][:160]})") from None
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            sel = dict(selection)
+            sel["exported_from"] = src
+            sel["params"] = sum(p.numel() for p in model.parameters())
+            if plot is not None:
+                plot(tmp / "pareto.png")
+                sel["plot"] = "pareto.png"
+            (tmp / "selection.json").write_text(json.dumps(_jsonable(sel), indent=2, default=str) + "\n")
+            (tmp / "README.md").write_text(model_card(sel))
     finally:
         shutil.rmtree(dl, ignore_errors=True)
     return out

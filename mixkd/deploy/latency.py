@@ -19,8 +19,6 @@ This module imports torch and transformers only (no Ray, no MLflow).
 from __future__ import annotations
 
 import copy
-import gc
-import hashlib
 import json
 import os
 import platform
@@ -30,6 +28,8 @@ from typing import Any, Iterable, Mapping
 
 from ..core.atomic import write_json_atomic
 from ..core.errors import UsageError
+from .protocol import (_check_positive, _hash, check_protocol, coefficient_of_variation, protocol_result,
+                       summarize, timed_loop)
 
 DEFAULT_BATCH_SIZES = (1, 32)
 DEFAULT_SEQ_LEN = 128
@@ -55,10 +55,6 @@ _NON_COMPUTE_KEYS = {
 # --------------------------------------------------------------------------------------------------
 # fingerprints
 # --------------------------------------------------------------------------------------------------
-def _hash(obj: Any, n: int = 16) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
-
-
 def _torch_dtype(dtype: str):
     import torch
     if dtype not in DTYPES:
@@ -180,55 +176,24 @@ def device_fingerprint(device: str = "cpu", dtype: str = "fp32", threads: int | 
 # --------------------------------------------------------------------------------------------------
 # measuring
 # --------------------------------------------------------------------------------------------------
-def _percentile(sorted_vals: list[float], q: float) -> float:
-    """Linear-interpolation percentile (numpy's default) of an ascending list."""
-    if len(sorted_vals) == 1:
-        return sorted_vals[0]
-    pos = (len(sorted_vals) - 1) * q / 100.0
-    lo = int(pos)
-    hi = min(lo + 1, len(sorted_vals) - 1)
-    return sorted_vals[lo] + (sorted_vals[hi] - sorted_vals[lo]) * (pos - lo)
-
-
-def summarize(times_s: list[float], batch_size: int) -> dict[str, float]:
-    """p50/p90/p99/mean/std/min/max in ms and throughput (samples/s) of per-iteration times in seconds."""
-    ms = sorted(t * 1000.0 for t in times_s)
-    n = len(ms)
-    mean = sum(ms) / n
-    std = (sum((x - mean) ** 2 for x in ms) / (n - 1)) ** 0.5 if n > 1 else 0.0
-    return {"p50_ms": _percentile(ms, 50), "p90_ms": _percentile(ms, 90), "p99_ms": _percentile(ms, 99),
-            "mean_ms": mean, "std_ms": std, "min_ms": ms[0], "max_ms": ms[-1],
-            "throughput": batch_size * n / (sum(ms) / 1000.0)}
-
-
-def _check_positive(name: str, value, kind=int, allow_zero: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
-        value >= 0 if allow_zero else value > 0) and (kind is float or float(value).is_integer())
-    if not ok:
-        raise UsageError(f"{name} {value!r} is invalid; use a {'non-negative' if allow_zero else 'positive'} "
-                         f"{'number' if kind is float else 'integer'}")
-
-
 def measure(model, batch_size: int = 1, seq_len: int = DEFAULT_SEQ_LEN, device: str = "cpu",
             dtype: str = "fp32", warmup: int = DEFAULT_WARMUP, min_iters: int = DEFAULT_MIN_ITERS,
-            min_seconds: float = DEFAULT_MIN_SECONDS, threads: int | None = None, seed: int = 0) -> dict[str, Any]:
+            min_seconds: float = DEFAULT_MIN_SECONDS, threads: int | None = None, seed: int = 0,
+            fingerprint_extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Latency of one forward pass of ``model`` on a (batch_size, seq_len) batch under the fixed protocol.
 
     The model is moved to ``device`` and ``dtype`` (fp32, bf16, fp16) and put in eval mode (in place).
     ``threads`` sets ``torch.set_num_threads`` for the measurement (restored afterwards; None keeps
-    the current count) and is recorded. The timed loop runs until both ``min_iters`` iterations and
-    ``min_seconds`` of wall time are reached.
+    the current count) and is recorded. The timed loop (:func:`timed_loop`) runs until both
+    ``min_iters`` iterations and ``min_seconds`` of wall time are reached. ``fingerprint_extra`` is
+    added to the fingerprint (e.g. the format of a quantized model).
 
     Returns ``batch_size, seq_len, p50_ms, p90_ms, p99_ms, mean_ms, std_ms, min_ms, max_ms,
     throughput`` (samples/s), ``iters, warmup, elapsed_s`` (wall time of the timed loop),
     ``fingerprint`` (:func:`device_info`) and ``device_fingerprint``.
     """
     import torch
-    _check_positive("--batch-size", batch_size)
-    _check_positive("--seq-len", seq_len)
-    _check_positive("--warmup", warmup, allow_zero=True)
-    _check_positive("--min-iters", min_iters)
-    _check_positive("--min-seconds", min_seconds, kind=float, allow_zero=True)
+    check_protocol(batch_size, seq_len, warmup, min_iters, min_seconds)
     device = _resolve_device(device)
     tdtype = _torch_dtype(dtype)
     cfg = model.config
@@ -237,45 +202,29 @@ def measure(model, batch_size: int = 1, seq_len: int = DEFAULT_SEQ_LEN, device: 
         raise UsageError(f"--seq-len {seq_len} is longer than the model's {max_pos} positions; use at most {max_pos}")
     prev_threads = torch.get_num_threads()
     threads = _resolve_threads(threads)
-    fp = device_info(device, dtype, threads)
+    fp = {**device_info(device, dtype, threads), **(fingerprint_extra or {})}
     gen = torch.Generator().manual_seed(seed)
     inputs = {"input_ids": torch.randint(0, int(cfg.vocab_size), (batch_size, seq_len), generator=gen).to(device),
               "attention_mask": torch.ones(batch_size, seq_len, dtype=torch.long, device=device)}
     model = model.to(device=device, dtype=tdtype).eval()
     cuda = device.startswith("cuda")
-    gc_was_enabled = gc.isenabled()
-    times: list[float] = []
+
+    def cuda_timed():      # a pair of CUDA events around the call, then a synchronize
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        model(**inputs)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1000.0
     try:
         torch.set_num_threads(threads)
         with torch.inference_mode():
-            for _ in range(int(warmup)):
-                model(**inputs)
-            if cuda:
-                torch.cuda.synchronize(device)
-            gc.collect()
-            gc.disable()     # no collector pauses inside the timed loop
-            t_start = time.perf_counter()
-            while len(times) < min_iters or time.perf_counter() - t_start < min_seconds:
-                if cuda:
-                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    start.record()
-                    model(**inputs)
-                    end.record()
-                    end.synchronize()
-                    times.append(start.elapsed_time(end) / 1000.0)
-                else:
-                    t0 = time.perf_counter()
-                    model(**inputs)
-                    times.append(time.perf_counter() - t0)
-            elapsed = time.perf_counter() - t_start
+            loop = timed_loop(lambda: model(**inputs), warmup, min_iters, min_seconds, cuda_timed if cuda else None,
+                              (lambda: torch.cuda.synchronize(device)) if cuda else None)
     finally:
-        if gc_was_enabled:
-            gc.enable()
         torch.set_num_threads(prev_threads)
-    return {"batch_size": int(batch_size), "seq_len": int(seq_len), **summarize(times, batch_size),
-            "iters": len(times), "warmup": int(warmup), "min_iters": int(min_iters), "min_seconds": float(min_seconds),
-            "elapsed_s": elapsed, "attn_implementation": getattr(cfg, "_attn_implementation", None),
-            "fingerprint": fp, "device_fingerprint": _hash(fp)}
+    return protocol_result(loop, batch_size, seq_len, warmup, min_iters, min_seconds, fp,
+                           attn_implementation=getattr(cfg, "_attn_implementation", None))
 
 
 def build_random_model(model_config: Any, num_labels: int | None = None):
@@ -301,9 +250,10 @@ def default_cache_dir() -> Path:
     return cache_dir() / "latency"
 
 
-def cache_key(arch_fp: str, dev_fp: str, dtype: str, batch_size: int, seq_len: int) -> str:
-    return _hash({"v": CACHE_VERSION, "arch": arch_fp, "device": dev_fp, "dtype": dtype,
-                  "batch": int(batch_size), "seq": int(seq_len)}, n=24)
+def cache_key(arch_fp: str, dev_fp: str, dtype: str, batch_size: int, seq_len: int, fmt: str = "torch") -> str:
+    key = {"v": CACHE_VERSION, "arch": arch_fp, "device": dev_fp, "dtype": dtype, "batch": int(batch_size),
+           "seq": int(seq_len)}
+    return _hash(key if fmt == "torch" else {**key, "format": fmt}, n=24)
 
 
 def _satisfies(rec: dict, warmup: int, min_iters: int, min_seconds: float) -> bool:
@@ -316,9 +266,14 @@ def cached_latencies(model_config_or_dir: Any, batch_sizes: Iterable[int] = DEFA
                      cache_dir: str | os.PathLike | None = None, *, student_layers: int | None = None,
                      num_labels: int | None = None, threads: int | None = None, warmup: int = DEFAULT_WARMUP,
                      min_iters: int = DEFAULT_MIN_ITERS, min_seconds: float = DEFAULT_MIN_SECONDS,
-                     use_cache: bool = True) -> dict[int, dict[str, Any]]:
+                     use_cache: bool = True, fmt: str = "torch", runtime: Mapping[str, Any] | None = None,
+                     make_measure=None) -> dict[int, dict[str, Any]]:
     """:func:`cached_latency` for several batch sizes; the random model is built once, and only if
-    some batch size is not cached. Returns {batch_size: result}."""
+    some batch size is not cached. Returns {batch_size: result}.
+
+    Other deployment formats (:mod:`.formats`) pass ``fmt`` (part of the cache key), ``runtime`` (added to
+    the device fingerprint: runtime, version, thread settings) and ``make_measure(cfg)`` returning
+    ``fn(batch_size, seq_len, warmup=, min_iters=, min_seconds=) -> result`` for that format."""
     cfg = load_config(model_config_or_dir, num_labels=num_labels)
     if student_layers is not None:
         cfg = student_config(cfg, student_layers)
@@ -328,12 +283,12 @@ def cached_latencies(model_config_or_dir: Any, batch_sizes: Iterable[int] = DEFA
     arch = architecture_fields(cfg)
     arch_fp = _hash(arch)
     dev = device_info(device, dtype, threads)
-    dev_fp = _hash(dev)
+    dev_fp = _hash({**dev, **(runtime or {})})
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     out: dict[int, dict[str, Any]] = {}
     model = None
     for b in batch_sizes:
-        path = root / f"{cache_key(arch_fp, dev_fp, dtype, b, seq_len)}.json"
+        path = root / f"{cache_key(arch_fp, dev_fp, dtype, b, seq_len, fmt)}.json"
         if use_cache and path.is_file():
             try:
                 rec = json.loads(path.read_text())
@@ -343,10 +298,11 @@ def cached_latencies(model_config_or_dir: Any, batch_sizes: Iterable[int] = DEFA
                 out[b] = {**rec, "cached": True, "cache_file": str(path)}
                 continue
         if model is None:
-            model = build_random_model(cfg)
-        rec = measure(model, b, seq_len, device=device, dtype=dtype, warmup=warmup, min_iters=min_iters,
-                      min_seconds=min_seconds, threads=dev["threads"])
-        rec.update(architecture_fingerprint=arch_fp, architecture=arch, dtype=dtype,
+            model = make_measure(cfg) if make_measure else build_random_model(cfg)
+        proto = dict(warmup=warmup, min_iters=min_iters, min_seconds=min_seconds)
+        rec = (model(b, seq_len, **proto) if make_measure else
+               measure(model, b, seq_len, device=device, dtype=dtype, threads=dev["threads"], **proto))
+        rec.update(architecture_fingerprint=arch_fp, architecture=arch, dtype=dtype, format=fmt,
                    measured_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
         if use_cache:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -424,16 +380,6 @@ def format_table(rows: list[Mapping[str, Any]], extra_cols: tuple[str, ...] = ()
             cells.append(f"{v:.1%}" if isinstance(v, float) else ("" if v is None else str(v)))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def coefficient_of_variation(values: list[float]) -> float:
-    """Sample std / mean (0.0 for a single value)."""
-    n = len(values)
-    if n < 2:
-        return 0.0
-    mean = sum(values) / n
-    std = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5
-    return std / mean if mean else float("nan")
 
 
 __all__ = ["measure", "cached_latency", "cached_latencies", "student_config", "load_config",

@@ -98,3 +98,75 @@ def model_card(sel: Mapping[str, Any]) -> str:
               "- teacher runs: " + (", ".join(f"`{r}`" for r in t.get("run_ids") or []) or "none in the store"),
               f"- selected at {sel.get('created')}; `selection.json` holds the front and every configuration.", ""]
     return "\n".join(lines)
+
+
+def onnx_snippet(path: str) -> str:
+    """Plain onnxruntime + tokenizers code that runs an exported ONNX classifier (no mixkd, no torch)."""
+    return f'''import json
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+folder = {path!r}
+tok = Tokenizer.from_file(f"{{folder}}/tokenizer.json")
+tok.enable_padding(pad_id=tok.token_to_id("[PAD]") or 0)
+tok.enable_truncation(max_length=128)
+sess = ort.InferenceSession(f"{{folder}}/model.onnx", providers=["CPUExecutionProvider"])
+enc = tok.encode_batch(["a gripping , funny and moving film", "a dull , lifeless mess"])
+arrays = {{"input_ids": [e.ids for e in enc], "attention_mask": [e.attention_mask for e in enc],
+          "token_type_ids": [e.type_ids for e in enc]}}
+feed = {{i.name: np.array(arrays[i.name], dtype=np.int64) for i in sess.get_inputs()}}
+logits = sess.run(["logits"], feed)[0]
+id2label = json.load(open(f"{{folder}}/config.json")).get("id2label") or {{}}
+print([id2label.get(str(int(i)), int(i)) for i in logits.argmax(-1)], logits.tolist())'''
+
+
+def export_card(meta: Mapping[str, Any], where: str) -> str:
+    """The README.md of a ``mixkd export`` folder: format, runtime and version, opset, quantization, dev metrics
+    before and after conversion, agreement with PyTorch, how to run it."""
+    fmt, task, primary = meta["format"], meta.get("task"), meta.get("primary_metric")
+    q, onnx, agree = meta.get("quantization") or {}, meta.get("onnx") or {}, meta.get("agreement") or {}
+    before, after = meta.get("metrics_before") or {}, meta.get("metrics_after") or {}
+    front = {"library_name": "onnx" if fmt.startswith("onnx") else "transformers", "pipeline_tag": "text-classification",
+             "tags": ["mixkd", "knowledge-distillation", "text-classification", "glue", fmt]}
+    lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
+             f"# GLUE {task} classifier, {fmt}", "",
+             f"Exported by `mixkd export` from `{meta.get('source')}`, reloaded from this folder and checked on the "
+             f"{task} dev set before it was declared done.", "",
+             "| | |", "|---|---|", f"| format | {fmt} |",
+             f"| runtime | {meta.get('runtime')} {meta.get('runtime_version')} |",
+             f"| exporter, opset | {onnx.get('exporter', 'n/a')}, {onnx.get('opset', 'n/a')} |",
+             "| quantization | " + (", ".join(f"{k}: {v}" for k, v in q.items()) if q else "none (fp32)") + " |",
+             f"| parameters | {meta.get('params')} |", f"| files | {_fmt(meta.get('size_bytes'))} bytes |", "",
+             f"## Dev metrics before and after conversion ({agree.get('rows')} rows)", "",
+             "| metric | PyTorch fp32 | this export | delta |", "|---|---|---|---|"]
+    for k, v in before.items():
+        a = after.get(k)
+        lines.append(f"| {k}{' (primary)' if k == primary else ''} | {_fmt(v)} | {_fmt(a)} | "
+                     f"{_fmt(a - v) if isinstance(a, float) else 'n/a'} |")
+    lines += ["", f"Same label as PyTorch fp32 on {agree.get('same_label')} of {agree.get('rows')} rows "
+              f"({_fmt(100 * agree.get('label_agreement', float('nan')), 2)}%); max |logit difference| "
+              f"{agree.get('max_abs_logit_diff', float('nan')):.2e}, mean {agree.get('mean_abs_logit_diff', float('nan')):.2e}.", ""]
+    cands = meta.get("weight_type_candidates") or []
+    if cands:
+        lines += ["Weight types measured (the better primary metric is kept):", "",
+                  f"| weight type | {primary} | label agreement with fp32 |", "|---|---|---|"]
+        lines += [f"| {c['weight_type']} | {_fmt(c['metrics'].get(primary))} | "
+                  f"{_fmt(100 * c['agreement']['label_agreement'], 2)}% |" for c in cands]
+        lines.append("")
+    lines += ["## Run it", ""]
+    if fmt.startswith("onnx"):
+        lines += ["With `pip install onnxruntime tokenizers numpy` only:", "", "```python", onnx_snippet(where), "```"]
+    else:
+        lines += ["```python", "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+                  f"model = AutoModelForSequenceClassification.from_pretrained({where!r}).eval()",
+                  f"tokenizer = AutoTokenizer.from_pretrained({where!r})"]
+        if fmt == "torch-int8":
+            lines += ["import torch  # the int8 model: dynamic quantization of every nn.Linear at load time",
+                      "model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)"]
+        lines.append("```")
+    sel = meta.get("selection")
+    if sel:
+        lines += ["", "## Selection", "", f"Chosen by `mixkd select`: {sel}"]
+    lines += ["", f"`{'mixkd_export.json'}` holds all of the above as JSON. Exported at {meta.get('created')}.", ""]
+    return "\n".join(lines)

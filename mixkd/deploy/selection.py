@@ -109,13 +109,18 @@ def select(tracking_uri: str, budget_ms: float, out: str | os.PathLike, *, exper
            percentile: str = "p90", batch_size: int = 1, seq_len: int = L.DEFAULT_SEQ_LEN, task: str | None = None,
            device: str = "cpu", dtype: str = "fp32", threads: int | None = None, remeasure: bool = False,
            cache_dir: str | None = None, protocol: dict | None = None,
-           log: Callable[[str], None] | None = None) -> dict:
+           log: Callable[[str], None] | None = None, formats: list[str] | None = None,
+           data_dir: str | None = None, max_eval_samples: int | None = None) -> dict:
     """The most accurate student of the sweep(s) in ``tracking_uri`` whose ``percentile`` latency at
     (``batch_size``, ``seq_len``) on ``device`` is within ``budget_ms``, exported to ``out``.
 
     Returns the selection dict (also written to ``out/selection.json``): the chosen group with its
     scores (mean, std, 95% CI over seeds) and latency, the teacher and the speed-up, the Pareto
     front, every group, and where each latency came from. Bad input raises :class:`UsageError`.
+
+    ``formats`` other than ``["torch"]`` (e.g. ``["torch", "torch-int8", "onnx", "onnx-int8"]``) choose over
+    (configuration × format) instead, each score measured after conversion on the dev set of ``data_dir``
+    (:mod:`mixkd.deploy.format_select`); the chosen pair is exported in its format.
     """
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     if not _finite(budget_ms) or float(budget_ms) <= 0:
@@ -153,6 +158,13 @@ def select(tracking_uri: str, budget_ms: float, out: str | os.PathLike, *, exper
     teacher_rows = [r for r in rows if r.get("role") == "teacher" and r.get("task") == task]
     groups = group_runs(trials, **kw)
     teachers = group_runs(teacher_rows, role="teacher", **kw)
+    if formats and list(formats) != ["torch"]:
+        from .format_select import select_over_formats
+        return select_over_formats(groups, list(formats), float(budget_ms), outp, task=task, tracking_uri=uri,
+                                   experiment=experiment, teacher=teachers[0] if teachers else None, data_dir=data_dir,
+                                   max_eval_samples=max_eval_samples, percentile=percentile, batch_size=batch_size,
+                                   seq_len=seq_len, device=device, threads=threads, cache_dir=cache_dir,
+                                   protocol=protocol, primary_metric=_primary_name(task), log=log)
     if len({_kind(g) for g in groups + teachers} - {None}) > 1:
         # latencies from the sweep's hardware and from this machine do not compare: measure all of them here
         log("some latencies were logged by the sweep and others must be measured here; measuring all here so "
@@ -161,6 +173,9 @@ def select(tracking_uri: str, budget_ms: float, out: str | os.PathLike, *, exper
         groups = group_runs(trials, **kw)
         teachers = group_runs(teacher_rows, role="teacher", **kw)
     usable = [g for g in groups if g["latency_ms"] is not None]
+    if not groups:
+        raise UsageError(f"every configuration in {where} ({what}) is at chance level (see the lines above); "
+                         f"nothing worth exporting: train the students longer or with a higher --lr")
     if not usable:
         raise UsageError(f"no latency for any configuration in {where} ({what}): no logged latency metrics and "
                          f"no model configs found; check that the runs' run_dir or model/ artifacts exist")
@@ -235,7 +250,8 @@ def format_selection(sel: Mapping[str, Any]) -> str:
                  f"{pct} {ch['latency_ms']:.2f} ms (batch {sel['batch_size']}, seq {sel['seq_len']}, {sel['device']}; "
                  f"{ch['latency_source']})" +
                  (f", {sp:.2f}x faster than the teacher ({t.get('latency_ms'):.2f} ms)" if sp else ""))
-    lines.append(f"exported run {ch['best_run_id']} (seed {ch['best_seed']}) to {sel['out']}: model, tokenizer, "
+    lines.append(f"exported run {ch['best_run_id']} (seed {ch['best_seed']}) " + (f"as {ch['format']} " if ch.get('format') else "")
+                 + f"to {sel['out']}: model, tokenizer, "
                  f"README.md, selection.json, pareto.png")
     return "\n".join(lines)
 

@@ -1,0 +1,129 @@
+"""``mixkd select --formats ...``: the budget choice over (configuration × deployment format).
+
+For each configuration (seed group of :func:`mixkd.deploy.groups.group_runs`) its best seed's model is
+converted to every asked format (:mod:`.formats`), its dev score is **measured after conversion** on the
+task's dev set (:func:`mixkd.deploy.ship.convert_and_score`; for onnx-int8 the better of the two weight
+types) and its latency is measured in that format (:func:`mixkd.deploy.formats.format_latencies`, cached).
+Every point is then one (configuration, format) pair; the Pareto front and the choice
+(:func:`mixkd.deploy.pareto.choose`: the highest score within the budget, ties to the faster) run over them,
+so a faster int8 point that lost accuracy is not preferred to a slightly slower fp32 one that scores higher
+within the budget. The chosen pair is exported in its format with :func:`mixkd.deploy.ship.export_model`
+(checked, model card), plus ``selection.json`` and ``pareto.png``.
+
+A point's score is that one model's dev score in that format (the scores of every format of a configuration
+come from the same weights and the same rows); the configuration's mean over seeds (PyTorch, as logged) is
+kept beside it as ``seed_mean``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from ..core.errors import UsageError
+from . import formats as F
+from .export import _group_summary, _jsonable, _model_source
+from .pareto import choose, pareto_front, plot_pareto
+
+
+def _summary(p: Mapping[str, Any]) -> dict:
+    keep = ("format", "weight_type", "seed_mean", "torch_score", "agreement", "base_config_group")
+    return {**(_group_summary(p) or {}), **_jsonable({k: p.get(k) for k in keep})}
+
+
+def format_points(groups: list[dict], formats: list[str], *, task: str, tracking_uri: str | None, workdir: Path,
+                  data_dir: str | None = None, max_eval_samples: int | None = None, percentile: str = "p90",
+                  batch_size: int = 1, seq_len: int = 128, device: str = "cpu", threads: int | None = None,
+                  cache_dir: str | None = None, protocol: Mapping[str, Any] | None = None,
+                  log: Callable[[str], None] = print) -> list[dict]:
+    """One point per (configuration, format): score measured after conversion, latency measured in that format."""
+    from ..core.tasks import metric_key
+    from .ship import _metrics, convert_and_score, load_reference
+    points = []
+    for gi, g in enumerate(groups):
+        br = g.get("best_run") or {}
+        try:
+            src = _model_source(br, tracking_uri, workdir / f"dl{gi}")
+        except UsageError as e:
+            log(f"skipping {g.get('label')}: {e}")
+            continue
+        seq = int(float((br.get("params") or {}).get("max_seq_length") or 128))
+        model, tok, data, ref = load_reference(src, task, data_dir, max_eval_samples, seq)
+        primary = metric_key(data.task.primary_metric, data.dev_splits[0])
+        torch_score = _metrics(data.task, data, ref)[primary]
+        for fmt in formats:
+            best, _ = convert_and_score(model, fmt, workdir / f"g{gi}", data, tok, ref, threads=threads, log=log)
+            wt = best["weight_type"]
+            res = F.format_latencies(src, fmt, [batch_size], seq_len, device, "fp32", cache_dir, threads=threads,
+                                     weight_type=wt or "qint8", **(protocol or {}))[batch_size]
+            score = best["metrics"][primary]
+            points.append({
+                **{k: g.get(k) for k in ("task", "variant", "student_layers", "layer_strategy", "data_fraction",
+                                         "augmentation", "experiment", "run_ids", "params_count", "metrics")},
+                "config_group": f"{g['config_group']}/{fmt}", "base_config_group": g["config_group"],
+                "label": f"{g['label']} [{fmt}]", "format": fmt, "weight_type": wt, "best_run": br,
+                "n": 1, "seeds": [br.get("seed")], "score": score, "score_std": math.nan, "scores": [score],
+                "seed_mean": g.get("score"), "torch_score": torch_score, "agreement": best["agreement"],
+                "latency_ms": res[f"{percentile}_ms"], "source_dir": src,
+                "latency": {k: res[k] for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "throughput")},
+                "latency_source": "cache" if res["cached"] else "measured", "latency_fingerprint": res["fingerprint"]})
+            log(f"{points[-1]['label']}: {primary} {score:.4f} (torch {torch_score:.4f}), {percentile} "
+                f"{points[-1]['latency_ms']:.2f} ms")
+            best.pop("module", None)
+    return points
+
+
+def select_over_formats(groups: list[dict], formats: list[str], budget_ms: float, out: Path, *, task: str,
+                        tracking_uri: str | None, experiment: str | None = None, teacher: Mapping | None = None,
+                        data_dir: str | None = None, max_eval_samples: int | None = None, percentile: str = "p90",
+                        batch_size: int = 1, seq_len: int = 128, device: str = "cpu", threads: int | None = None,
+                        cache_dir: str | None = None, protocol: Mapping[str, Any] | None = None,
+                        primary_metric: str = "primary", log: Callable[[str], None] = print) -> dict:
+    """The most accurate (configuration, format) within ``budget_ms``, exported to ``out`` in its format.
+    Returns the selection dict (also ``out/selection.json``), in the layout of
+    :func:`mixkd.deploy.selection.select` (``format_selection`` prints it) plus each point's format."""
+    from .ship import export_model
+    work = Path(tempfile.mkdtemp(prefix="mixkd-select-"))
+    try:
+        points = format_points(groups, formats, task=task, tracking_uri=tracking_uri, workdir=work, data_dir=data_dir,
+                               max_eval_samples=max_eval_samples, percentile=percentile, batch_size=batch_size,
+                               seq_len=seq_len, device=device, threads=threads, cache_dir=cache_dir,
+                               protocol=protocol, log=log)
+        if not points:
+            raise UsageError("no configuration has a model to convert (run dirs unreachable and no model/ artifacts)")
+        what = f"{percentile}, batch {batch_size}, seq {seq_len}, {device}, formats {','.join(formats)}"
+        chosen = choose(points, budget_ms, what=what)
+        front = pareto_front(points)
+        t_lat = (teacher or {}).get("latency_ms")
+        speedup = float(t_lat) / float(chosen["latency_ms"]) if t_lat and chosen["latency_ms"] else None
+        selection = {
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "tracking_uri": tracking_uri, "experiment": experiment,
+            "task": task, "budget_ms": float(budget_ms), "percentile": percentile, "batch_size": batch_size,
+            "seq_len": seq_len, "device": device, "dtype": "fp32", "formats": list(formats),
+            "primary_metric": primary_metric, "chosen": _summary(chosen), "out": str(out),
+            "teacher": _jsonable(dict(teacher)) if teacher else None, "speedup_vs_teacher": speedup,
+            "front": [_summary(p) for p in front], "groups": [_summary(p) for p in points],
+            "feasible": [p["label"] for p in points if p["latency_ms"] <= float(budget_ms)],
+            "score_note": "score = the best seed's dev score measured after conversion to the format"}
+
+        def extra(folder: Path) -> None:
+            plot_pareto(points, folder / "pareto.png", trials=[], teachers=[teacher] if teacher else [],
+                        budget_ms=float(budget_ms), chosen=chosen,
+                        title=f"{task}: dev score after conversion vs {percentile} latency (configuration × format)",
+                        xlabel=f"{percentile} latency (ms), batch {batch_size}, seq {seq_len}, {device}",
+                        ylabel="dev score of the best seed, in that format")
+            (folder / "selection.json").write_text(json.dumps(_jsonable({**selection, "plot": "pareto.png"}),
+                                                              indent=2, default=str) + "\n")
+        card_note = (f"{chosen['label']}, the most accurate (configuration, format) within {float(budget_ms):g} ms "
+                     f"({percentile}, batch {batch_size}, seq {seq_len}, {device}) among {len(points)} points; "
+                     f"see selection.json and pareto.png")
+        export_model(chosen["source_dir"], chosen["format"], out, task=task, data_dir=data_dir,
+                     max_eval_samples=max_eval_samples, threads=threads, weight_type=chosen["weight_type"] or "auto",
+                     extra={"selection": card_note}, write_extra=extra, log=log)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return json.loads((out / "selection.json").read_text())
