@@ -252,7 +252,7 @@ def store(tmp_path_factory, tiny_models):
 
 def _select(store, tmp_path, *extra):
     out = tmp_path / "student"
-    rc = cli.main(["select", "--tracking-uri", store["uri"], "--out", str(out), *map(str, extra)])
+    rc = cli.main(["select", "--tracking-uri", store["uri"], "--out", str(out), "--formats", "torch", *map(str, extra)])
     return rc, out
 
 
@@ -352,7 +352,7 @@ def test_select_no_runs(tmp_path, capsys):
 
 
 def test_select_subprocess_exit_code(store, tmp_path):
-    p = subprocess.run([sys.executable, "-m", "mixkd", "select", "--tracking-uri", store["uri"],
+    p = subprocess.run([sys.executable, "-m", "mixkd", "select", "--tracking-uri", store["uri"], "--formats", "torch",
                         "--latency-budget-ms", "0.1", "--out", str(tmp_path / "o")],
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "the fastest is" in p.stderr

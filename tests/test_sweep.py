@@ -194,7 +194,8 @@ def search_sweep(local_ray, tmp_path_factory, tiny_bert_dir, small_glue_dir):
     budget every student meets (shared by the search, latency and teacher-once tests)."""
     from mixkd.platform.driver import run_sweep
     spec = make_spec("tiny-search", tmp_path_factory.mktemp("sweeps"), tiny_bert_dir, small_glue_dir,
-                     latency_budget_ms=1e5)
+                     latency_budget_ms=1e5, select_allow_chance=True,   # tiny random students learn little
+                     select_formats="torch")   # the choice over formats: test_demo.py, test_export.py
     summary = run_sweep(spec)
     return spec, summary
 

@@ -29,10 +29,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-seconds", type=float, default=L.DEFAULT_MIN_SECONDS,
                    help="latency protocol: minimum timed seconds")
     p.add_argument("--cache-dir", help="latency cache (default $MIXKD_CACHE/latency)")
-    p.add_argument("--formats", default="torch",
+    p.add_argument("--formats", default="all",
                    help="deployment formats to choose over, comma-separated: torch, torch-int8, onnx, onnx-int8, or "
-                        "all (every one this device has); each is scored on the dev set after conversion (default torch)")
+                        "all (every one this device has; the default); each is scored on the dev set after conversion")
     p.add_argument("--data-dir", help="GLUE folder for the after-conversion dev scores (default: $GLUE_DIR, hub, sample)")
+    p.add_argument("--allow-chance", action="store_true",
+                   help="also consider configurations at chance level (no better than a constant predictor on dev; "
+                        "left out by default)")
     p.add_argument("--max-eval-samples", type=int, help="score formats on the first N dev rows only (default: all)")
 
 
@@ -54,6 +57,7 @@ def main(args: argparse.Namespace) -> int:
                  device=args.device, dtype=args.dtype, threads=args.threads, remeasure=args.remeasure,
                  cache_dir=args.cache_dir,
                  protocol=dict(warmup=args.warmup, min_iters=args.min_iters, min_seconds=args.min_seconds),
-                 formats=formats, data_dir=args.data_dir, max_eval_samples=args.max_eval_samples)
+                 formats=formats, data_dir=args.data_dir, max_eval_samples=args.max_eval_samples,
+                 allow_chance=args.allow_chance)
     print(format_selection(sel))
     return 0

@@ -43,6 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="latency budget in ms (p90, batch 1, seq 128 unless the preset says otherwise), or auto: "
                         "half the teacher's; search then optimises dev score and latency together (NSGA-II) and "
                         "the sweep exports the best student within the budget")
+    p.add_argument("--select-formats",
+                   help="with a latency budget: the deployment formats the final choice is made over, comma-separated "
+                        "(torch, torch-int8, onnx, onnx-int8) or all (the default: what the device runs)")
     p.add_argument("--student-seeds", type=int, nargs="+",
                    help="grid: train each cell once per seed, on the same teacher and data subset")
     p.add_argument("--report", action=argparse.BooleanOptionalAction, default=None,
@@ -64,7 +67,7 @@ def load_spec(args: argparse.Namespace):
     overrides = {k: getattr(args, k) for k in ("tasks", "teacher_model", "num_samples", "seeds", "data_fractions",
                                                "workers_per_trial", "gpus_per_trial", "cpus_per_trial", "max_concurrent_trials",
                                                "storage_path", "tracking_uri", "data_dir",
-                                               "latency_budget_ms", "measure_latency", "searcher", "student_seeds",
+                                               "latency_budget_ms", "measure_latency", "searcher", "student_seeds", "select_formats",
                                                "report")
                  if getattr(args, k, None) is not None}
     if args.experiment_name:

@@ -110,7 +110,7 @@ def select(tracking_uri: str, budget_ms: float, out: str | os.PathLike, *, exper
            device: str = "cpu", dtype: str = "fp32", threads: int | None = None, remeasure: bool = False,
            cache_dir: str | None = None, protocol: dict | None = None,
            log: Callable[[str], None] | None = None, formats: list[str] | None = None,
-           data_dir: str | None = None, max_eval_samples: int | None = None) -> dict:
+           data_dir: str | None = None, max_eval_samples: int | None = None, allow_chance: bool = False) -> dict:
     """The most accurate student of the sweep(s) in ``tracking_uri`` whose ``percentile`` latency at
     (``batch_size``, ``seq_len``) on ``device`` is within ``budget_ms``, exported to ``out``.
 
@@ -153,8 +153,8 @@ def select(tracking_uri: str, budget_ms: float, out: str | os.PathLike, *, exper
         raise UsageError(f"{where} holds trial runs of several tasks ({', '.join(tasks)}); pick one with --task")
     task = trials[0].get("task")
     what = f"{percentile}, batch {batch_size}, seq {seq_len}, {device}"
-    kw = dict(percentile=percentile, batch_size=batch_size, seq_len=seq_len, device=device, dtype=dtype,
-              threads=threads, tracking_uri=uri, remeasure=remeasure, cache_dir=cache_dir, protocol=protocol, log=log)
+    kw = dict(keep_at_chance=allow_chance, percentile=percentile, batch_size=batch_size, seq_len=seq_len,
+              device=device, dtype=dtype, threads=threads, tracking_uri=uri, remeasure=remeasure, cache_dir=cache_dir, protocol=protocol, log=log)
     teacher_rows = [r for r in rows if r.get("role") == "teacher" and r.get("task") == task]
     groups = group_runs(trials, **kw)
     teachers = group_runs(teacher_rows, role="teacher", **kw)
@@ -175,7 +175,8 @@ def select(tracking_uri: str, budget_ms: float, out: str | os.PathLike, *, exper
     usable = [g for g in groups if g["latency_ms"] is not None]
     if not groups:
         raise UsageError(f"every configuration in {where} ({what}) is at chance level (see the lines above); "
-                         f"nothing worth exporting: train the students longer or with a higher --lr")
+                         f"nothing worth exporting: train the students longer or with a higher --lr "
+                         f"(--allow-chance considers them anyway)")
     if not usable:
         raise UsageError(f"no latency for any configuration in {where} ({what}): no logged latency metrics and "
                          f"no model configs found; check that the runs' run_dir or model/ artifacts exist")

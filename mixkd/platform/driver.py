@@ -283,7 +283,11 @@ def select_under_budget(spec: SweepSpec, exp_dir: Path, uri: str, budget: float)
         if dest.exists():   # a resumed sweep selects again from all its trials
             shutil.rmtree(dest)
         try:
+            from ..deploy.formats import parse_formats
+            device = "cuda" if spec.gpus_per_trial > 0 else "cpu"
             sel = select(uri, budget, dest, experiment=spec.experiment_name or spec.name, task=task,
+                         formats=parse_formats(spec.select_formats, device), data_dir=spec.data_dir,
+                         max_eval_samples=spec.base.get("max_eval_samples"), allow_chance=spec.select_allow_chance,
                          percentile=spec.latency_percentile, batch_size=spec.latency_batch_size,
                          seq_len=spec.latency_seq_len, device="cuda" if spec.gpus_per_trial > 0 else "cpu")
             ch = sel["chosen"]

@@ -47,6 +47,9 @@ class SweepSpec:
     student_seeds: list = field(default_factory=list)   # grid: each cell once per seed (init, order, mixup draws),
     #                                           all on the group's teacher and data subset; empty: the group seed
     report: bool = False                      # write the report (with the claims scorecard) after the sweep
+    select_allow_chance: bool = False         # with a budget: let the choice consider students at chance level
+    select_formats: str | list = "all"        # with a budget: deployment formats the final choice is made over
+    #                                           (torch, torch-int8, onnx, onnx-int8; all: what the device runs)
     latency_percentile: str = "p90"           # of the budget and the objective
     latency_batch_size: int = 1               # of the budget and the objective
     latency_protocol: dict = field(default_factory=dict)   # warmup, min_iters, min_seconds (mixkd.latency)
@@ -112,6 +115,8 @@ class SweepSpec:
             bad("student_seeds works in grid mode only (a search samples its own configurations); use seeds")
         if self.searcher not in ("auto", "tpe", "nsga2", "random"):
             bad(f"searcher {self.searcher!r} is invalid; use auto, tpe, nsga2 or random")
+        from ..deploy.formats import parse_formats
+        parse_formats(self.select_formats, "cuda" if self.gpus_per_trial > 0 else "cpu")   # names checked early
         if self.latency_budget_ms is not None:
             if self.latency_budget_ms != "auto" and (isinstance(self.latency_budget_ms, (bool, str)) or not
                                                      (isinstance(self.latency_budget_ms, (int, float)) and
