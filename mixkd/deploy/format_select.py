@@ -10,9 +10,9 @@ so a faster int8 point that lost accuracy is not preferred to a slightly slower 
 within the budget. The chosen pair is exported in its format with :func:`mixkd.deploy.ship.export_model`
 (checked, model card), plus ``selection.json`` and ``pareto.png``.
 
-A point's score is that one model's dev score in that format (the scores of every format of a configuration
-come from the same weights and the same rows); the configuration's mean over seeds (PyTorch, as logged) is
-kept beside it as ``seed_mean``.
+A point's score is the configuration's mean dev score over seeds (as logged, PyTorch fp32) plus the change
+conversion to that format caused on its best seed, measured on the same dev rows (``converted_score -
+torch_score``, both kept): the same seed mean the fp32 choice ranks by, with the format's own cost included.
 """
 from __future__ import annotations
 
@@ -27,11 +27,12 @@ from typing import Any, Callable, Mapping
 from ..core.errors import UsageError
 from . import formats as F
 from .export import _group_summary, _jsonable, _model_source
-from .pareto import choose, pareto_front, plot_pareto
+from .pareto import _finite, choose, pareto_front, plot_pareto
 
 
 def _summary(p: Mapping[str, Any]) -> dict:
-    keep = ("format", "weight_type", "seed_mean", "torch_score", "agreement", "base_config_group")
+    keep = ("format", "weight_type", "seed_mean", "torch_score", "converted_score", "conversion_delta", "agreement",
+            "base_config_group")
     return {**(_group_summary(p) or {}), **_jsonable({k: p.get(k) for k in keep})}
 
 
@@ -60,18 +61,27 @@ def format_points(groups: list[dict], formats: list[str], *, task: str, tracking
             wt = best["weight_type"]
             res = F.format_latencies(src, fmt, [batch_size], seq_len, device, "fp32", cache_dir, threads=threads,
                                      weight_type=wt or "qint8", **(protocol or {}))[batch_size]
-            score = best["metrics"][primary]
+            converted = best["metrics"][primary]
+            # the configuration's mean over seeds (as logged, in PyTorch) shifted by what conversion to this format
+            # cost its best seed, measured on the same dev rows: a seed mean, like the fp32 choice uses
+            delta = converted - torch_score
+            mean = g.get("score")
+            seeds_scores = [s + delta for s in g.get("scores") or []] if _finite(mean) else [converted]
+            score = mean + delta if _finite(mean) else converted
             points.append({
                 **{k: g.get(k) for k in ("task", "variant", "student_layers", "layer_strategy", "data_fraction",
                                          "augmentation", "experiment", "run_ids", "params_count", "metrics")},
                 "config_group": f"{g['config_group']}/{fmt}", "base_config_group": g["config_group"],
                 "label": f"{g['label']} [{fmt}]", "format": fmt, "weight_type": wt, "best_run": br,
-                "n": 1, "seeds": [br.get("seed")], "score": score, "score_std": math.nan, "scores": [score],
-                "seed_mean": g.get("score"), "torch_score": torch_score, "agreement": best["agreement"],
+                "n": len(seeds_scores), "seeds": g.get("seeds") or [br.get("seed")], "score": score,
+                "score_std": g.get("score_std", math.nan) if _finite(mean) else math.nan, "scores": seeds_scores,
+                "seed_mean": mean, "torch_score": torch_score, "converted_score": converted,
+                "conversion_delta": delta, "agreement": best["agreement"],
                 "latency_ms": res[f"{percentile}_ms"], "source_dir": src,
                 "latency": {k: res[k] for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "throughput")},
                 "latency_source": "cache" if res["cached"] else "measured", "latency_fingerprint": res["fingerprint"]})
-            log(f"{points[-1]['label']}: {primary} {score:.4f} (torch {torch_score:.4f}), {percentile} "
+            log(f"{points[-1]['label']}: {primary} {converted:.4f} after conversion (torch {torch_score:.4f}; seed "
+                f"mean {score:.4f}), {percentile} "
                 f"{points[-1]['latency_ms']:.2f} ms")
             best.pop("module", None)
     return points
@@ -108,14 +118,15 @@ def select_over_formats(groups: list[dict], formats: list[str], budget_ms: float
             "teacher": _jsonable(dict(teacher)) if teacher else None, "speedup_vs_teacher": speedup,
             "front": [_summary(p) for p in front], "groups": [_summary(p) for p in points],
             "feasible": [p["label"] for p in points if p["latency_ms"] <= float(budget_ms)],
-            "score_note": "score = the best seed's dev score measured after conversion to the format"}
+            "score_note": "score = the configuration's mean dev score over seeds plus the change that conversion to "
+                          "the format caused on its best seed (measured on the dev set: converted_score - torch_score)"}
 
         def extra(folder: Path) -> None:
             plot_pareto(points, folder / "pareto.png", trials=[], teachers=[teacher] if teacher else [],
                         budget_ms=float(budget_ms), chosen=chosen,
                         title=f"{task}: dev score after conversion vs {percentile} latency (configuration × format)",
                         xlabel=f"{percentile} latency (ms), batch {batch_size}, seq {seq_len}, {device}",
-                        ylabel="dev score of the best seed, in that format")
+                        ylabel="dev score (mean over seeds, after conversion)")
             (folder / "selection.json").write_text(json.dumps(_jsonable({**selection, "plot": "pareto.png"}),
                                                               indent=2, default=str) + "\n")
         card_note = (f"{chosen['label']}, the most accurate (configuration, format) within {float(budget_ms):g} ms "
