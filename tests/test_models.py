@@ -323,3 +323,36 @@ def test_load_classifier_unknown_hub_id_offline_is_usage_error():
     msg = one_line(e)
     assert "mixkd-tests/no-such-model-xyz" in msg and "minilm-l6" in msg
     assert time.monotonic() - t0 < 20
+
+
+def test_modernbert_student_cuts_its_layer_types_and_saves(minilm_dir, small_glue_dir, tmp_path):
+    """ModernBERT keeps a per-layer list (layer_types: full / sliding attention). A k-layer student must carry
+    the kept layers' entries, or saving its first checkpoint fails (num_hidden_layers != len(layer_types))."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, ModernBertConfig, ModernBertModel
+    from conftest import tiny_cfg
+    from mixkd.core.models import build_student
+    from mixkd.deploy.latency import student_config
+    from mixkd.jobs.run import distill, finetune
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(str(minilm_dir))
+    cfg = ModernBertConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                           num_attention_heads=2, max_position_embeddings=256, global_attn_every_n_layers=3,
+                           local_attention=16, pad_token_id=tok.pad_token_id, cls_token_id=tok.cls_token_id,
+                           sep_token_id=tok.sep_token_id, bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id)
+    types = list(cfg.layer_types)
+    assert len(set(types)) == 2                                  # both kinds, so the cut is visible
+    base = tmp_path / "modernbert"
+    ModernBertModel(cfg).save_pretrained(base)
+    tok.save_pretrained(base)
+    teacher = tmp_path / "teacher"
+    finetune(tiny_cfg(model=str(base), data_dir=str(small_glue_dir), max_steps=2, output_dir=str(teacher)))
+    tm = AutoModelForSequenceClassification.from_pretrained(teacher / "model")
+    st = build_student(tm, 2, "last")
+    assert st.config.num_hidden_layers == 2 and st.config.layer_types == types[2:]
+    assert student_config(teacher / "model", 2).layer_types == types[:2]
+    out = tmp_path / "student"
+    distill(tiny_cfg(teacher=str(teacher), data_dir=str(small_glue_dir), variant="sm+tmkd", student_layers=2,
+                     max_steps=2, output_dir=str(out)))
+    again = AutoModelForSequenceClassification.from_pretrained(out / "model")
+    assert again.config.num_hidden_layers == 2 and again.config.layer_types == types[:2]

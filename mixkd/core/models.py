@@ -130,6 +130,18 @@ def select_layers(n_teacher: int, k: int, strategy: str = "first") -> list[int]:
     raise UsageError(f"--layer-strategy {strategy!r} is invalid: choose one of {', '.join(LAYER_STRATEGIES)}")
 
 
+def cut_config(config, keep: list[int]):
+    """The teacher's config cut to the kept layers (in place): ``num_hidden_layers`` and every per-layer list
+    (``layer_types``: ModernBERT's global/sliding attention, ...), so the student saves and reloads."""
+    n = int(config.num_hidden_layers)
+    for name in ("layer_types",):
+        per_layer = getattr(config, name, None)
+        if isinstance(per_layer, (list, tuple)) and len(per_layer) == n:
+            setattr(config, name, [per_layer[i] for i in keep])
+    config.num_hidden_layers = len(keep)
+    return config
+
+
 def build_student(teacher: nn.Module, k: int, strategy: str = "first") -> nn.Module:
     """A copy of the teacher that keeps embeddings, k chosen encoder layers, pooler and head."""
     from torch import nn
@@ -137,7 +149,7 @@ def build_student(teacher: nn.Module, k: int, strategy: str = "first") -> nn.Mod
     keep = select_layers(len(layers), k, strategy)
     student = copy.deepcopy(teacher)
     _set_encoder_layers(student, nn.ModuleList([copy.deepcopy(layers[i]) for i in keep]))
-    student.config.num_hidden_layers = k
+    cut_config(student.config, keep)
     for new_idx, layer in enumerate(encoder_layers(student)):   # keep per-layer indices consistent
         for m in layer.modules():
             if hasattr(m, "layer_idx"):

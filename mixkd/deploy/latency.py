@@ -94,14 +94,14 @@ def load_config(model_config_or_dir: Any, num_labels: int | None = None):
 
 def student_config(teacher_config_or_dir: Any, k: int, num_labels: int | None = None):
     """The architecture of a k-layer student of a teacher (``mixkd distill --student-layers k``):
-    the teacher's config with ``num_hidden_layers = k``. No weights are loaded. The layer strategy
-    (first/skip/last) does not matter: every layer of a BERT-like model has the same shape."""
+    the teacher's config cut to its first k layers (``num_hidden_layers``, per-layer lists). No weights are
+    loaded. The layer strategy hardly matters: the layers of a BERT-like model have the same shape."""
     cfg = load_config(teacher_config_or_dir, num_labels=num_labels)
     n = int(cfg.num_hidden_layers)
     if not isinstance(k, int) or not 1 <= k <= n:
         raise UsageError(f"--student-layers {k} is invalid: the teacher has {n} layers; use 1..{n}")
-    cfg.num_hidden_layers = k
-    return cfg
+    from ..core.models import cut_config
+    return cut_config(cfg, list(range(k)))
 
 
 def architecture_fields(model_config: Any) -> dict[str, Any]:
