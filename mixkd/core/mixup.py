@@ -63,8 +63,22 @@ def sample_plan(batch_size: int, alpha: float, ratio: int = 1) -> MixPlan:
 
 
 def _token_type_table(model: nn.Module) -> nn.Embedding | None:
+    """The segment embedding table, or None where the model has none (DistilBERT, ModernBERT, DeBERTa-v3) or
+    a single row (RoBERTa, XLM-R: segment ids from another tokenizer would index past it)."""
     emb = getattr(model.base_model, "embeddings", None)
-    return getattr(emb, "token_type_embeddings", None)
+    table = getattr(emb, "token_type_embeddings", None)
+    return table if isinstance(table, nn.Embedding) and table.num_embeddings > 1 else None
+
+
+def embeds_extras(model: nn.Module, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Inputs a model needs beside ``inputs_embeds`` that it would otherwise derive from ``input_ids``:
+    Longformer's classifier puts global attention on the first token."""
+    import inspect
+    if "global_attention_mask" not in inspect.signature(model.forward).parameters:
+        return {}
+    glob = torch.zeros_like(attention_mask)
+    glob[:, 0] = 1
+    return {"global_attention_mask": glob}
 
 
 def mix_embeddings(model: nn.Module, word_embeds: torch.Tensor, attention_mask: torch.Tensor,
@@ -91,7 +105,7 @@ def mix_embeddings(model: nn.Module, word_embeds: torch.Tensor, attention_mask: 
         e = e * attention_mask.unsqueeze(-1).to(e.dtype)
     mixed = lam * e[idx] + (1.0 - lam) * e[par]
     mask = torch.maximum(attention_mask[idx], attention_mask[par])
-    out = {"inputs_embeds": mixed, "attention_mask": mask}
+    out = {"inputs_embeds": mixed, "attention_mask": mask, **embeds_extras(model, mask)}
     if out_tt is not None:
         out["token_type_ids"] = out_tt
     return out

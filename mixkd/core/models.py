@@ -85,31 +85,77 @@ def load_classifier(name: str, task: TaskSpec, new_head: bool, trust_remote_code
     return model
 
 
-def encoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The transformer block list of a BERT-like (``encoder.layer``) or DistilBERT-like model."""
+SUPPORTED_FAMILIES = ("BERT, RoBERTa, XLM-RoBERTa, DistilBERT, ALBERT, DeBERTa-v2/v3, ELECTRA, ModernBERT "
+                      "and other encoders with an encoder.layer / transformer.layer / layers list")
+_LAYER_PATHS = ("encoder.layer", "transformer.layer", "encoder.layers", "layers")
+_SHARED_LAYER_PATHS = ("encoder.albert_layer_groups",)   # one set of weights applied num_hidden_layers times
+
+
+def _family(model_or_config) -> str:
+    config = getattr(model_or_config, "config", model_or_config)
+    return getattr(config, "model_type", None) or type(model_or_config).__name__
+
+
+def _cannot_cut(model: nn.Module, why: str) -> UsageError:
+    return UsageError(f"mixkd cannot cut a student from {type(model).__name__} ({_family(model)}: {why}); it cuts "
+                      f"{SUPPORTED_FAMILIES}; pass --student-model DIR (a smaller model with the teacher's "
+                      f"vocabulary) instead")
+
+
+def _layout_problem(config) -> str | None:
+    """Why a model of this config is not an encoder mixkd can cut (None: it may be)."""
+    if getattr(config, "is_encoder_decoder", False):
+        return "an encoder-decoder"
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+    kind = getattr(config, "model_type", None)
+    if getattr(config, "is_decoder", False) or (kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+                                                and kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES):
+        return "decoder-only"
+    return None
+
+
+def _find(model: nn.Module, paths: tuple[str, ...]):
     from torch import nn
-    base = model.base_model
-    for path in ("encoder.layer", "transformer.layer", "encoder.layers", "layers"):
-        obj = base
+    for path in paths:
+        obj = model.base_model
         for part in path.split("."):
             obj = getattr(obj, part, None)
         if isinstance(obj, nn.ModuleList):
-            return obj
-    raise UsageError(f"cannot find the encoder layers of {type(model).__name__}; "
-                     f"build students from BERT-like models or pass --student-model")
+            return path, obj
+    return None, None
+
+
+def encoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The transformer block list of an encoder (``encoder.layer``: BERT, RoBERTa, DeBERTa, ELECTRA;
+    ``transformer.layer``: DistilBERT; ``layers``: ModernBERT). Decoder-only and encoder-decoder models and
+    unknown layouts are refused (one line naming the supported families and ``--student-model``)."""
+    why = _layout_problem(getattr(model, "config", None))
+    if why:
+        raise _cannot_cut(model, why)
+    path, layers = _find(model, _LAYER_PATHS)
+    if layers is None:
+        raise _cannot_cut(model, "no encoder layer list found")
+    return layers
+
+
+def shares_layers(model: nn.Module) -> bool:
+    """ALBERT-like: one shared layer (group) applied ``num_hidden_layers`` times; a student repeats it fewer times."""
+    return _layout_problem(getattr(model, "config", None)) is None and _find(model, _SHARED_LAYER_PATHS)[1] is not None
+
+
+def encoder_depth(model: nn.Module) -> int:
+    """The number of transformer layers a forward pass applies (ALBERT: repetitions of its shared layer)."""
+    return int(model.config.num_hidden_layers) if shares_layers(model) else len(encoder_layers(model))
 
 
 def _set_encoder_layers(model: nn.Module, layers: nn.ModuleList) -> None:
-    from torch import nn
-    base = model.base_model
-    for path in ("encoder.layer", "transformer.layer", "encoder.layers", "layers"):
-        *parents, last = path.split(".")
-        obj = base
-        for part in parents:
-            obj = getattr(obj, part, None)
-        if isinstance(getattr(obj, last, None), nn.ModuleList):
-            setattr(obj, last, layers)
-            return
+    path, _ = _find(model, _LAYER_PATHS)
+    *parents, last = path.split(".")
+    obj = model.base_model
+    for part in parents:
+        obj = getattr(obj, part)
+    setattr(obj, last, layers)
 
 
 def select_layers(n_teacher: int, k: int, strategy: str = "first") -> list[int]:
@@ -130,32 +176,79 @@ def select_layers(n_teacher: int, k: int, strategy: str = "first") -> list[int]:
     raise UsageError(f"--layer-strategy {strategy!r} is invalid: choose one of {', '.join(LAYER_STRATEGIES)}")
 
 
+# lists as long as num_hidden_layers that are not per layer (DeBERTa's pos_att_type is ["p2c", "c2p"])
+_NOT_PER_LAYER = frozenset({"architectures", "pos_att_type"})
+
+
 def cut_config(config, keep: list[int]):
-    """The teacher's config cut to the kept layers (in place): ``num_hidden_layers`` and every per-layer list
-    (``layer_types``: ModernBERT's global/sliding attention, ...), so the student saves and reloads."""
+    """The teacher's config cut to the kept layers (in place): ``num_hidden_layers`` and every per-layer list (any
+    list attribute as long as ``num_hidden_layers``: ModernBERT's ``layer_types``, Longformer's
+    ``attention_window``, ...), so the student saves and reloads."""
     n = int(config.num_hidden_layers)
-    for name in ("layer_types",):
+    for name in config.to_dict():
         per_layer = getattr(config, name, None)
-        if isinstance(per_layer, (list, tuple)) and len(per_layer) == n:
+        if name not in _NOT_PER_LAYER and isinstance(per_layer, (list, tuple)) and len(per_layer) == n:
             setattr(config, name, [per_layer[i] for i in keep])
     config.num_hidden_layers = len(keep)
     return config
 
 
+def _per_layer_lists(config) -> dict:
+    return {k: list(v) for k, v in config.to_dict().items() if isinstance(v, (list, tuple)) and k not in _NOT_PER_LAYER}
+
+
+def rebuild_student(student: nn.Module) -> nn.Module:
+    """``student`` rebuilt from its config after a save and reload, with its weights: the model a saved checkpoint
+    reloads as, checked before any training (the ModernBERT crash: a config that no longer saves).
+
+    A weight the reloaded architecture has no place for is dropped (ModernBERT's layer 0 has no attention norm, so
+    a student whose first layer was the teacher's layer 3 loses that norm); a weight it needs that the student lacks,
+    a shape that differs, or a config that does not save and reload is refused (one line naming the family)."""
+    import tempfile
+    import torch
+    family = _family(student)
+
+    def refuse(what: str) -> UsageError:
+        return UsageError(f"the {family} student cut to {student.config.num_hidden_layers} layers {what}; mixkd "
+                          f"cannot cut this family yet: pass --student-model DIR (a smaller {family} model)")
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            student.config.save_pretrained(d)
+            config = type(student.config).from_pretrained(d)
+    except Exception as e:   # noqa: BLE001 -- any failure to save/reload is the same refusal
+        raise refuse(f"has a config that does not save and reload ({' '.join(str(e).split())[:200]})") from None
+    if (config.num_hidden_layers != student.config.num_hidden_layers
+            or _per_layer_lists(config) != _per_layer_lists(student.config)):
+        raise refuse("has a config that reloads differently (num_hidden_layers or a per-layer list)")
+    dtype = next(student.parameters()).dtype
+    try:
+        rebuilt = type(student)(config)
+        missing, _unexpected = rebuilt.load_state_dict(student.state_dict(), strict=False)
+    except (RuntimeError, ValueError) as e:
+        raise refuse(f"does not match its weights ({' '.join(str(e).split())[:200]})") from None
+    if missing:
+        raise refuse(f"reloads with weights it does not have ({', '.join(missing[:3])})")
+    with torch.no_grad():
+        rebuilt.to(dtype)
+    return rebuilt.train(student.training)
+
+
 def build_student(teacher: nn.Module, k: int, strategy: str = "first") -> nn.Module:
-    """A copy of the teacher that keeps embeddings, k chosen encoder layers, pooler and head."""
+    """A copy of the teacher that keeps embeddings, k chosen encoder layers, pooler and head, rebuilt from its saved
+    and reloaded config (``rebuild_student``). ALBERT-like models share one layer: the student applies it k times."""
     from torch import nn
-    layers = encoder_layers(teacher)
-    keep = select_layers(len(layers), k, strategy)
-    student = copy.deepcopy(teacher)
-    _set_encoder_layers(student, nn.ModuleList([copy.deepcopy(layers[i]) for i in keep]))
-    cut_config(student.config, keep)
-    for new_idx, layer in enumerate(encoder_layers(student)):   # keep per-layer indices consistent
-        for m in layer.modules():
-            if hasattr(m, "layer_idx"):
-                m.layer_idx = new_idx
+    if shares_layers(teacher):
+        keep = select_layers(int(teacher.config.num_hidden_layers), k, strategy)   # all the same layer
+        student = copy.deepcopy(teacher)
+        student.config.num_hidden_layers = k
+    else:
+        layers = encoder_layers(teacher)
+        keep = select_layers(len(layers), k, strategy)
+        student = copy.deepcopy(teacher)
+        _set_encoder_layers(student, nn.ModuleList([copy.deepcopy(layers[i]) for i in keep]))
+        cut_config(student.config, keep)
     student.config.mixkd_teacher_layers = keep
-    return student
+    return rebuild_student(student)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -26,7 +26,7 @@ from .data import GlueData
 from .device import autocast_for, distributed_context, resolve_device
 from .errors import NonFiniteLossError, UsageError
 from .metrics import above_chance, chance_metrics, glue_metrics
-from .mixup import _token_type_table, mix_embeddings, mix_labels, sample_plan
+from .mixup import _token_type_table, embeds_extras, mix_embeddings, mix_labels, sample_plan
 from .tasks import TaskSpec, metric_key
 
 EvalCallback = Callable[[dict[str, Any], Path], None]
@@ -48,8 +48,8 @@ def pkd_pairs(cfg, teacher: nn.Module, student: nn.Module) -> list[tuple[int, in
     layer it was copied from). A 1-layer student has no intermediate layer: no pairs, L_PT is 0 and
     pkd trains as kd.
     """
-    from .models import encoder_layers
-    n_t, k = len(encoder_layers(teacher)), len(encoder_layers(student))
+    from .models import encoder_depth
+    n_t, k = encoder_depth(teacher), encoder_depth(student)
     strategy = cfg.pkd_layer_map
     if strategy == "auto":
         strategy = "last" if cfg.layer_strategy == "last" and not cfg.student_model else "skip"
@@ -203,6 +203,7 @@ class Trainer:
             # one student forward over [original; mixed]
             joint = {"inputs_embeds": torch.cat([word, mixed["inputs_embeds"]]),
                      "attention_mask": torch.cat([batch["attention_mask"], mixed["attention_mask"]])}
+            joint.update(embeds_extras(s, joint["attention_mask"]))
             if "token_type_ids" in mixed:
                 joint["token_type_ids"] = torch.cat([inputs["token_type_ids"], mixed["token_type_ids"]])
             logits_all = self.model(**joint).logits

@@ -21,7 +21,7 @@ from ..core.config import MixKDConfig, check_writable_dir, validate
 from ..core.data import GlueData, announce_data_source, load_glue
 from ..core.errors import UsageError
 from ..core.metrics import above_chance
-from ..core.models import (build_student, check_same_vocab, count_parameters, encoder_layers, load_classifier,
+from ..core.models import (build_student, check_same_vocab, count_parameters, encoder_depth, load_classifier,
                      load_tokenizer)
 from ..core.tasks import TaskSpec, get_task, metric_key
 from ..core.checkpoints import repair_checkpoints
@@ -113,6 +113,14 @@ def _environment() -> dict[str, Any]:
             "python": platform.python_version(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
+def _depth(model) -> int | None:
+    """The encoder depth for metrics; the config's layer count for a model mixkd could not cut."""
+    try:
+        return encoder_depth(model)
+    except UsageError:
+        return getattr(model.config, "num_hidden_layers", None)
+
+
 def _train(cfg: MixKDConfig, command: str, task: TaskSpec, student, tokenizer, data: GlueData,
            teacher=None, extra: dict | None = None, callbacks: list[EvalCallback] | None = None,
            wrap_model=None, resume_from: Path | None = None) -> dict:
@@ -152,7 +160,7 @@ def _train(cfg: MixKDConfig, command: str, task: TaskSpec, student, tokenizer, d
         "primary_metric": primary, "primary_value": final_metrics[primary], "metrics": final_metrics,
         "chance": trainer.chance, "above_chance": above_chance(final_metrics[primary], trainer.chance[primary]),
         "final_model": cfg.final_model, "best_step": trainer.best_step, "steps": trainer.step,
-        "params": count_parameters(student), "layers": len(encoder_layers(student)),
+        "params": count_parameters(student), "layers": _depth(student),
         "train_time_s": round(trainer.train_time, 2), "wall_time_s": round(time.time() - t0, 2),
         "train_examples_per_s": round(trainer.examples_seen / max(trainer.train_time, 1e-9), 2),
         "config_hash": cfg.config_hash(), "data": data.info, "device": str(trainer.device),
@@ -197,7 +205,8 @@ def distill(cfg: MixKDConfig, callbacks: list[EvalCallback] | None = None, wrap_
     seed_everything(cfg.seed)
     t_tok = load_tokenizer(cfg.teacher, cfg.trust_remote_code)
     teacher = load_classifier(cfg.teacher, task, new_head=False, trust_remote_code=cfg.trust_remote_code)
-    teacher_layers = len(encoder_layers(teacher))
+    # cutting a student needs the teacher's layer list (refuses decoders, encoder-decoders, unknown layouts)
+    teacher_layers = _depth(teacher) if cfg.student_model else encoder_depth(teacher)
     if cfg.student_model:
         tokenizer = load_tokenizer(cfg.student_model, cfg.trust_remote_code)
         check_same_vocab(t_tok, tokenizer, cfg.student_model)
