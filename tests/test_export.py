@@ -110,6 +110,7 @@ def test_evaluate_and_latency_accept_an_export(exports, small_glue_dir, capsys, 
     assert cli.main(["evaluate", "--task", "sst2", "--model", out, "--data-dir", str(small_glue_dir)]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["format"] == "onnx-int8"
+    assert "accuracy" in res["chance"] and res["above_chance"] == (res["primary_value"] > res["chance"]["accuracy"] + 0.01)
     assert res["primary_value"] == pytest.approx(exports["onnx-int8"]["metrics_after"]["accuracy"])
     assert cli.main(["latency", "--model", out, "--batch-size", "1", "--seq-len", "16", "--warmup", "1",
                      "--min-iters", "3", "--min-seconds", "0", "--threads", "1", "--cache-dir", str(tmp_path)]) == 0

@@ -170,8 +170,9 @@ def evaluate_exported(cfg) -> dict[str, Any]:
     (ONNX Runtime for onnx folders, the dynamic-int8 model for torch-int8)."""
     from ..core.config import validate
     from ..core.data import load_glue
-    from ..core.tasks import get_task, metric_key
+    from ..core.tasks import get_task
     from ..core.trainer import evaluate_model, make_collator
+    from ..jobs.run import scored
     import torch
     cfg = validate(cfg, "evaluate")
     task = get_task(cfg.task)
@@ -180,9 +181,7 @@ def evaluate_exported(cfg) -> dict[str, Any]:
         raise UsageError(f"{cfg.model} was exported for task {meta['task']}, not {task.name}; use --task {meta['task']}")
     data = load_glue(cfg, task, tok, train=False)
     metrics = evaluate_model(model, data, make_collator(tok), cfg.eval_batch_size, torch.device("cpu"), "fp32")
-    primary = metric_key(task.primary_metric, data.dev_splits[0])
-    return {"task": task.name, "model": cfg.model, "format": meta.get("format"), "primary_metric": primary,
-            "primary_value": metrics[primary], "metrics": metrics, "data": data.info}
+    return scored(task, cfg.model, metrics, data, format=meta.get("format"))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -250,8 +250,13 @@ def evaluate(cfg: MixKDConfig) -> dict:
     device = resolve_device(cfg.device)
     metrics = evaluate_model(model.to(device), data, make_collator(tokenizer), cfg.eval_batch_size, device,
                              cfg.precision)
+    return scored(task, cfg.model, metrics, data, params=count_parameters(model))
+
+
+def scored(task: TaskSpec, model: str, metrics: dict[str, float], data: GlueData, **extra) -> dict:
+    """What ``evaluate`` reports for dev ``metrics``: the primary metric and the chance level beside them."""
     primary = metric_key(task.primary_metric, data.dev_splits[0])
     chance = dev_chance(data)
-    return {"task": task.name, "model": cfg.model, "primary_metric": primary, "primary_value": metrics[primary],
+    return {"task": task.name, "model": model, **extra, "primary_metric": primary, "primary_value": metrics[primary],
             "metrics": metrics, "chance": chance, "above_chance": above_chance(metrics[primary], chance[primary]),
-            "params": count_parameters(model), "data": data.info}
+            "data": data.info}
