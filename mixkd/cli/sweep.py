@@ -10,7 +10,7 @@ from pathlib import Path
 from ..core.errors import UsageError
 
 PRESETS_DIR = Path(__file__).resolve().parents[2] / "experiments" / "presets"   # the repository's
-PRESETS = ("demo", "smoke", "ablation", "limited", "search", "paper")
+PRESETS = ("demo", "smoke", "ablation", "limited", "search", "paper", "repro-cpu")
 # environment the Ray workers need (offline mode, data and cache locations)
 # (not MLflow's: the driver is the only MLflow writer, so tracking URIs and tokens stay in its process and
 # never reach the Ray job's runtime_env, which the dashboard shows)

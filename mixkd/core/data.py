@@ -72,6 +72,13 @@ _announced: set[tuple[str, str]] = set()
 def resolve_data_source(data_dir: str | None, task: TaskSpec | None = None) -> DataSource:
     """Where a task's data comes from, in this order: ``--data-dir``, ``$GLUE_DIR``, the hub when it is
     reachable, the embedded sample (``sst2`` only). ``task=None`` stops before the hub check (the hub)."""
+    if task is not None and task.custom is not None:
+        src = task.custom
+        if src.dataset:
+            what = f"the dataset {src.where('train')} and {src.where('dev')}"
+        else:
+            what = f"your files {src.train_file or '-'} (train) and {src.validation_file} (dev)"
+        return DataSource("custom", None, what)
     d = data_dir or os.environ.get("GLUE_DIR") or None
     if d is not None:
         p = Path(d).expanduser()
@@ -154,6 +161,10 @@ def load_split(task: TaskSpec, split: str, data_dir: Path | None, dev: DevSplit 
     returns (dataset, source description, content id for caching)."""
     from datasets import Dataset
 
+    if task.custom is not None:
+        from .custom_data import load_custom_split
+        ds, where, content = load_custom_split(task, split)
+        return ds, where, f"{content}|{task.text_keys}|{task.label_names}|{task.regression}"
     if data_dir is not None:
         folder = data_dir / task.folder
         if not folder.is_dir():
@@ -221,8 +232,8 @@ def load_glue(cfg, task: TaskSpec, tokenizer, train: bool = True) -> GlueData:
     datasets.disable_progress_bars()
     source = resolve_data_source(cfg.data_dir, task)
     data_dir = source.path
-    info: dict[str, Any] = {"data_source": {"embedded": f"embedded:{data_dir}", "hub": f"hub:{HUB_DATASET}"}.get(
-        source.kind, str(data_dir))}
+    info: dict[str, Any] = {"data_source": {"embedded": f"embedded:{data_dir}", "hub": f"hub:{HUB_DATASET}",
+                                            "custom": source.description}.get(source.kind, str(data_dir))}
     train_ds = None
     if train:
         raw, src, content = load_split(task, "train", data_dir)
@@ -236,7 +247,11 @@ def load_glue(cfg, task: TaskSpec, tokenizer, train: bool = True) -> GlueData:
         content = f"{content}|{info['subset_fingerprint']}"
         if cfg.augment_file:
             p = Path(cfg.augment_file)
-            aug = datasets.Dataset.from_dict(read_glue_tsv(p, task)).cast(raw.features)
+            if task.custom is not None:
+                from .custom_data import read_augment_rows
+                aug = read_augment_rows(task, str(p)).cast(raw.features)
+            else:
+                aug = datasets.Dataset.from_dict(read_glue_tsv(p, task)).cast(raw.features)
             info.update(augment_file=str(p), augment_rows=len(aug))
             raw = concatenate_datasets([raw, aug])
             content = f"{content}|aug:{_file_sha(p)}"

@@ -16,6 +16,8 @@ def _compute(name: str, preds: np.ndarray, labels: np.ndarray) -> float:
         return float(accuracy_score(labels, preds))
     if name == "f1":
         return float(f1_score(labels, preds))
+    if name == "macro_f1":
+        return float(f1_score(labels, preds, average="macro", zero_division=0))
     if name == "matthews_correlation":
         return float(matthews_corrcoef(labels, preds))
     if name == "pearson":
@@ -35,21 +37,29 @@ CHANCE_MARGIN = 0.01   # a score must beat the trivial predictor by more than 1 
 
 
 def chance_metrics(task: TaskSpec, labels: np.ndarray, split: DevSplit) -> dict[str, float]:
-    """Each metric of the best trivial predictor on these labels: the majority class (accuracy; Matthews
-    correlation 0), the all-positive predictor for F1 (the best F1 a constant can reach), and for regression
-    a constant (the mean: correlation 0)."""
+    """Each metric of the best constant predictor on these labels: for every metric, the best score any single
+    class predicted for all rows reaches (accuracy: the majority class; F1: all positive; macro-F1: the class that
+    scores best; Matthews correlation 0), and for regression a constant (the mean: correlation 0)."""
     if task.regression:
         return {metric_key(m, split): 0.0 for m in task.metrics}
     labels = np.asarray(labels).astype(int)
-    majority = np.full_like(labels, int(np.bincount(labels).argmax()))
+    constants = [np.full_like(labels, c) for c in range(max(task.num_labels, int(labels.max()) + 1))]
     out = {}
     for m in task.metrics:
         if m == "matthews_correlation":
             out[metric_key(m, split)] = 0.0            # any constant prediction
         else:
-            preds = np.ones_like(labels) if m == "f1" else majority
-            out[metric_key(m, split)] = _compute(m, preds, labels)
+            out[metric_key(m, split)] = max(_compute(m, preds, labels) for preds in constants)
     return out
+
+
+def per_class_metrics(task: TaskSpec, logits: np.ndarray, labels: np.ndarray) -> dict[str, dict[str, float]]:
+    """Precision, recall, F1 and support of every class, by label name (classification only)."""
+    from sklearn.metrics import precision_recall_fscore_support
+    ids = list(range(task.num_labels))
+    p, r, f, n = precision_recall_fscore_support(labels, logits.argmax(-1), labels=ids, zero_division=0)
+    return {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(n[i])}
+            for i, name in enumerate(task.label_names)}
 
 
 def above_chance(value: float, chance: float) -> bool:

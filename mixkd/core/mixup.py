@@ -13,6 +13,9 @@ and the frozen teacher's. Choices the paper leaves open are explicit options:
   segment ids. Position embeddings are identical for both examples, so mixing them is a no-op.
 * The partner of example i is a different example of the same batch (a random derangement), which
   the paper allows ("one extra random sample from the training data").
+
+On a GPU the plan is drawn on the device, without reading anything back to the host (no stream sync),
+and both models and the label mixing use it there; on the CPU it is drawn as it always was.
 """
 from __future__ import annotations
 
@@ -49,12 +52,46 @@ def derangement(n: int, generator: torch.Generator | None = None) -> torch.Tenso
     return perm
 
 
-def sample_plan(batch_size: int, alpha: float, ratio: int = 1) -> MixPlan:
+def device_derangement(n: int, device: torch.device) -> torch.Tensor:
+    """A random derangement made on ``device`` by tensor operations alone (nothing is read back to the host):
+    :func:`derangement`'s repair of fixed points, for every case at once."""
+    perm = torch.rand(n, device=device).argsort()
+    if n < 2:
+        return perm
+    pos = torch.arange(n, device=device)
+    fixed = perm == pos
+    count = fixed.sum()
+    # two or more fixed points: the k-th takes the (k-1)-th's value (rotated among themselves)
+    fixed_first = torch.argsort(torch.where(fixed, pos, pos + n))          # fixed positions, in order, first
+    prev = fixed_first[(fixed.cumsum(0) - 2).remainder(count.clamp(min=1))]
+    perm = torch.where(fixed & (count >= 2), prev, perm)
+    # exactly one fixed point i: swap it with a random other position j
+    i = fixed.long().argmax().view(1)
+    j = torch.randint(n - 1, (1,), device=device)
+    j = j + (j >= i).long()
+    pi, pj = perm.gather(0, i), perm.gather(0, j)
+    one = count == 1
+    return perm.scatter(0, torch.cat([i, j]), torch.cat([torch.where(one, pj, pi), torch.where(one, pi, pj)]))
+
+
+def device_plan(batch_size: int, alpha: float, ratio: int, device: torch.device) -> MixPlan:
+    """:func:`sample_plan` made on ``device`` without a host sync; lambda = X / (X + Y), X, Y ~ Gamma(alpha)."""
+    conc = torch.full((2, batch_size * ratio), float(alpha), device=device)
+    g = torch.distributions.Gamma(conc, torch.ones_like(conc), validate_args=False).sample()
+    index = torch.arange(batch_size, device=device).repeat(ratio)
+    partner = torch.cat([device_derangement(batch_size, device) for _ in range(ratio)])
+    return MixPlan(index, partner, g[0] / (g[0] + g[1]))
+
+
+def sample_plan(batch_size: int, alpha: float, ratio: int = 1, device: torch.device | str | None = None) -> MixPlan:
     """``ratio`` mixed samples per original: each round pairs every example with a new partner.
 
-    Partners and lambdas come from torch's global RNG, which the trainer seeds and checkpoints,
-    so a resumed run draws the same plans as an uninterrupted one.
+    Partners and lambdas come from torch's global RNG (the device's RNG off the CPU), which the trainer
+    seeds and checkpoints, so a resumed run draws the same plans as an uninterrupted one. Off the CPU
+    the plan is made on ``device`` (:func:`device_plan`).
     """
+    if device is not None and torch.device(device).type != "cpu":
+        return device_plan(batch_size, alpha, ratio, torch.device(device))
     beta = torch.distributions.Beta(torch.tensor(float(alpha)), torch.tensor(float(alpha)))
     index = torch.arange(batch_size).repeat(ratio)
     partner = torch.cat([derangement(batch_size) for _ in range(ratio)])

@@ -82,6 +82,12 @@ def load_classifier(name: str, task: TaskSpec, new_head: bool, trust_remote_code
     if model.config.num_labels != task.num_labels:
         raise UsageError(f"model '{name}' has {model.config.num_labels} output labels but task {task.name} "
                          f"needs {task.num_labels}; use a model fine-tuned on {task.name}")
+    if task.custom is not None and not task.regression and not new_head:
+        names = [str(model.config.id2label.get(i, i)) for i in range(task.num_labels)]
+        if names != list(task.label_names):
+            raise UsageError(f"model '{name}' predicts the labels {', '.join(names)} (in id order) but the data's label "
+                             f"set is {', '.join(task.label_names)}; pass --labels in the model's order or use a "
+                             f"model trained on this data")
     return model
 
 

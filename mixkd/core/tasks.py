@@ -6,6 +6,7 @@ Modelled on HF run_glue's task -> keys table, extended with the original GLUE TS
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import UsageError
 
@@ -33,6 +34,7 @@ class TaskSpec:
     metrics: tuple[str, ...]
     dev_splits: tuple[DevSplit, ...]
     regression: bool = False
+    custom: Any = None             # a custom task's data source (custom_data.CustomData); None for GLUE
 
     @property
     def num_labels(self) -> int:
@@ -74,11 +76,33 @@ TASKS: dict[str, TaskSpec] = {
 _ALIASES = {t.folder.lower().replace("-", ""): t.name for t in TASKS.values()}
 
 
+_CUSTOM: dict[str, TaskSpec] = {}   # custom tasks built in this process (custom_data.custom_task)
+
+
+def register_task(task: TaskSpec) -> TaskSpec:
+    """Make a custom task known to :func:`get_task` by its name in this process."""
+    _CUSTOM[task.name] = task
+    return task
+
+
+def is_glue(name: str) -> bool:
+    key = str(name).lower().replace("-", "").replace("_", "")
+    return _ALIASES.get(key, key) in TASKS
+
+
+def task_name(name: str) -> str:
+    """The canonical name of a GLUE task ('SST-2' -> 'sst2'); any other name as given (a custom task)."""
+    return get_task(name).name if is_glue(name) else str(name)
+
+
 def get_task(name: str) -> TaskSpec:
+    if name in _CUSTOM:
+        return _CUSTOM[name]
     key = str(name).lower().replace("-", "").replace("_", "")
     key = _ALIASES.get(key, key)
     if key not in TASKS:
-        raise UsageError(f"unknown task '{name}'; choose one of: {', '.join(TASKS)}")
+        raise UsageError(f"unknown task '{name}'; choose one of: {', '.join(TASKS)}, or give your own data with "
+                         f"--train-file/--validation-file or --dataset")
     return TASKS[key]
 
 

@@ -5,6 +5,11 @@ mixed copies (concatenated along the batch); run the frozen teacher (eval, no gr
 copies only; combine L_MLE, L_SM and L_TMKD by their weights. ``kd`` queries the teacher on the
 original batch only, ``ft`` never; ``pkd`` is ``kd`` with both models also returning their hidden
 states, for the patient loss L_PT. Checkpoints hold everything needed to resume exactly.
+
+The step's own code waits for the GPU once: the plan is drawn on the device, loss terms are summed on the
+device (read at logging time), and the one host sync per optimizer step is the NaN check after backward.
+Batches come from ``batching`` (random or ``--group-by-length`` order; prefetched into pinned memory on
+CUDA); the frozen teacher is held in bf16 when the step runs in bf16.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import faults, losses
+from . import batching, faults, losses
 from .checkpoints import (append_event, read_checkpoint, repair_checkpoints, rng_state, set_rng_state, truncate_log,
                           write_checkpoint)
 from .data import GlueData
@@ -71,28 +76,34 @@ def make_collator(tokenizer):
 
 @torch.inference_mode()
 def predict(model: nn.Module, dataset, collator, batch_size: int, device: torch.device,
-            precision: str = "auto") -> tuple[np.ndarray, np.ndarray]:
-    """Logits and labels of ``model`` over ``dataset`` (dynamic padding per batch)."""
+            precision: str = "auto", by_length: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels of ``model`` over ``dataset`` (dynamic padding per batch), in dataset order;
+    ``by_length`` batches rows of similar length together (less padding)."""
     was_training = model.training
     model.eval()
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collator)
+    order = batching.length_order(dataset) if by_length else None
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=order,
+                                         collate_fn=collator, pin_memory=device.type == "cuda")
     all_logits, all_labels = [], []
     for batch in loader:
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with autocast_for(device, precision):
             logits = model(**model_inputs(model, batch)).logits
         all_logits.append(logits.float().cpu())
         all_labels.append(batch["labels"].cpu())
     model.train(was_training)
-    return torch.cat(all_logits).numpy(), torch.cat(all_labels).numpy()
+    logits, labels = torch.cat(all_logits), torch.cat(all_labels)
+    if order is not None:
+        logits, labels = batching.restore_order(order, logits), batching.restore_order(order, labels)
+    return logits.numpy(), labels.numpy()
 
 
 def evaluate_model(model: nn.Module, data: GlueData, collator, batch_size: int, device: torch.device,
-                   precision: str = "auto") -> dict[str, float]:
-    """Official GLUE metrics on every dev split of the task."""
+                   precision: str = "auto", by_length: bool = False) -> dict[str, float]:
+    """Official GLUE metrics on every dev split of the task (``by_length``: see :func:`predict`)."""
     out: dict[str, float] = {}
     for split in data.dev_splits:
-        logits, labels = predict(model, data.dev[split.name], collator, batch_size, device, precision)
+        logits, labels = predict(model, data.dev[split.name], collator, batch_size, device, precision, by_length)
         out.update(glue_metrics(data.task, logits, labels, split))
     return out
 
@@ -135,6 +146,8 @@ class Trainer:
             self.teacher = teacher.to(self.device).eval()
             for p in self.teacher.parameters():
                 p.requires_grad_(False)
+            if isinstance(autocast_for(self.device, cfg.precision), torch.autocast):   # the step runs in bf16
+                self.teacher.to(torch.bfloat16)   # frozen: no fp32 master weights, no cast every forward
         self.weights = {"mle": cfg.w_mle, "sm": cfg.a_sm, "tmkd": cfg.a_tmkd, "kd": cfg.a_kd, "pt": cfg.pkd_beta}
         # PKD: hidden states are requested (from student and teacher) only when L_PT is trained
         self.pkd_pairs = pkd_pairs(cfg, self.teacher, self.student) if "pt" in self.terms else None
@@ -144,6 +157,7 @@ class Trainer:
                           "(the run is Hinton KD)", stacklevel=2)
         self.collator = make_collator(tokenizer)
         self.callbacks = list(callbacks or [])
+        self.lengths = batching.row_lengths(data.train) if cfg.group_by_length else None
 
         n = math.ceil(len(data.train) / self.world_size)   # this rank's shard
         self.micro_per_epoch = math.ceil(n / cfg.batch_size)
@@ -162,8 +176,9 @@ class Trainer:
         self._chance: dict[str, float] | None = None
         self.train_time = 0.0
         self.examples_seen = 0
-        self._sums: dict[str, float] = {}
+        self._sums: dict[str, torch.Tensor] = {}   # loss terms summed over steps, on the device until logged
         self._sum_count = 0
+        self.last_total = float("nan")             # the last step's total loss (read by its NaN check)
 
     # --- setup ------------------------------------------------------------------------------
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -177,14 +192,11 @@ class Trainer:
         return torch.optim.AdamW(groups, lr=self.cfg.lr, fused=self.device.type == "cuda")
 
     def _epoch_steps(self, epoch: int) -> list[list[list[int]]]:
-        """Micro-batch index lists of one epoch, grouped by optimizer step. Seeded by (seed, epoch)."""
-        g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
-        perm = torch.randperm(len(self.data.train), generator=g).tolist()
-        if self.world_size > 1:   # equal shards (padded by wrapping around), one per rank
-            perm = (perm + perm[:(-len(perm)) % self.world_size])[self.rank::self.world_size]
-        bs, acc = self.cfg.batch_size, self.cfg.grad_accum
-        micro = [perm[i:i + bs] for i in range(0, len(perm), bs)]
-        return [micro[i:i + acc] for i in range(0, len(micro), acc)]
+        """Micro-batch index lists of this rank in one epoch, grouped by optimizer step. Seeded by (seed,
+        epoch); grouped by length with ``--group-by-length`` (see :mod:`mixkd.core.batching`)."""
+        order = batching.epoch_order(len(self.data.train), self.cfg.seed, epoch, self.cfg.batch_size,
+                                     self.world_size, self.rank, self.lengths)
+        return batching.epoch_steps(order, self.cfg.batch_size, self.cfg.grad_accum)
 
     # --- one step -----------------------------------------------------------------------------
     def compute_losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -196,7 +208,7 @@ class Trainer:
         hidden = {"output_hidden_states": True} if "pt" in self.terms else {}
         if "sm" in self.terms or "tmkd" in self.terms:
             B = labels.shape[0]
-            plan = sample_plan(B, cfg.alpha, cfg.mixup_ratio)
+            plan = sample_plan(B, cfg.alpha, cfg.mixup_ratio, device=labels.device)   # shared by both models
             word = s.get_input_embeddings()(batch["input_ids"])
             mixed = mix_embeddings(s, word, batch["attention_mask"], inputs.get("token_type_ids"), plan,
                                    cfg.mixup_padding, cfg.mixup_token_types)
@@ -216,8 +228,9 @@ class Trainer:
                 with torch.no_grad():
                     t_in = model_inputs(t, batch)
                     t_word = t.get_input_embeddings()(batch["input_ids"])
-                    t_mixed = mix_embeddings(t, t_word, batch["attention_mask"], t_in.get("token_type_ids"),
+                    t_mixed = mix_embeddings(t, t_word.float(), batch["attention_mask"], t_in.get("token_type_ids"),
                                              plan, cfg.mixup_padding, cfg.mixup_token_types)
+                    t_mixed["inputs_embeds"] = t_mixed["inputs_embeds"].to(t_word.dtype)   # mixed in fp32
                     t_logits = t(**t_mixed).logits
                 terms["tmkd"] = losses.tmkd_loss(mixed_logits, t_logits, cfg.distance, cfg.temperature,
                                                  task.regression)
@@ -234,12 +247,17 @@ class Trainer:
                                if self.pkd_pairs else logits.new_zeros(()).float())
         return {k: terms[k] for k in ("mle", "sm", "tmkd", "kd", "pt") if k in terms}
 
-    def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
-        """Forward/backward over the step's micro-batches, then clip, step the optimizer and schedule."""
+    def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Forward/backward over the step's micro-batches, then clip, step the optimizer and schedule.
+
+        Returns each loss term and the total, averaged over the micro-batches, as 0-d float64 tensors on the
+        device. The one host sync is the NaN check after backward: it reads the total, which is non-finite
+        whenever a term is (before any weight is changed), and only then reads the terms to name the culprit.
+        """
         self.model.train()
-        totals: dict[str, float] = {}
         n_micro = len(micro_batches)
         fault = faults.loss_fault(self.step + 1, self.terms)   # None unless MIXKD_FAULTS asks (tests/test_faults.py)
+        acc = None
         for batch in micro_batches:
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             with autocast_for(self.device, self.cfg.precision):
@@ -247,20 +265,23 @@ class Trainer:
             if fault in terms:
                 terms[fault] = terms[fault] * float("nan")
             loss = losses.weighted_sum(terms, self.weights)
-            values = torch.stack([v.detach().float() for v in terms.values()] + [loss.detach().float()]).tolist()
-            for name, v in zip([*terms, "total"], values):
-                if not math.isfinite(v):
-                    raise NonFiniteLossError(self.step + 1, name, v)
-                totals[name] = totals.get(name, 0.0) + v / n_micro
+            names = [*terms, "total"]
+            # float64: the same sums, in the same order, as Python floats would give
+            values = torch.stack([v.detach().float() for v in terms.values()] + [loss.detach().float()]).double()
+            acc = values / n_micro if acc is None else acc + values / n_micro
             (loss / n_micro).backward()
             self.examples_seen += int(batch["labels"].shape[0]) * self.world_size
+        self.last_total = acc[-1].item()
+        if not math.isfinite(self.last_total):
+            name, v = next((n, v) for n, v in zip(names, acc.tolist()) if not math.isfinite(v))
+            raise NonFiniteLossError(self.step + 1, name, v)
         if self.cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.student.parameters(), self.cfg.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return totals
+        return dict(zip(names, acc.unbind()))
 
     # --- checkpoints ------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -293,7 +314,7 @@ class Trainer:
     # --- eval and logging -------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
         return evaluate_model(self.student, self.data, self.collator, self.cfg.eval_batch_size,
-                              self.device, self.cfg.precision)
+                              self.device, self.cfg.precision, by_length=self.cfg.group_by_length)
 
     @property
     def chance(self) -> dict[str, float]:
@@ -314,7 +335,7 @@ class Trainer:
         row = {"step": self.step, "total_steps": self.total_steps,
                "epoch": round(self.step / self.steps_per_epoch, 4),
                "lr": self.scheduler.get_last_lr()[0],
-               **{f"loss/{k}": v / max(1, self._sum_count) for k, v in self._sums.items()},
+               **{f"loss/{k}": v / max(1, self._sum_count) for k, v in self._logged_sums().items()},
                **{f"eval/{k}": v for k, v in metrics.items()},
                "primary": primary, "best_primary": self.best_value, "best_step": self.best_step,
                **{f"chance/{k}": v for k, v in self.chance.items()}, "chance_primary": self.chance[pkey],
@@ -334,6 +355,12 @@ class Trainer:
         for cb in self.callbacks:
             cb(row, last)
         return row
+
+    def _logged_sums(self) -> dict[str, float]:
+        """The loss sums since the last eval, read from the device (one transfer)."""
+        if not self._sums:
+            return {}
+        return dict(zip(self._sums, torch.stack(list(self._sums.values())).tolist()))
 
     def _print_eval(self, row: dict[str, Any]) -> None:
         """One line per evaluation on stderr, progress bar or not (sweeps run without bars: a teacher's
@@ -376,17 +403,19 @@ class Trainer:
         evaluated_at = self.step if resume else -1
         while self.step < self.total_steps:
             steps = self._epoch_steps(self.epoch)
-            for step_batches in steps[self.step_in_epoch:]:
+            todo = steps[self.step_in_epoch:]
+            batches = iter(batching.loader(self.data.train, [m for s in todo for m in s], self.collator, self.device))
+            for step_batches in todo:
                 t0 = time.perf_counter()
-                micro = [self.collator(self.data.train.__getitems__(idx)) for idx in step_batches]
+                micro = [next(batches) for _ in step_batches]
                 totals = self.train_step(micro)
                 self.step_in_epoch += 1
                 self.train_time += time.perf_counter() - t0
                 for k, v in totals.items():
-                    self._sums[k] = self._sums.get(k, 0.0) + v
+                    self._sums[k] = v if k not in self._sums else self._sums[k] + v
                 self._sum_count += 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{totals['total']:.4f}")
+                bar.set_postfix(loss=f"{self.last_total:.4f}")
                 end_of_epoch = self.step_in_epoch == len(steps)
                 if end_of_epoch:
                     self.epoch, self.step_in_epoch = self.epoch + 1, 0

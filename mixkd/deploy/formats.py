@@ -170,14 +170,14 @@ def evaluate_exported(cfg) -> dict[str, Any]:
     (ONNX Runtime for onnx folders, the dynamic-int8 model for torch-int8)."""
     from ..core.config import validate
     from ..core.data import load_glue
-    from ..core.tasks import get_task
     from ..core.trainer import evaluate_model, make_collator
     from ..jobs.run import scored
     import torch
-    cfg = validate(cfg, "evaluate")
-    task = get_task(cfg.task)
+    from ..core.custom_data import task_for
+    from ..core.tasks import task_name
+    cfg, task = task_for(validate(cfg, "evaluate"), "evaluate")
     model, tok, meta = load_exported(cfg.model)
-    if meta.get("task") and get_task(meta["task"]).name != task.name:
+    if meta.get("task") and task_name(meta["task"]) != task.name:
         raise UsageError(f"{cfg.model} was exported for task {meta['task']}, not {task.name}; use --task {meta['task']}")
     data = load_glue(cfg, task, tok, train=False)
     metrics = evaluate_model(model, data, make_collator(tok), cfg.eval_batch_size, torch.device("cpu"), "fp32")

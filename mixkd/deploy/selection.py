@@ -144,8 +144,8 @@ def select(tracking_uri: str, budget_ms: float, out: str | os.PathLike, *, exper
         raise UsageError(f"no finished trial runs with a final/primary metric in {where}; run or finish a sweep first")
     tasks = sorted({str(r.get("task")) for r in trials})
     if task is not None:
-        from ..core.tasks import get_task
-        task = get_task(task).name
+        from ..core.tasks import task_name
+        task = task_name(task)
         trials = [r for r in trials if r.get("task") == task]
         if not trials:
             raise UsageError(f"no finished trial runs of task {task!r} in {where}; tasks with runs: {', '.join(tasks)}")

@@ -44,11 +44,23 @@ def _run_config(model: str, path: str):
     return None
 
 
+def task_data(src: str) -> dict | None:
+    """A custom task's data keys (files, columns, labels) of the run ``src`` came from, kept in the export so
+    `mixkd evaluate` on the exported folder finds the same data and label ids; None for a GLUE task."""
+    from ..core.custom_data import DATA_KEYS, run_config_file
+    import yaml
+    f = run_config_file(src)
+    saved = yaml.safe_load(f.read_text()) or {} if f is not None else {}
+    if not (saved.get("train_file") or saved.get("validation_file") or saved.get("dataset")):
+        return None
+    return {k: saved.get(k) for k in ("task", *DATA_KEYS)}
+
+
 def resolve_source(model: str, task: str | None) -> tuple[str, str, Any]:
     """(model folder, task name, run config or None) of a model to export; UsageError for a folder that is
     not a sequence classifier, an exported folder, or a task that cannot be told."""
     from ..core.models import resolve_model
-    from ..core.tasks import get_task
+    from ..core.tasks import task_name
     from .latency import load_config
     meta = F.read_export_meta(model) if Path(model).expanduser().is_dir() else None
     if meta is not None:
@@ -63,7 +75,7 @@ def resolve_source(model: str, task: str | None) -> tuple[str, str, Any]:
     name = task or (run_cfg.task if run_cfg is not None else None)
     if not name:
         raise UsageError(f"cannot tell the task of {model} (no mixkd run config beside it); pass --task")
-    return path, get_task(name).name, run_cfg
+    return path, task_name(name), run_cfg
 
 
 def _dev_logits(model, data, tok, batch_size: int) -> dict[str, tuple]:
@@ -100,12 +112,11 @@ def load_reference(src: str, task_name: str, data_dir: str | None = None, max_ev
     from ..core.config import MixKDConfig
     from ..core.data import load_glue
     from ..core.models import load_classifier, load_tokenizer
-    from ..core.tasks import get_task
-    spec = get_task(task_name)
+    from ..core.custom_data import dev_config
+    dcfg, spec = dev_config(MixKDConfig(task=task_name, data_dir=data_dir, max_eval_samples=max_eval_samples,
+                                        max_seq_length=max_seq_length), src)
     tok = load_tokenizer(src)
     torch_model = load_classifier(src, spec, new_head=False).eval()
-    dcfg = MixKDConfig(task=spec.name, data_dir=data_dir, max_eval_samples=max_eval_samples,
-                       max_seq_length=max_seq_length)
     data = load_glue(dcfg, spec, tok, train=False)
     return torch_model, tok, data, _dev_logits(torch_model, data, tok, eval_batch_size)
 
@@ -191,7 +202,7 @@ def export_model(model: str, fmt: str, out: str | os.PathLike, *, quantize: str 
                     "runtime": runtime.get("runtime", "torch"), "runtime_version": runtime.get("runtime_version"),
                     **info, "weight_type_candidates": [{k: c[k] for k in ("weight_type", "metrics", "agreement")}
                                                        for c in candidates if c["weight_type"]],
-                    "data": data.info, "max_seq_length": seq, **(extra or {})}
+                    "data": data.info, "max_seq_length": seq, "task_data": task_data(src), **(extra or {})}
             if meta["runtime"] == "torch":
                 import torch
                 meta["runtime_version"] = torch.__version__

@@ -23,7 +23,8 @@ from ..core.errors import UsageError
 from ..core.metrics import above_chance
 from ..core.models import (build_student, check_same_vocab, count_parameters, encoder_depth, load_classifier,
                      load_tokenizer)
-from ..core.tasks import TaskSpec, get_task, metric_key
+from ..core.custom_data import task_for
+from ..core.tasks import TaskSpec, metric_key, task_name
 from ..core.checkpoints import repair_checkpoints
 from ..core.device import resolve_device, seed_everything
 from ..core.trainer import EvalCallback, Trainer, dev_chance, evaluate_model, make_collator
@@ -164,10 +165,25 @@ def _train(cfg: MixKDConfig, command: str, task: TaskSpec, student, tokenizer, d
         "train_time_s": round(trainer.train_time, 2), "wall_time_s": round(time.time() - t0, 2),
         "train_examples_per_s": round(trainer.examples_seen / max(trainer.train_time, 1e-9), 2),
         "config_hash": cfg.config_hash(), "data": data.info, "device": str(trainer.device),
+        **_labels_report(task, out / "model", data, cfg, trainer.device),
         "environment": _environment(), **(extra or {}),
     }
     write_json_atomic(out / "metrics.json", metrics)
     return metrics
+
+
+def _labels_report(task: TaskSpec, model_dir: Path, data: GlueData, cfg: MixKDConfig, device) -> dict:
+    """A classifier's label names in id order and, per class, precision / recall / F1 on the primary dev split
+    (the saved model reloaded, so this also checks that model/ loads)."""
+    if task.regression:
+        return {}
+    from ..core.metrics import per_class_metrics
+    from ..core.trainer import predict
+    model = load_classifier(str(model_dir), task, new_head=False).to(device)
+    split = data.dev_splits[0]
+    logits, labels = predict(model, data.dev[split.name], make_collator(load_tokenizer(str(model_dir))),
+                             cfg.eval_batch_size, device, cfg.precision)
+    return {"labels": list(task.label_names), "per_class": per_class_metrics(task, logits, labels)}
 
 
 def finetune(cfg: MixKDConfig, callbacks: list[EvalCallback] | None = None, wrap_model=None,
@@ -176,7 +192,7 @@ def finetune(cfg: MixKDConfig, callbacks: list[EvalCallback] | None = None, wrap
     cfg = _resolve_subset(validate(cfg, "finetune"), None)
     if resume_from is None:
         check_writable_dir(cfg.output_dir, "--output-dir")   # before loading anything
-    task = get_task(cfg.task)
+    cfg, task = task_for(cfg, "finetune")
     seed_everything(cfg.seed)
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     data = load_glue(_data_config(cfg), task, tokenizer)
@@ -196,9 +212,9 @@ def distill(cfg: MixKDConfig, callbacks: list[EvalCallback] | None = None, wrap_
     cfg = validate(cfg, "distill")
     if resume_from is None:
         check_writable_dir(cfg.output_dir, "--output-dir")   # before loading anything
-    task = get_task(cfg.task)
+    cfg, task = task_for(cfg, "distill")
     tcfg, tmetrics = _teacher_run(cfg.teacher)
-    if tcfg is not None and get_task(tcfg["task"]).name != task.name:
+    if tcfg is not None and task_name(tcfg["task"]) != task.name:
         raise UsageError(f"teacher '{cfg.teacher}' was fine-tuned on {tcfg['task']}, not {task.name}; "
                          f"use a teacher of the same task")
     cfg = _resolve_subset(cfg, tcfg)
@@ -243,7 +259,7 @@ def distill(cfg: MixKDConfig, callbacks: list[EvalCallback] | None = None, wrap_
 def evaluate(cfg: MixKDConfig) -> dict:
     """GLUE dev metrics of a saved model (a run dir, an HF dir, a hub id or the alias)."""
     cfg = validate(cfg, "evaluate")
-    task = get_task(cfg.task)
+    cfg, task = task_for(cfg, "evaluate")
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     model = load_classifier(cfg.model, task, new_head=False, trust_remote_code=cfg.trust_remote_code)
     data = load_glue(cfg, task, tokenizer, train=False)

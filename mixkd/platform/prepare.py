@@ -167,11 +167,10 @@ def measure_latencies(spec: SweepSpec, exp_dir: Path, teachers: dict[str, str]) 
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from ..deploy.latency import mlflow_metrics, mlflow_tags
-    from ..core.tasks import get_task
     jobs = {}
     for task, fraction, seed in spec.groups():
         tdir = teachers[spec.teacher_key(task, fraction, seed)]
-        n = get_task(task).num_labels
+        n = spec.task_spec(task).num_labels
         tcfg = spec.teacher_config(task, fraction, seed, tdir)
         jobs.setdefault(latency_key(tcfg, "teacher"), {"source": tdir, "layers": None, "num_labels": n})
         for knobs in _student_knobs(spec):

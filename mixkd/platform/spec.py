@@ -11,7 +11,7 @@ from typing import Any
 from ..core.config import MixKDConfig, check_writable_dir, load_yaml, validate
 from ..core.errors import UsageError
 from .search_space import build_space, grid_cells
-from ..core.tasks import get_task
+from ..core.tasks import get_task, is_glue
 
 CONFIG_FIELDS = {f.name for f in fields(MixKDConfig)}
 # Teacher runs take the training knobs from the spec's `teacher:` section, never student knobs.
@@ -64,6 +64,8 @@ class SweepSpec:
     tracking_uri: str | None = None
     experiment_name: str | None = None
     data_dir: str | None = None
+    custom_tasks: dict = field(default_factory=dict)   # your own data: {task name: its data keys}; filled from the
+    #                                           mappings in tasks (a task is a GLUE name or a mapping of the flags)
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "SweepSpec":
@@ -95,8 +97,9 @@ class SweepSpec:
         if self.mode not in ("search", "grid"):
             bad(f"mode {self.mode!r} is invalid; use search or grid")
         if not self.tasks:
-            bad("tasks is empty; name at least one GLUE task")
-        self.tasks = [get_task(t).name for t in self.tasks]
+            bad("tasks is empty; name at least one GLUE task or give your own data as a mapping "
+                "(train_file, validation_file, text_columns, label_column, ...)")
+        self.tasks = [self._task_entry(t) for t in self.tasks]
         if not self.seeds or not all(isinstance(s, int) for s in self.seeds):
             bad(f"seeds must be a non-empty list of integers, got {self.seeds!r}")
         for f in self.data_fractions:
@@ -153,23 +156,61 @@ class SweepSpec:
                 validate(probe.replace(**cell), "distill")
         return self
 
+    def _task_entry(self, t) -> str:
+        """A task of the preset: a GLUE name, a custom task already listed in custom_tasks, or a mapping with the
+        keys of the data flags (recorded in custom_tasks under its name, paths made absolute)."""
+        from ..core.custom_data import DATA_KEYS, default_task_name
+        if isinstance(t, str) and (is_glue(t) or t not in self.custom_tasks):
+            return get_task(t).name
+        if isinstance(t, str):
+            return t
+        if not isinstance(t, dict):
+            raise UsageError(f"tasks: {t!r} is invalid; use a GLUE task name or a mapping of your data "
+                             f"(train_file, validation_file, text_columns, label_column, ...)")
+        unknown = sorted(set(t) - {"task", *DATA_KEYS})
+        if unknown:
+            raise UsageError(f"tasks: '{unknown[0]}' is not a data key; use task, {', '.join(DATA_KEYS)}")
+        keys = {k: v for k, v in t.items() if k != "task"}
+        for k in ("train_file", "validation_file"):
+            if keys.get(k):
+                keys[k] = str(Path(keys[k]).expanduser().absolute())
+        probe = MixKDConfig.from_dict({**keys, "task": t.get("task")}, source="tasks")
+        if not (probe.train_file or probe.dataset):
+            raise UsageError("tasks: a custom task needs train_file and validation_file, or dataset")
+        name = default_task_name(probe)
+        self.custom_tasks[name] = keys
+        return name
+
+    def data_keys(self, task: str) -> dict:
+        """The data flags of a custom task ({} for a GLUE task)."""
+        return dict(self.custom_tasks.get(task, {}))
+
+    def task_spec(self, task: str):
+        """The TaskSpec of a task of this sweep (a custom one is read and checked from its training data)."""
+        if task not in self.custom_tasks:
+            return get_task(task)
+        from ..core.custom_data import task_for
+        return task_for(self.teacher_config(task, 1.0, self.seeds[0], "out"), "finetune")[1]
+
     # --- configs of the runs -----------------------------------------------------------------
     def teacher_key(self, task: str, fraction: float, seed: int) -> str:
         return f"{task}-f{fraction:g}-s{seed}"
 
     def teacher_config(self, task: str, fraction: float, seed: int, output_dir: str) -> MixKDConfig:
         base = {k: v for k, v in self.base.items() if k not in STUDENT_ONLY}
-        return MixKDConfig.from_dict({**base, **self.teacher, "task": task, "model": self.teacher_model,
-                                      "data_fraction": fraction, "data_seed": seed, "seed": seed,
-                                      "data_dir": self.data_dir, "output_dir": output_dir, "progress": False})
+        return MixKDConfig.from_dict({**base, **self.teacher, **self.data_keys(task), "task": task,
+                                      "model": self.teacher_model, "data_fraction": fraction, "data_seed": seed,
+                                      "seed": seed, "data_dir": None if task in self.custom_tasks else self.data_dir,
+                                      "output_dir": output_dir, "progress": False})
 
     def student_config(self, task: str, fraction: float, seed: int, teacher_dir: str, output_dir: str,
                        **knobs) -> MixKDConfig:
         student_seed = knobs.pop("student_seed", None)   # grid cells of student_seeds: the group keeps the data
-        return MixKDConfig.from_dict({**self.base, **knobs, "task": task, "data_fraction": fraction,
-                                      "data_seed": seed, "seed": seed if student_seed is None else student_seed,
-                                      "teacher": teacher_dir,
-                                      "data_dir": self.data_dir, "output_dir": output_dir, "progress": False})
+        return MixKDConfig.from_dict({**self.base, **knobs, **self.data_keys(task), "task": task,
+                                      "data_fraction": fraction, "data_seed": seed,
+                                      "seed": seed if student_seed is None else student_seed, "teacher": teacher_dir,
+                                      "data_dir": None if task in self.custom_tasks else self.data_dir,
+                                      "output_dir": output_dir, "progress": False})
 
     def groups(self) -> list[tuple[str, float, int]]:
         return [(t, f, s) for t in self.tasks for f in self.data_fractions for s in self.seeds]
@@ -217,7 +258,7 @@ def preflight(spec: SweepSpec) -> list:
     from ..core.data import resolve_data_source
     sources = []
     for t in spec.tasks:
-        task = get_task(t)
+        task = spec.task_spec(t)     # a custom task: its files read and every row checked here
         source = resolve_data_source(spec.data_dir, task)   # the flag, $GLUE_DIR, the hub, the embedded sample
         if source.path is not None:
             for name in ("train.tsv", *(d.tsv_file for d in task.dev_splits)):

@@ -29,6 +29,7 @@ from .cells import DEFAULT_UI, Report, _setting_text, _settings, prepare
 from .figures import _external_pareto, plot_fig1, plot_fig3, plot_pareto, plot_table2
 from .render import render_html, render_markdown, report_json
 from .scorecard import build_scorecard, plot as plot_scorecard
+from .custom import custom_tables
 from .tables import fig1_table, fig3_tables, paper_only_tables, table1, table2, table3
 
 
@@ -54,7 +55,7 @@ def build_report(df, mlflow_ui_url: str = DEFAULT_UI, figures: bool = True) -> R
     f3 = fig3_tables(d)
     first3 = next(i for i, t in enumerate(tables) if t.key.startswith("table3"))
     tables.insert(first3, t2)            # paper order: Table 1, Table 2, Table 3
-    tables += [f1, *f3, *paper_only_tables()]
+    tables += [f1, *f3, *custom_tables(d), *paper_only_tables()]
     used = 0 if d is None else len(d)
     summary = [f"{total} mixkd runs in the store; {used} FINISHED with final metrics are used.",
                "Settings (teacher backbone, training-data fraction, row cap): "

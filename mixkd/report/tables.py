@@ -234,7 +234,8 @@ def fig3_tables(d) -> list[Table]:
     (task, depth) among SM+TMKD runs."""
     spec = P.FIG3_SENSITIVITY
     tables = []
-    sm = d[(d["role"] == "trial") & (d["base_variant"] == "sm+tmkd")] if d is not None and len(d) else None
+    sm = (d[(d["role"] == "trial") & (d["base_variant"] == "sm+tmkd") & d["task"].isin(list(TASKS))]   # GLUE only
+          if d is not None and len(d) else None)
     setting = None
     if sm is not None and len(sm):
         counts = sm.groupby(["task", "student_layers", "data_fraction", "teacher_model"]).size()

@@ -1,0 +1,206 @@
+"""The study behind mixkd's step-aware defaults (issue 17): how many optimizer steps and which learning rate
+a student of 1-3 layers (and the 6-layer teacher) needs, by data size.
+
+Every cell is one `mixkd finetune` / `mixkd distill` run with explicit flags, on seed 7001 (a seed used
+nowhere else in the project), the packaged MiniLM-L6 teacher, batch 32, one CPU thread per run.
+Cells run in a fixed priority order, `--workers` at a time, a student only after its teacher; a cell
+whose metrics.json exists is not run again, so `--resume` (the default) continues an interrupted study.
+
+    python experiments/study_defaults.py --workers 2            # run (or continue) the study
+    python experiments/study_defaults.py --table                # write experiments/results/study_defaults/
+    python experiments/study_defaults.py --validate --workers 2 # the rule, all flags default, seeds 7002-7003
+
+Grid, fixed before any cell ran:
+- settings: SST-2 at 1% and 10% of the training data, MRPC and RTE full (SST-2 at 100% is listed last:
+  3 epochs of 67k rows is hours per student on this CPU);
+- budget: epochs raised until the run has at least MIN_STEPS optimizer steps (never below 3 epochs);
+- teacher (6 layers): lr 5e-5, 1e-4, 2e-4; students (1-3 layers, cut from the lr 1e-4 teacher, chosen
+  a priori): ft at lr 1e-4, 3e-4, 1e-3 and sm+tmkd at 3e-4, 1e-3;
+- the old defaults (lr 5e-5, 3 epochs) as a reference row at depth 2 (and for the teacher);
+- on SST-2 1%, depth 2, lr 3e-4: the step budget itself (63, 150, 300, 600 steps), ft and sm+tmkd.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = ROOT / "runs" / "study_defaults"
+RESULTS = ROOT / "experiments" / "results" / "study_defaults"
+SEED = 7001
+VALIDATION_SEEDS = (7002, 7003)
+MIN_STEPS = 300
+BATCH = 32
+TEACHER_LRS = (5e-5, 1e-4, 2e-4)
+TEACHER_LR_FOR_STUDENTS = 1e-4
+FT_LRS = (1e-4, 3e-4, 1e-3)
+SM_LRS = (3e-4, 1e-3)
+OLD = dict(lr=5e-5, epochs=3.0)
+
+# name -> (task, data_fraction, train rows at that fraction, max_seq_length)
+SETTINGS = {
+    "sst2-1": ("sst2", 0.01, 673, 64),
+    "mrpc": ("mrpc", 1.0, 3668, 128),
+    "sst2-10": ("sst2", 0.1, 6734, 64),
+    "rte": ("rte", 1.0, 2490, 128),
+    "sst2-100": ("sst2", 1.0, 67349, 64),
+}
+
+
+@dataclass(eq=False)
+class Cell:
+    name: str
+    setting: str
+    args: list
+    after: list = field(default_factory=list)
+
+    @property
+    def out(self) -> Path:
+        return RUNS / self.setting / self.name
+
+    def done(self) -> bool:
+        return (self.out / "metrics.json").is_file()
+
+
+def epochs_for(rows: int, min_steps: int = MIN_STEPS) -> float:
+    steps_per_epoch = math.ceil(rows / BATCH)
+    return float(max(3, math.ceil(min_steps / steps_per_epoch)))
+
+
+def _lr(x: float) -> str:
+    return f"{x:.0e}".replace("e-0", "e-")
+
+
+def cells() -> list[Cell]:
+    out = []
+    for s, (task, frac, rows, msl) in SETTINGS.items():
+        common = ["--task", task, "--data-fraction", str(frac), "--seed", str(SEED),
+                  "--max-seq-length", str(msl), "--batch-size", str(BATCH), "--eval-steps", "0"]
+        ep = epochs_for(rows)
+        t_main = f"teacher-lr{_lr(TEACHER_LR_FOR_STUDENTS)}"
+        teach = [Cell(f"teacher-lr{_lr(lr)}", s, ["finetune", *common, "--lr", str(lr), "--epochs", str(ep)])
+                 for lr in TEACHER_LRS]
+        teach.sort(key=lambda c: c.name != t_main)          # the students' teacher first
+        teach.append(Cell("teacher-old", s, ["finetune", *common, "--lr", str(OLD["lr"]),
+                                             "--epochs", str(OLD["epochs"])]))
+        tdir = str(RUNS / s / t_main)
+
+        def student(name, variant, k, lr, epochs):
+            return Cell(name, s, ["distill", *common, "--teacher", tdir, "--variant", variant,
+                                  "--student-layers", str(k), "--lr", str(lr), "--epochs", str(epochs)],
+                        after=[t_main])
+        def contrast(v):        # the step budget itself, on the smallest setting only
+            if s != "sst2-1":
+                return []
+            return [student(f"{v}-k2-lr3e-4-steps{n}", v, 2, 3e-4, epochs_for(rows, n) if n > 63 else 3.0)
+                    for n in (63, 150, 600)]
+        old = [student(f"{v}-k2-old", v, 2, OLD["lr"], OLD["epochs"]) for v in ("ft", "sm+tmkd")]
+        ft = [student(f"ft-k{k}-lr{_lr(lr)}", "ft", k, lr, ep) for k in (1, 2, 3) for lr in FT_LRS]
+        sm = [student(f"sm+tmkd-k{k}-lr{_lr(lr)}", "sm+tmkd", k, lr, ep) for k in (1, 2, 3) for lr in SM_LRS]
+        # priority: the students' teacher, the old defaults, ft, then sm+tmkd, the other teacher lrs last
+        out += [teach[0], *old, *ft, *contrast("ft"), teach[-1], *sm, *contrast("sm+tmkd"), *teach[1:-1]]
+    return out
+
+
+def validation_cells() -> list[Cell]:
+    """The implemented rule on fresh seeds: every training flag left at its default."""
+    out = []
+    task, frac, _, _ = SETTINGS["sst2-1"]
+    for seed in VALIDATION_SEEDS:
+        s = f"validate-s{seed}"
+        common = ["--task", task, "--data-fraction", str(frac), "--seed", str(seed)]
+        out.append(Cell("teacher", s, ["finetune", *common]))
+        for v in ("ft", "sm+tmkd"):
+            for k in (1, 2, 3):
+                out.append(Cell(f"{v}-k{k}", s, ["distill", *common, "--teacher", str(RUNS / s / "teacher"),
+                                                 "--variant", v, "--student-layers", str(k)], after=["teacher"]))
+    return out
+
+
+def run_all(todo: list[Cell], workers: int) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1",
+               HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env.setdefault("GLUE_DIR", str(ROOT.parent / "shared" / "glue_data"))
+    pending = [c for c in todo if not c.done()]
+    running: dict = {}
+    print(f"{len(todo) - len(pending)} of {len(todo)} cells done; {len(pending)} to run", flush=True)
+    while pending or running:
+        for c, p in list(running.items()):
+            if p.poll() is not None:
+                del running[c]
+                status = "done" if c.done() else f"FAILED rc={p.returncode} (see {c.out}.log)"
+                print(f"{time.strftime('%H:%M:%S')} {c.setting}/{c.name}: {status}", flush=True)
+        ready = [c for c in pending if all((RUNS / c.setting / a / "metrics.json").is_file() for a in c.after)]
+        while ready and len(running) < workers:
+            c = ready.pop(0)
+            pending.remove(c)
+            c.out.parent.mkdir(parents=True, exist_ok=True)
+            resume = ["--resume"] if (c.out / "config.yaml").is_file() else []
+            cmd = [sys.executable, "-m", "mixkd", *c.args, "--output-dir", str(c.out), "--no-progress", *resume]
+            log = open(f"{c.out}.log", "a")
+            print(f"{time.strftime('%H:%M:%S')} start {c.setting}/{c.name}", flush=True)
+            running[c] = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        if not ready and not running and pending:
+            print("blocked: a teacher failed; " + ", ".join(c.name for c in pending), flush=True)
+            return
+        time.sleep(5)
+
+
+def _row(c: Cell) -> dict | None:
+    if not c.done():
+        return None
+    m = json.loads((c.out / "metrics.json").read_text())
+    import yaml
+    cfg = yaml.safe_load((c.out / "config.yaml").read_text())
+    return dict(setting=c.setting, cell=c.name, command=m["command"], variant=m.get("variant") or "teacher",
+                layers=m.get("layers"), lr=cfg.get("lr"), epochs=cfg.get("epochs"), steps=m.get("steps"),
+                train_rows=m["data"]["train_rows"], metric=m["primary_metric"],
+                value=round(100 * m["primary_value"], 2),
+                chance=round(100 * m["chance"][m["primary_metric"]], 2),
+                above_chance=m.get("above_chance"), train_time_s=m.get("train_time_s"))
+
+
+def write_table(todo: list[Cell], name: str) -> None:
+    rows = [r for r in (_row(c) for c in todo) if r]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(rows, indent=1) + "\n")
+    missing = [f"{c.setting}/{c.name}" for c in todo if not c.done()]
+    lines = [f"| setting | run | layers | lr | epochs | steps | {'dev metric'} | chance | above chance | train s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['setting']} | {r['cell']} | {r['layers']} | {r['lr']:g} | {r['epochs']:g} | "
+                     f"{r['steps']} | {r['metric']} {r['value']:.2f} | {r['chance']} | {r['above_chance']} | "
+                     f"{r['train_time_s']:.0f} |")
+    text = "\n".join(lines) + "\n"
+    if missing:
+        text += f"\nNot run ({len(missing)} cells): " + ", ".join(missing) + "\n"
+    (RESULTS / f"{name}.md").write_text(text)
+    print(text)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--only", default=None, help="comma-separated settings to run (default: all, in order)")
+    ap.add_argument("--table", action="store_true", help="write the results table and stop")
+    ap.add_argument("--validate", action="store_true", help="the rule with default flags on fresh seeds")
+    a = ap.parse_args(argv)
+    todo = validation_cells() if a.validate else cells()
+    if a.only:
+        keep = set(a.only.split(","))
+        todo = [c for c in todo if c.setting in keep]
+    if not a.table:
+        run_all(todo, a.workers)
+    write_table(todo, "validation" if a.validate else "grid")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
