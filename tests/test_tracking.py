@@ -40,6 +40,7 @@ def test_background_writes_in_order_and_nested(tmp_path):
     for row in ({"step": 5, "primary": 0.5, "loss/total": 0.2}, {"step": 10, "primary": 0.75, "loss/total": 0.1},
                 {"step": 10, "primary": 0.75}):             # a resumed trial re-reports step 10: logged once
         bt.log_eval("t1", row)
+    cfg.replace(lr=1e-3, epochs=14.0).save_yaml(tmp_path / "t1" / "config.yaml")   # what the step-aware rule chose
     bt.finish("t1", tmp_path / "t1", log_model=False)
     parent = bt.parent_id
     bt.close()
@@ -50,6 +51,7 @@ def test_background_writes_in_order_and_nested(tmp_path):
     run = runs[0]
     assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == parent
     assert run.data.params["student_layers"] == "2" and len(run.data.params) == len(cfg.to_dict())
+    assert (run.data.params["lr"], run.data.params["epochs"]) == ("0.001", "14.0")   # the resolved numbers
     assert [(m.step, m.value) for m in c.get_metric_history(run.info.run_id, "primary")] == [(5, 0.5), (10, 0.75)]
     assert run.data.metrics["final/primary"] == 0.75 and run.data.metrics["params_count"] == 1234
     assert c.get_run(parent).info.status == "FINISHED"

@@ -139,7 +139,8 @@ class MixKDConfig:
                                        "lambda, or keep the first example's",
                                 choices=("mix", "first"), cmds=("distill",))
     # --- training ----------------------------------------------------------------------------
-    epochs: float = _f(3.0, "training epochs")
+    epochs: Optional[float] = _f(None, "training epochs (default: step-aware: 3, raised until the run makes at "
+                                       "least 300 optimizer steps; see the README's defaults that learn)")
     max_steps: int = _f(0, "stop after this many optimizer steps (0: run all epochs)")
     batch_size: int = _f(32, "training batch size (original samples per optimizer micro-batch)")
     group_by_length: bool = _f(False, "draw each training batch from rows of similar length (seeded buckets, "
@@ -147,7 +148,9 @@ class MixKDConfig:
                                       "too) and evaluate in length order: less padding, faster steps")
     eval_batch_size: int = _f(128, "evaluation batch size", cmds=ALL)
     grad_accum: int = _f(1, "gradient accumulation steps")
-    lr: float = _f(5e-5, "peak learning rate (AdamW, linear warm-up and decay)")
+    lr: Optional[float] = _f(None, "peak learning rate (AdamW, linear warm-up and decay; default: step-aware, by "
+                                   "the depth of the model trained: 1e-3 for 1-2 layers, 3e-4 for 3, 1e-4 for 4-6, "
+                                   "5e-5 deeper)")
     weight_decay: float = _f(0.01, "AdamW weight decay (not on biases and LayerNorm)")
     warmup_ratio: float = _f(0.1, "fraction of steps for linear warm-up")
     max_grad_norm: float = _f(1.0, "gradient clipping norm (0: off)")
@@ -342,11 +345,11 @@ def validate(cfg: MixKDConfig, command: str) -> MixKDConfig:
     for name, lo in (("batch_size", 1), ("eval_batch_size", 1), ("grad_accum", 1)):
         if getattr(cfg, name) < lo:
             bad(name.replace("_", "-"), getattr(cfg, name), f"use an integer >= {lo}")
-    if cfg.epochs <= 0 and cfg.max_steps <= 0:
+    if cfg.epochs is not None and cfg.epochs <= 0 and cfg.max_steps <= 0:
         bad("epochs", cfg.epochs, "train for > 0 epochs or set --max-steps")
     if cfg.max_steps < 0 or cfg.eval_steps < 0:
         raise UsageError("--max-steps and --eval-steps must be >= 0")
-    if cfg.lr <= 0:
+    if cfg.lr is not None and cfg.lr <= 0:
         bad("lr", cfg.lr, "the learning rate must be > 0, e.g. 5e-5")
     if not (0 <= cfg.warmup_ratio < 1):
         bad("warmup-ratio", cfg.warmup_ratio, "use a fraction in [0, 1)")

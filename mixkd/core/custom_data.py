@@ -97,6 +97,8 @@ def read_rows(src: CustomData, split: str):
     try:
         return datasets.load_dataset(fmt, data_files={"rows": str(path)}, split="rows", **kw)
     except Exception as e:   # pyarrow/pandas parse errors, mixed JSON types
+        if "corresponds to no data" in str(e):      # a header and no rows
+            raise UsageError(f"{path} has no rows; give a non-empty file") from None
         why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise UsageError(f"{path}: cannot read it as {path.suffix[1:].upper()} ({why}); fix the file "
                          f"(one header row, the same columns on every row)") from None
@@ -171,6 +173,9 @@ def _label_values(ds, col: str, where: str, regression: bool) -> list:
         if v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and not v.strip()):
             raise UsageError(f"{where}, row {i + 1}: the label in column '{col}' is empty or null; fill or "
                              f"remove the row")
+        out.append(v.strip() if isinstance(v, str) else v)
+        if regression:
+            continue
         k = _kind(v)
         if isinstance(v, str) and re.fullmatch(r"\s*-?\d+(\.\d*)?\s*", v):
             k = "number-as-text"      # '1' next to 'pos' in a CSV: a mix, not a name
@@ -180,7 +185,6 @@ def _label_values(ds, col: str, where: str, regression: bool) -> list:
             raise UsageError(f"{where}: mixed label types in column '{col}': row {first_row + 1} has "
                              f"{raw[first_row]!r}, row {i + 1} has {v!r}; use one kind (all names or all "
                              f"numbers)")
-        out.append(v.strip() if isinstance(v, str) else v)
     if regression:
         try:
             vals = [float(v) for v in out]

@@ -158,6 +158,10 @@ def select(tracking_uri: str, budget_ms: float, out: str | os.PathLike, *, exper
     teacher_rows = [r for r in rows if r.get("role") == "teacher" and r.get("task") == task]
     groups = group_runs(trials, **kw)
     teachers = group_runs(teacher_rows, role="teacher", **kw)
+    if not groups:
+        raise UsageError(f"every configuration in {where} ({what}) is at chance level (see the lines above); "
+                         f"nothing worth exporting: train the students longer or with a higher --lr "
+                         f"(--allow-chance considers them anyway)")
     if formats and list(formats) != ["torch"]:
         from .format_select import select_over_formats
         return select_over_formats(groups, list(formats), float(budget_ms), outp, task=task, tracking_uri=uri,
@@ -173,10 +177,6 @@ def select(tracking_uri: str, budget_ms: float, out: str | os.PathLike, *, exper
         groups = group_runs(trials, **kw)
         teachers = group_runs(teacher_rows, role="teacher", **kw)
     usable = [g for g in groups if g["latency_ms"] is not None]
-    if not groups:
-        raise UsageError(f"every configuration in {where} ({what}) is at chance level (see the lines above); "
-                         f"nothing worth exporting: train the students longer or with a higher --lr "
-                         f"(--allow-chance considers them anyway)")
     if not usable:
         raise UsageError(f"no latency for any configuration in {where} ({what}): no logged latency metrics and "
                          f"no model configs found; check that the runs' run_dir or model/ artifacts exist")

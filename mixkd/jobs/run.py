@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import platform
+import sys
 import shutil
 import time
 from pathlib import Path
@@ -133,6 +134,8 @@ def _train(cfg: MixKDConfig, command: str, task: TaskSpec, student, tokenizer, d
             check_output_dir(cfg)
         if data.source is not None:   # after every check: bad input stays a one-line error
             announce_data_source(data.source, task)
+        if (extra or {}).get("defaults_rule"):
+            print(f"mixkd: {extra['defaults_rule']}", file=sys.stderr, flush=True)
         out.mkdir(parents=True, exist_ok=True)
         if not cfg.resume and resume_from is None:
             _clear_results(out)
@@ -172,6 +175,15 @@ def _train(cfg: MixKDConfig, command: str, task: TaskSpec, student, tokenizer, d
     return metrics
 
 
+def _schedule(cfg: MixKDConfig, data: GlueData, depth: int | None) -> tuple[MixKDConfig, str | None]:
+    """Epochs and lr by the step-aware rule where the user named neither (mixkd.core.defaults), and the one line
+    that says so (None when the user named both), printed once the run's checks have passed."""
+    from ..core.defaults import describe, resolve_schedule
+    from ..core.device import distributed_context
+    resolved = resolve_schedule(cfg, len(data.train), depth, distributed_context()[0])
+    return resolved, describe(cfg, resolved)
+
+
 def _labels_report(task: TaskSpec, model_dir: Path, data: GlueData, cfg: MixKDConfig, device) -> dict:
     """A classifier's label names in id order and, per class, precision / recall / F1 on the primary dev split
     (the saved model reloaded, so this also checks that model/ loads)."""
@@ -198,7 +210,8 @@ def finetune(cfg: MixKDConfig, callbacks: list[EvalCallback] | None = None, wrap
     data = load_glue(_data_config(cfg), task, tokenizer)
     seed_everything(cfg.seed)
     model = load_classifier(cfg.model, task, new_head=True, trust_remote_code=cfg.trust_remote_code)
-    return _train(cfg, "finetune", task, model, tokenizer, data, extra={"base_model": cfg.model},
+    cfg, rule = _schedule(cfg, data, _depth(model))
+    return _train(cfg, "finetune", task, model, tokenizer, data, extra={"base_model": cfg.model, "defaults_rule": rule},
                   callbacks=callbacks, wrap_model=wrap_model, resume_from=resume_from)
 
 
@@ -250,6 +263,7 @@ def distill(cfg: MixKDConfig, callbacks: list[EvalCallback] | None = None, wrap_
     if not needs_teacher:
         del teacher
         teacher = None
+    cfg, extra["defaults_rule"] = _schedule(cfg, data, _depth(student))
     if before_write is not None:
         before_write()
     return _train(cfg, "distill", task, student, tokenizer, data, teacher=teacher, extra=extra, callbacks=callbacks,

@@ -182,7 +182,8 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
             from ray.tune.search.optuna import OptunaSearch
             space = build_space(spec.search_space, spec.base)
             storage = optuna.storages.RDBStorage(f"sqlite:///{exp_dir / 'optuna.db'}")
-            epochs = spec.base.get("epochs", MixKDConfig.epochs)
+            from ..core.defaults import MAX_EPOCHS
+            epochs = spec.base.get("epochs") or MAX_EPOCHS     # unset: step-aware, at most MAX_EPOCHS evals
             max_t = max(1, math.ceil(epochs)) if not spec.base.get("eval_steps") else 1000
             for task, fraction, seed in spec.groups():
                 group = f"search-{spec.teacher_key(task, fraction, seed)}"

@@ -41,9 +41,13 @@ def run_tags(cfg: MixKDConfig, role: str) -> dict[str, str]:
     }
 
 
+RESOLVED_IN_RUN = ("lr", "epochs")   # unset: chosen by the step-aware rule once the run knows its data
+
+
 def flat_params(cfg: MixKDConfig) -> dict[str, str]:
-    """Every config field as an MLflow param (None as 'None'); no secrets live in the config."""
-    return {k: str(v) for k, v in cfg.to_dict().items()}
+    """Every config field as an MLflow param (None as 'None'; no secrets live in the config). ``lr`` and ``epochs``
+    left to the step-aware rule are logged when the run ends, as the numbers it used (see :meth:`finish`)."""
+    return {k: str(v) for k, v in cfg.to_dict().items() if not (k in RESOLVED_IN_RUN and v is None)}
 
 
 class SweepTracker:
@@ -131,6 +135,7 @@ class SweepTracker:
             for name in ("config.yaml", "metrics.json", "log.jsonl"):
                 if (run_dir / name).is_file():
                     self.client.log_artifact(run_id, str(run_dir / name))
+            self._log_resolved(run_id, run_dir)
             if (run_dir / "metrics.json").is_file():
                 m = json.loads((run_dir / "metrics.json").read_text())
                 final = {f"final/{k}": float(v) for k, v in m.get("metrics", {}).items()}
@@ -150,6 +155,16 @@ class SweepTracker:
         if reason:
             self.client.set_tag(run_id, "mixkd.end_reason", reason[:5000])
         self.client.set_terminated(run_id, status=status)
+
+    def _log_resolved(self, run_id: str, run_dir: Path) -> None:
+        """The numbers the step-aware rule chose (config.yaml), as params the run did not log at its start."""
+        if not (run_dir / "config.yaml").is_file():
+            return
+        saved = MixKDConfig.from_yaml(run_dir / "config.yaml").to_dict()
+        have = self.client.get_run(run_id).data.params
+        todo = {k: str(saved[k]) for k in RESOLVED_IN_RUN if k not in have and saved.get(k) is not None}
+        if todo:
+            self._log_params(run_id, todo)
 
     def record_finished(self, key: str, cfg: MixKDConfig, role: str, run_dir: Path, log_model: bool = False,
                         name: str | None = None) -> bool:
