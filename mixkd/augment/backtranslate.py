@@ -105,13 +105,13 @@ def load_source_rows(task: TaskSpec, data_dir: str | None) -> SourceRows:
     for ex in ds:
         y = ex["label"]
         label = repr(float(y)) if task.regression else task.tsv_labels[int(y)]
-        rows.append(_synth_row(task, [ex[k] for k in task.text_keys], label))
+        rows.append(_synth_row(task, [clean_text(ex[k]) for k in task.text_keys], label))
     header = None
-    if task.has_header:
+    if task.has_header:      # a custom task's file: its own text and label column names (read back by name)
         names = [f"col{i}" for i in range(task.min_columns)]
         for c, k in zip(task.text_columns, task.text_keys):
             names[c] = k
-        names[task.label_column] = "label"
+        names[task.label_column] = task.custom.label_column if task.custom is not None else "label"
         header = "\t".join(names)
     return SourceRows(header, rows, src, str(content))
 
@@ -318,9 +318,15 @@ def settings_from_config(cfg) -> BTSettings:
 CONFIG_FLAGS = ("--bt-forward-model", "--bt-backward-model")
 
 
+def _task_of(cfg) -> TaskSpec:
+    """The config's task: a GLUE task, or a custom one read from its data (in any process: Ray tasks too)."""
+    from ..core.custom_data import task_for
+    return task_for(cfg, "augment")[1]
+
+
 def bt_cache_path(cfg) -> Path:
     """Where ``--augment bt`` finds (or will write) the back-translation of ``cfg``'s subset."""
-    task = get_task(cfg.task)
+    task = _task_of(cfg)
     settings = settings_from_config(cfg).check()
     fraction = 1.0 if cfg.data_fraction is None else cfg.data_fraction
     return cache_path(task, load_source_rows(task, cfg.data_dir), fraction, cfg.resolved_data_seed, settings,
@@ -330,7 +336,7 @@ def bt_cache_path(cfg) -> Path:
 def bt_file_for_config(cfg, progress: bool | None = None) -> AugmentResult:
     """The back-translation of ``cfg``'s training subset: from the cache, else generated now (on
     ``cfg.device``). The generation seed is the data seed: runs on the same subset share one file."""
-    return backtranslate(cfg.task, cfg.data_dir, cfg.data_fraction, cfg.resolved_data_seed,
+    return backtranslate(_task_of(cfg), cfg.data_dir, cfg.data_fraction, cfg.resolved_data_seed,
                          settings_from_config(cfg), device=cfg.device, augment_dir=cfg.augment_dir,
                          progress=cfg.progress if progress is None else progress, flags=CONFIG_FLAGS,
                          max_rows=cfg.max_train_samples)

