@@ -149,8 +149,7 @@ class MixKDConfig:
     eval_batch_size: int = _f(128, "evaluation batch size", cmds=ALL)
     grad_accum: int = _f(1, "gradient accumulation steps")
     lr: Optional[float] = _f(None, "peak learning rate (AdamW, linear warm-up and decay; default: step-aware, by "
-                                   "the depth of the model trained: 1e-3 for 1-2 layers, 3e-4 for 3, 1e-4 for 4-6, "
-                                   "5e-5 deeper)")
+                                   "the depth of the model trained: 3e-4 for 1-3 layers, 1e-4 for 4-6, 5e-5 deeper)")
     weight_decay: float = _f(0.01, "AdamW weight decay (not on biases and LayerNorm)")
     warmup_ratio: float = _f(0.1, "fraction of steps for linear warm-up")
     max_grad_norm: float = _f(1.0, "gradient clipping norm (0: off)")

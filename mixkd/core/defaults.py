@@ -19,7 +19,7 @@ import math
 DEFAULT_EPOCHS = 3.0
 MIN_STEPS = 300
 MAX_EPOCHS = 40.0
-LR_BY_DEPTH = {1: 1e-3, 2: 1e-3, 3: 3e-4, 4: 1e-4, 5: 1e-4, 6: 1e-4}
+LR_BY_DEPTH = {1: 3e-4, 2: 3e-4, 3: 3e-4, 4: 1e-4, 5: 1e-4, 6: 1e-4}
 LR_DEEP = 5e-5          # deeper than the table (BERT-base and up): the usual fine-tuning rate; not studied here
 
 
