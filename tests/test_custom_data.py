@@ -280,3 +280,12 @@ def test_augment_your_own_data_and_train_on_it(reviews, tiny_bert_dir, tmp_path,
                                                     if k in ("train_file", "validation_file", "text_columns",
                                                              "label_column")}))
     assert m["data"]["augment_rows"] == len(lines) - 1 and m["data"]["train_rows"] == 8 + len(lines) - 1
+
+
+def test_primary_metric_of_a_custom_task_from_its_run_params():
+    """select / the sweep summary read a custom task's primary metric from its runs (no GLUE table to ask)."""
+    from mixkd.core.tasks import primary_metric_of
+    assert primary_metric_of("mrpc") == "f1"
+    assert primary_metric_of("my-tickets", {"metric": "macro_f1"}) == "macro_f1"
+    assert primary_metric_of("my-scores", {"metric": "auto", "regression": "True"}) == "pearson"
+    assert primary_metric_of("my-tickets", {}) == "accuracy"

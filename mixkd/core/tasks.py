@@ -95,6 +95,20 @@ def task_name(name: str) -> str:
     return get_task(name).name if is_glue(name) else str(name)
 
 
+def primary_metric_of(name: str, params: dict | None = None) -> str:
+    """The primary metric of a task by name: GLUE's official one, else the recorded ``metric`` param of a run of
+    the custom task (its config's resolved --metric)."""
+    if is_glue(name):
+        return get_task(name).primary_metric
+    if name in _CUSTOM:
+        return _CUSTOM[name].primary_metric
+    params = params or {}
+    metric = str(params.get("metric") or "auto")
+    if metric in ("auto", "None"):    # logged before the run resolved it: the kind's first metric
+        metric = "pearson" if str(params.get("regression")).lower() == "true" else "accuracy"
+    return metric
+
+
 def get_task(name: str) -> TaskSpec:
     if name in _CUSTOM:
         return _CUSTOM[name]

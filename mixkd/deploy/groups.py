@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ..core.errors import UsageError
 from ..core.metrics import above_chance
-from ..core.tasks import get_task
+from ..core.tasks import primary_metric_of
 from . import latency as L
 from .pareto import _finite
 
@@ -214,7 +214,8 @@ def group_runs(runs, *, percentile: str = "p90", batch_size: int = 1, seq_len: i
                     sd = (sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else math.nan
                     metrics[k] = [m, sd, len(vals)]
             g["metrics"] = metrics
-            chance = metrics.get(f"final/chance_{get_task(g['task']).primary_metric}") if g["task"] else None
+            primary = primary_metric_of(g["task"], first.get("params")) if g["task"] else None
+            chance = metrics.get(f"final/chance_{primary}") if primary else None
             g["at_chance"] = chance is not None and not above_chance(mean, chance[0])
             if g["at_chance"] and role == "trial" and not keep_at_chance:
                 log(f"skipped {g['label']}: at chance level (mean {mean:.4f}, a constant predictor scores "

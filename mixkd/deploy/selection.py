@@ -97,10 +97,10 @@ def _typed_params(params: Mapping[str, str]) -> dict:
     return out
 
 
-def _primary_name(task: str | None) -> str:
+def _primary_name(task: str | None, params: dict | None = None) -> str:
     try:
-        from ..core.tasks import get_task
-        return get_task(task).primary_metric
+        from ..core.tasks import primary_metric_of
+        return primary_metric_of(task, params)
     except Exception:
         return "primary"
 
@@ -168,7 +168,7 @@ def select(tracking_uri: str, budget_ms: float, out: str | os.PathLike, *, exper
                                    experiment=experiment, teacher=teachers[0] if teachers else None, data_dir=data_dir,
                                    max_eval_samples=max_eval_samples, percentile=percentile, batch_size=batch_size,
                                    seq_len=seq_len, device=device, threads=threads, cache_dir=cache_dir,
-                                   protocol=protocol, primary_metric=_primary_name(task), log=log)
+                                   protocol=protocol, primary_metric=_primary_name(task, trials[0].get("params")), log=log)
     if len({_kind(g) for g in groups + teachers} - {None}) > 1:
         # latencies from the sweep's hardware and from this machine do not compare: measure all of them here
         log("some latencies were logged by the sweep and others must be measured here; measuring all here so "
@@ -207,7 +207,7 @@ def select(tracking_uri: str, budget_ms: float, out: str | os.PathLike, *, exper
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "tracking_uri": uri, "experiment": experiment or chosen.get("experiment"), "task": task,
         "budget_ms": float(budget_ms), "percentile": percentile, "batch_size": batch_size, "seq_len": seq_len,
-        "device": device, "dtype": dtype, "primary_metric": _primary_name(task),
+        "device": device, "dtype": dtype, "primary_metric": _primary_name(task, trials[0].get("params")),
         "chosen": _group_summary(chosen), "config": _typed_params(br.get("params") or {}),
         "out": str(outp),
         "teacher": _group_summary(teacher) if teacher and "best_run" in teacher else _jsonable(teacher),
@@ -222,7 +222,7 @@ def select(tracking_uri: str, budget_ms: float, out: str | os.PathLike, *, exper
         tlist = [teacher] if teacher is not None else []
         trial_pts = [{"latency_ms": g["latency_ms"], "score": s} for g in usable for s in g["scores"]]
         return plot_pareto(usable, path, trials=trial_pts, teachers=tlist, budget_ms=float(budget_ms), chosen=chosen,
-                           title=f"{task}: dev {_primary_name(task)} vs {percentile} latency "
+                           title=f"{task}: dev {_primary_name(task, trials[0].get('params'))} vs {percentile} latency "
                                  f"(batch {batch_size}, seq {seq_len}, {device})",
                            xlabel=f"{percentile} latency (ms), batch {batch_size}, seq {seq_len}, {device}")
     export_student(chosen, outp, selection, tracking_uri=uri, plot=draw)

@@ -159,7 +159,7 @@ class SweepSpec:
     def _task_entry(self, t) -> str:
         """A task of the preset: a GLUE name, a custom task already listed in custom_tasks, or a mapping with the
         keys of the data flags (recorded in custom_tasks under its name, paths made absolute)."""
-        from ..core.custom_data import DATA_KEYS, default_task_name
+        from ..core.custom_data import DATA_KEYS, task_for
         if isinstance(t, str) and (is_glue(t) or t not in self.custom_tasks):
             return get_task(t).name
         if isinstance(t, str):
@@ -177,9 +177,12 @@ class SweepSpec:
         probe = MixKDConfig.from_dict({**keys, "task": t.get("task")}, source="tasks")
         if not (probe.train_file or probe.dataset):
             raise UsageError("tasks: a custom task needs train_file and validation_file, or dataset")
-        name = default_task_name(probe)
-        self.custom_tasks[name] = keys
-        return name
+        # read and check the training data now (before Ray starts); the resolved columns, label set and metric are
+        # what every run of the task and its MLflow params record
+        resolved = task_for(probe, "finetune")[0]
+        keys.update(text_columns=resolved.text_columns, labels=resolved.labels, metric=resolved.metric)
+        self.custom_tasks[resolved.task] = keys
+        return resolved.task
 
     def data_keys(self, task: str) -> dict:
         """The data flags of a custom task ({} for a GLUE task)."""
