@@ -126,14 +126,16 @@ def validation_cells() -> list[Cell]:
     out.append(Cell("teacher", s, ["finetune", *common, "--model", "minilm-l6"]))
     out.append(Cell("sm+tmkd-k2", s, ["distill", "--task", task, "--teacher", str(RUNS / s / "teacher"),
                                       "--variant", "sm+tmkd", "--student-layers", "2"], after=["teacher"]))
+    per_seed = {}
     for seed in VALIDATION_SEEDS:
         s = f"validate-s{seed}"
         common = ["--task", task, "--data-fraction", str(frac), "--seed", str(seed)]
         out.append(Cell("teacher", s, ["finetune", *common]))
-        for v in ("ft", "sm+tmkd"):
-            for k in (1, 2, 3):
-                out.append(Cell(f"{v}-k{k}", s, ["distill", *common, "--teacher", str(RUNS / s / "teacher"),
-                                                 "--variant", v, "--student-layers", str(k)], after=["teacher"]))
+        per_seed[s] = [Cell(f"{v}-k{k}", s, ["distill", *common, "--teacher", str(RUNS / s / "teacher"), "--variant",
+                                             v, "--student-layers", str(k)], after=["teacher"])
+                       for k in (2, 1, 3) for v in ("ft", "sm+tmkd")]
+    for i in range(6):          # depth 2 of both seeds first, then 1, then 3
+        out += [cells[i] for cells in per_seed.values()]
     return out
 
 
@@ -224,6 +226,49 @@ def write_table(todo: list[Cell], name: str) -> None:
     print(text)
 
 
+LR_COLUMNS = (5e-5, 1e-4, 2e-4, 3e-4, 1e-3)
+
+
+def readme_table(todo: list[Cell]) -> str:
+    """The README's compact view: per setting and model, the dev score under the old defaults (lr 5e-5, 3 epochs)
+    and at the rule's step budget for each learning rate tried; then the step-budget contrast."""
+    rows = [r for r in (_row(c) for c in todo) if r]
+    head = ("| setting (train rows) | model | old defaults: lr 5e-5, 3 epochs | "
+            + " | ".join(f"lr {lr:g}" for lr in LR_COLUMNS) + " |")
+    lines = [head, "|" + "---|" * (3 + len(LR_COLUMNS))]
+    contrast = []
+    for setting in SETTINGS:
+        sub = [r for r in rows if r["setting"] == setting]
+        if not sub:
+            continue
+        n = sub[0]["train_rows"]
+        models = [("teacher", "teacher (6 layers)")] + [(f"{v}-k{k}", f"{v} k={k}") for v in ("ft", "sm+tmkd")
+                                                          for k in (1, 2, 3)]
+        for prefix, label in models:
+            def cell(pred):
+                hit = [r for r in sub if r["cell"].startswith(prefix + "-") and pred(r)]
+                return (f"{hit[0]['value']:.2f}{'' if hit[0]['above_chance'] else ' (chance)'}" if hit else "")
+            old = cell(lambda r: r["cell"].endswith("-old"))
+            by_lr = [cell(lambda r, lr=lr: "steps" not in r["cell"] and not r["cell"].endswith("-old")
+                          and abs(r["lr"] - lr) < 1e-12) for lr in LR_COLUMNS]
+            if old or any(by_lr):
+                lines.append(f"| {setting} ({n:,}) | {label} | {old} | " + " | ".join(by_lr) + " |")
+        for r in sub:
+            if "steps" in r["cell"] or (r["cell"].startswith(("ft-k2-lr3e-4", "sm+tmkd-k2-lr3e-4"))
+                                        and setting == "sst2-1"):
+                contrast.append(r)
+    text = "\n".join(lines) + "\n"
+    if contrast:
+        text += ("\nStep budget at lr 3e-4, 2-layer students, SST-2 1%:\n\n| variant | optimizer steps | dev accuracy |\n"
+                 "|---|---|---|\n")
+        for r in sorted(contrast, key=lambda r: (r["variant"], r["steps"])):
+            text += f"| {r['variant']} | {r['steps']} | {r['value']:.2f} |\n"
+    missing = [f"{c.setting}/{c.name}" for c in todo if not c.done()]
+    if missing:
+        text += f"\nNot yet run ({len(missing)} cells; `--resume` continues): " + ", ".join(missing) + "\n"
+    return text
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workers", type=int, default=2)
@@ -238,6 +283,8 @@ def main(argv=None) -> int:
     if not a.table:
         run_all(todo, a.workers)
     write_table(todo, "validation" if a.validate else "grid")
+    if not a.validate:
+        (RESULTS / "readme_table.md").write_text(readme_table(todo))
     return 0
 
 
