@@ -246,6 +246,8 @@ def race(args) -> int:
                       max_steps=warmup + args.steps, eval_steps=warmup + args.steps, max_eval_samples=32)
     tok = load_tokenizer(args.teacher)
     data = load_glue(cfg, task, tok)
+    from mixkd.core.defaults import resolve_schedule
+    cfg = resolve_schedule(cfg, len(data.train), k)   # mixkd's default lr for a k-layer student, for both arms
     teacher = load_classifier(args.teacher, task, new_head=True)
     dev = resolve_device(args.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)

@@ -125,6 +125,14 @@ class Trainer:
                  wrap_model: Callable[[nn.Module], nn.Module] | None = None):
         from .models import quiet_transformers
         quiet_transformers()
+        if cfg.lr is None or cfg.epochs is None:    # used directly (not through jobs.run): the step-aware defaults
+            from .defaults import resolve_schedule
+            from .models import encoder_depth
+            try:
+                depth = encoder_depth(student)
+            except UsageError:
+                depth = None
+            cfg = resolve_schedule(cfg, len(data.train), depth, distributed_context()[0])
         self.cfg, self.task, self.data, self.tokenizer = cfg, task, data, tokenizer
         self.output_dir = Path(output_dir)
         self.ckpt_dir = self.output_dir / "checkpoints"
