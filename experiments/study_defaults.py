@@ -265,7 +265,11 @@ def readme_table(todo: list[Cell]) -> str:
             text += f"| {r['variant']} | {r['steps']} | {r['value']:.2f} |\n"
     missing = [f"{c.setting}/{c.name}" for c in todo if not c.done()]
     if missing:
-        text += f"\nNot yet run ({len(missing)} cells; `--resume` continues): " + ", ".join(missing) + "\n"
+        per = {}
+        for m in missing:
+            per[m.split("/")[0]] = per.get(m.split("/")[0], 0) + 1
+        text += (f"\nNot yet run: {len(missing)} cells (" + ", ".join(f"{k} {v}" for k, v in per.items())
+                 + "; listed in grid.md; `python experiments/study_defaults.py` continues them)\n")
     return text
 
 
@@ -284,7 +288,14 @@ def main(argv=None) -> int:
         run_all(todo, a.workers)
     write_table(todo, "validation" if a.validate else "grid")
     if not a.validate:
-        (RESULTS / "readme_table.md").write_text(readme_table(todo))
+        table = readme_table(todo)
+        (RESULTS / "readme_table.md").write_text(table)
+        readme = ROOT / "README.md"
+        start, end = "<!-- study-table: written by experiments/study_defaults.py --table -->\n", "<!-- /study-table -->"
+        text = readme.read_text()
+        if start in text and end in text and not a.only:
+            head, rest = text.split(start, 1)
+            readme.write_text(head + start + table + rest[rest.index(end):])
     return 0
 
 
