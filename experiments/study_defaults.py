@@ -139,24 +139,25 @@ def validation_cells() -> list[Cell]:
     return out
 
 
-def _alive(pid: int) -> bool:
+def _alive(pid: int, out: Path | None = None) -> bool:
+    """The cell's process is still running: the pid exists, is not a zombie and (with ``out``) is the run of that
+    output dir (a pid file left by a stopped session may name an unrelated process by now)."""
     try:
         os.kill(pid, 0)
+        if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+            return False
+        return out is None or str(out) in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
     except OSError:
         return False
-    try:   # a zombie (finished, not reaped by its dead parent) counts as finished
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return True
 
 
 class _Adopted:
     """A cell's process started by an earlier driver (same poll() interface as Popen)."""
-    def __init__(self, pid: int):
-        self.pid, self.returncode = pid, None
+    def __init__(self, pid: int, out: Path):
+        self.pid, self.out, self.returncode = pid, out, None
 
     def poll(self):
-        return None if _alive(self.pid) else 0
+        return None if _alive(self.pid, self.out) else 0
 
 
 def run_all(todo: list[Cell], workers: int) -> None:
@@ -167,9 +168,9 @@ def run_all(todo: list[Cell], workers: int) -> None:
     running: dict = {}
     for c in list(pending):      # a cell still running from an earlier driver: wait for it, never start it twice
         pid_file = Path(f"{c.out}.pid")
-        if pid_file.is_file() and _alive(int(pid_file.read_text())):
+        if pid_file.is_file() and _alive(int(pid_file.read_text()), c.out):
             pending.remove(c)
-            running[c] = _Adopted(int(pid_file.read_text()))
+            running[c] = _Adopted(int(pid_file.read_text()), c.out)
     print(f"{len(todo) - len(pending)} of {len(todo)} cells done; {len(pending)} to run", flush=True)
     while pending or running:
         for c, p in list(running.items()):
