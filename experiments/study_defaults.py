@@ -190,8 +190,11 @@ def run_all(todo: list[Cell], workers: int) -> None:
             running[c] = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
             Path(f"{c.out}.pid").write_text(str(running[c].pid))
         if not ready and not running and pending:
-            print("blocked: a teacher failed; " + ", ".join(c.name for c in pending), flush=True)
-            return
+            deps = {Path(os.path.normpath(RUNS / c.setting / a)) for c in pending for a in c.after}
+            if not any(Path(f"{d}.pid").is_file() and _alive(int(Path(f"{d}.pid").read_text()), d) for d in deps):
+                print("blocked: a teacher failed; " + ", ".join(c.name for c in pending), flush=True)
+                return
+            # else a teacher is still being trained by another driver: wait for it
         time.sleep(5)
 
 

@@ -197,7 +197,8 @@ class Trainer:
             (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
         groups = [{"params": decay, "weight_decay": self.cfg.weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=self.cfg.lr, fused=self.device.type == "cuda")
+        # the fused kernel (one call for all tensors) on CPU and CUDA: the per-tensor loop costs ~45 ms a step on CPU
+        return torch.optim.AdamW(groups, lr=self.cfg.lr, fused=self.device.type in ("cpu", "cuda"))
 
     def _epoch_steps(self, epoch: int) -> list[list[list[int]]]:
         """Micro-batch index lists of this rank in one epoch, grouped by optimizer step. Seeded by (seed,
