@@ -235,3 +235,22 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, places, tmp_path)
         needle = _fill(needle, places, w)
         assert needle in lines[0], f"{needle!r} not in the message:" + detail
     assert _files(w) == before, f"the refused command wrote {sorted(set(_files(w)) - set(before))}" + detail
+
+
+@pytest.mark.parametrize("name, visible, message", [
+    ("cuda:3", 2, "only 2 CUDA GPU(s) are visible (cuda:0 to cuda:1)"),
+    ("gpu0", 1, "not a device name; use auto, cpu, cuda or cuda:N"),
+    ("cuda", 0, "no CUDA GPU is visible; use --device cpu or auto"),
+])
+def test_device_names_are_checked_where_they_are_read(name, visible, message, monkeypatch):
+    """A wrong --device fails in one line at the edge, not later with a raw CUDA error."""
+    import torch
+
+    from mixkd.core.device import resolve_device
+    from mixkd.core.errors import UsageError
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: visible > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        resolve_device(name)
+    if visible:
+        assert resolve_device("cuda:0") == torch.device("cuda", 0)

@@ -30,7 +30,14 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {name} was asked for but no CUDA GPU is visible; use --device cpu or auto")
-    return torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name}: not a device name; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA GPU(s) are visible "
+                         f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    return dev
 
 
 def autocast_for(device: torch.device, precision: str):

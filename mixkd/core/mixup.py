@@ -19,6 +19,8 @@ and both models and the label mixing use it there; on the CPU it is drawn as it 
 """
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -107,11 +109,16 @@ def _token_type_table(model: nn.Module) -> nn.Embedding | None:
     return table if isinstance(table, nn.Embedding) and table.num_embeddings > 1 else None
 
 
+@functools.lru_cache(maxsize=None)
+def _takes_global_attention(model_class: type) -> bool:
+    """Once per model class (not every step): does its forward take ``global_attention_mask``?"""
+    return "global_attention_mask" in inspect.signature(model_class.forward).parameters
+
+
 def embeds_extras(model: nn.Module, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
     """Inputs a model needs beside ``inputs_embeds`` that it would otherwise derive from ``input_ids``:
     Longformer's classifier puts global attention on the first token."""
-    import inspect
-    if "global_attention_mask" not in inspect.signature(model.forward).parameters:
+    if not _takes_global_attention(type(model)):
         return {}
     glob = torch.zeros_like(attention_mask)
     glob[:, 0] = 1
