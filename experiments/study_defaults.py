@@ -113,7 +113,21 @@ def cells() -> list[Cell]:
             ft = [c for c in ft if "lr1e-3" not in c.name]      # 1e-3 was the worst lr at every depth on SST-2 1%
             sm = [c for c in sm if "-k2-" in c.name]
             out += [teach[0], *old, *ft, *sm]
-    return out
+    return sorted(out, key=_priority)     # stable: within a tier, the order above
+
+
+# Run order (CPU time is short): across the settings every teacher (SST-2 1% first), the
+# depth-2 students under the old defaults and at the rule's lr, the rule's lr at depths 1 and 3, the rest.
+_TIERS = (("teacher-lr1e-4",), ("ft-k2-old", "sm+tmkd-k2-old", "ft-k2-lr3e-4", "sm+tmkd-k2-lr3e-4"),
+          ("ft-k2-lr1e-4", "ft-k1-lr3e-4", "ft-k3-lr3e-4"))
+
+
+def _priority(c: Cell) -> int:
+    if c.setting == "sst2-1":    # nearly complete; what is left of it (a contrast, a teacher lr) waits
+        return 0 if c.name in _TIERS[0] else 1 + len(_TIERS)
+    if c.setting == "sst2-100":
+        return 1 + len(_TIERS) + 1
+    return 1 + next((i for i, names in enumerate(_TIERS) if c.name in names), len(_TIERS))
 
 
 def validation_cells() -> list[Cell]:
@@ -160,7 +174,16 @@ class _Adopted:
         return None if _alive(self.pid, self.out) else 0
 
 
-def run_all(todo: list[Cell], workers: int) -> None:
+def _dep(c: Cell, after: str) -> Path:
+    """The output dir of a cell ``c`` runs after (``after`` is relative to c's setting: a name, or ../setting/name;
+    normalised, since c's own setting folder may not exist yet)."""
+    return Path(os.path.normpath(RUNS / c.setting / after))
+
+
+def run_all(todo: list[Cell], workers: int, wait_for_others: bool = False) -> None:
+    """Run the cells not done yet, ``workers`` at a time, each after its ``after`` cells. With
+    ``wait_for_others`` a cell whose teacher is not done waits for it (another driver trains it) instead of
+    the driver stopping as blocked."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1",
                HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     env.setdefault("GLUE_DIR", str(ROOT.parent / "shared" / "glue_data"))
@@ -178,7 +201,7 @@ def run_all(todo: list[Cell], workers: int) -> None:
                 del running[c]
                 status = "done" if c.done() else f"FAILED rc={p.returncode} (see {c.out}.log)"
                 print(f"{time.strftime('%H:%M:%S')} {c.setting}/{c.name}: {status}", flush=True)
-        ready = [c for c in pending if all((RUNS / c.setting / a / "metrics.json").is_file() for a in c.after)]
+        ready = [c for c in pending if all((_dep(c, a) / "metrics.json").is_file() for a in c.after)]
         while ready and len(running) < workers:
             c = ready.pop(0)
             pending.remove(c)
@@ -190,8 +213,9 @@ def run_all(todo: list[Cell], workers: int) -> None:
             running[c] = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
             Path(f"{c.out}.pid").write_text(str(running[c].pid))
         if not ready and not running and pending:
-            deps = {Path(os.path.normpath(RUNS / c.setting / a)) for c in pending for a in c.after}
-            if not any(Path(f"{d}.pid").is_file() and _alive(int(Path(f"{d}.pid").read_text()), d) for d in deps):
+            deps = {_dep(c, a) for c in pending for a in c.after}
+            if not wait_for_others and not any(Path(f"{d}.pid").is_file() and
+                                               _alive(int(Path(f"{d}.pid").read_text()), d) for d in deps):
                 print("blocked: a teacher failed; " + ", ".join(c.name for c in pending), flush=True)
                 return
             # else a teacher is still being trained by another driver: wait for it

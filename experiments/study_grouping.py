@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     todo = cells()
     if not a.table:
-        run_all([c for (*_, c) in todo if c.args], a.workers)
+        run_all([c for (*_, c) in todo if c.args], a.workers, wait_for_others=True)   # the study trains the teachers
     rows = [(s, v, seed, g, _row(c)) for (s, v, seed, g, c) in todo]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "grouping.json").write_text(json.dumps(
