@@ -83,8 +83,9 @@ def _lr(x: float) -> str:
 def cells() -> list[Cell]:
     out = []
     for s, (task, frac, rows, msl) in SETTINGS.items():
-        common = ["--task", task, "--data-fraction", str(frac), "--seed", str(SEED),
-                  "--max-seq-length", str(msl), "--batch-size", str(BATCH), "--eval-steps", "0"]
+        common = ["--task", task, "--data-fraction", str(frac), "--seed", str(SEED),   # random batches, as
+                  "--max-seq-length", str(msl), "--batch-size", str(BATCH), "--eval-steps", "0",  # when it began
+                  "--no-group-by-length"]
         ep = epochs_for(rows)
         t_main = f"teacher-lr{_lr(TEACHER_LR_FOR_STUDENTS)}"
         teach = [Cell(f"teacher-lr{_lr(lr)}", s, ["finetune", *common, "--lr", str(lr), "--epochs", str(ep)])
