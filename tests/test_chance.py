@@ -47,7 +47,8 @@ def test_a_constant_predictor_is_flagged_and_a_real_one_is_not():
     assert above_chance(0.79, 0.5092)
     r = {"primary_metric": "accuracy", "primary_value": 0.5092, "chance": {"accuracy": 0.5092}, "above_chance": False}
     line = chance_warning(r)
-    assert "chance level" in line and "0.5092" in line and "--lr" in line and "\n" not in line
+    assert "chance level" in line and "0.5092" in line and "--lr" in line and "--student-layers" in line
+    assert "\n" not in line
     assert chance_warning({**r, "above_chance": True}) is None
 
 

@@ -74,4 +74,4 @@ def chance_warning(result: dict) -> str | None:
     key = result["primary_metric"]
     return (f"warning: the model is at chance level on the dev set ({key} {result['primary_value']:.4f}; a constant "
             f"predictor scores {result['chance'][key]:.4f}): it learned nothing useful; train it longer (--epochs, "
-            f"--max-steps) or with a higher --lr")
+            f"--max-steps), with another --lr, or use a deeper student (--student-layers)")
