@@ -160,7 +160,7 @@ def select(tracking_uri: str, budget_ms: float, out: str | os.PathLike, *, exper
     teachers = group_runs(teacher_rows, role="teacher", **kw)
     if not groups:
         raise UsageError(f"every configuration in {where} ({what}) is at chance level (see the lines above); "
-                         f"nothing worth exporting: train the students longer or with a higher --lr "
+                         f"nothing worth exporting: train the students longer, with another --lr or deeper "
                          f"(--allow-chance considers them anyway)")
     if formats and list(formats) != ["torch"]:
         from .format_select import select_over_formats
