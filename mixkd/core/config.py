@@ -145,7 +145,8 @@ class MixKDConfig:
     batch_size: int = _f(32, "training batch size (original samples per optimizer micro-batch)")
     group_by_length: bool = _f(False, "draw each training batch from rows of similar length (seeded buckets, "
                                       "every row once per epoch; mixup partners then have similar lengths "
-                                      "too) and evaluate in length order: less padding, faster steps")
+                                      "too) and evaluate in length order: less padding, ~2.6x faster "
+                                      "steps on SST-2, ~0.6 points lower accuracy (README: Efficiency)")
     eval_batch_size: int = _f(128, "evaluation batch size", cmds=ALL)
     grad_accum: int = _f(1, "gradient accumulation steps")
     lr: Optional[float] = _f(None, "peak learning rate (AdamW, linear warm-up and decay; default: step-aware, by "
