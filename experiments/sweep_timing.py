@@ -1,7 +1,8 @@
 """Wall time of a finished sweep, per cell and in total, from its run folders' metrics.json (a Markdown table).
 
     python experiments/sweep_timing.py runs/sweeps/repro-cpu            # prints the tables
-    python experiments/sweep_timing.py runs/sweeps/repro-cpu --out experiments/results/repro-cpu/timing.md
+    python experiments/sweep_timing.py runs/sweeps/repro-cpu --out experiments/results/repro-cpu/timing.md \
+        --csv experiments/results/repro-cpu/runs.csv                   # and one row per run
 
 Reads <sweep>/teachers/*/metrics.json and <sweep>/trials/*/metrics.json (each run's own record: wall_time_s from
 the run's start to its final write, train_time_s inside the training loop, steps, examples/s) and each run's
@@ -35,6 +36,24 @@ def _runs(folder: Path) -> list[dict]:
                     "ex_s": float(rec.get("train_examples_per_s") or 0.0), "score": rec.get("primary_value"),
                     "start": end - float(rec["wall_time_s"]), "end": end})
     return out
+
+
+CSV_COLUMNS = ("kind", "dir", "fraction", "variant", "augment", "seed", "precision", "steps", "score", "wall",
+               "train", "ex_s")
+
+
+def write_csv(sweep: Path, path: Path) -> None:
+    """One row per finished run (teachers first): what a reader needs to recompute any table, without the
+    run folders."""
+    import csv
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(("role", "run", "data_fraction", "variant", "augmentation", "seed", "precision", "steps",
+                    "dev_primary", "wall_time_s", "train_time_s", "train_examples_per_s"))
+        for kind in ("teachers", "trials"):
+            for r in _runs(sweep / kind):
+                w.writerow([kind[:-1]] + [r[c] for c in CSV_COLUMNS[1:]])
 
 
 def _fmt_min(s: float) -> str:
@@ -76,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("sweep", type=Path, help="sweep folder: <storage>/<name>, holding teachers/ and trials/")
     ap.add_argument("--out", type=Path, help="also write the tables here")
+    ap.add_argument("--csv", type=Path, help="also write one row per run here (CSV)")
     a = ap.parse_args(argv)
     if not a.sweep.is_dir():
         print(f"sweep_timing: {a.sweep} is not a folder; pass <storage>/<name> of a sweep", file=sys.stderr)
@@ -85,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(text)
+    if a.csv:
+        write_csv(a.sweep, a.csv)
     return 0
 
 

@@ -35,7 +35,8 @@ def test_cells_group_seeds_and_total_spans_the_runs(tmp_path, capsys):
     _run(sweep / "trials", "t9", fraction=0.1, seed=1, variant="sm+tmkd", augment="bt", wall=600, end=2000.0)
     (sweep / "trials" / "running").mkdir()          # a trial still running has no metrics.json yet
     out = tmp_path / "timing.md"
-    assert main([str(sweep), "--out", str(out)]) == 0
+    csv_path = tmp_path / "runs.csv"
+    assert main([str(sweep), "--out", str(out), "--csv", str(csv_path)]) == 0
     text = out.read_text()
     assert text == capsys.readouterr().out
     assert "| teacher sst2-f0.1-s42 | 0.1 | 100 | 5.0 | 4.9 | 50 | 80.00 |" in text
@@ -43,6 +44,10 @@ def test_cells_group_seeds_and_total_spans_the_runs(tmp_path, capsys):
     assert "| 0.1 | sm+tmkd | bt | 1 | 100 | 10.0 | 10.0 | 50 |" in text
     # 300 + 3*120 + 600 s of runs; from the teacher's start (700) to the last end (2000)
     assert "1 teachers, 4 students; precision bf16" in text
+    rows = csv_path.read_text().splitlines()
+    assert rows[0].startswith("role,run,data_fraction,variant,augmentation,seed")
+    assert len(rows) == 1 + 5 and rows[1].startswith("teacher,sst2-f0.1-s42,0.1,teacher,none,42,bf16,100,0.8,300")
+    assert "trial,t9,0.1,sm+tmkd,bt,1,bf16,100" in rows[5]
     assert f"Sum of run wall times {1260 / 3600:.2f} h; first start to last end {1300 / 3600:.2f} h" in text
 
 
