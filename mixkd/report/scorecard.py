@@ -150,11 +150,15 @@ def trial_rows(df) -> list[dict]:
     return rows
 
 
-def setting_label(task, teacher, fraction, cap, k) -> str:
+def data_label(fraction, cap) -> str:
     data = "full data" if fraction >= 1 and not cap else (f"{fraction:g} of the data" if fraction < 1 else "")
     if cap:
         data = (data + ", " if data else "") + f"≤{cap:,} rows"
-    return f"{task}, teacher {teacher}, {data}, {k}-layer student"
+    return data
+
+
+def setting_label(task, teacher, fraction, cap, k) -> str:
+    return f"{task}, teacher {teacher}, {data_label(fraction, cap)}, {k}-layer student"
 
 
 def _arm(rows: list[dict], variant: str, bt: bool) -> tuple[dict, int]:
@@ -203,18 +207,68 @@ def paper_effect(source: str, method: tuple, baseline: tuple, task: str, k: int 
     return round(a - b, 2), where
 
 
-def _paper_limited(task: str, fraction: float) -> tuple[float | None, str]:
-    """Fig. 1's gain of FT+MixKD (w/ BT) over FT at ``fraction`` minus Table 1's BERT3 gain on full data
-    (accuracy, as Fig. 1 plots it)."""
+def _paper_gain(task: str, fraction: float, capped: bool = False) -> tuple[float | None, str]:
+    """The paper's gain of FT+MixKD (w/ BT) over FT at ``fraction`` (accuracy): Table 1's BERT3 on full data,
+    else Fig. 1 at its nearest fraction."""
+    if fraction >= 1 and not capped:
+        full = [_paper_value(P.TABLE1_DEV, key, task, "accuracy") for key in (("sm+tmkd", True, 3), ("ft", False, 3))]
+        return (None, "not in the paper") if None in full else (full[0] - full[1], "Table 1 (BERT3)")
     cols = [i for i, (t, m) in enumerate(P.FIG1_LIMITED["columns"]) if t == task and m == "accuracy"]
     if not cols:
         return None, f"Fig. 1 has no {task}"
     near = min(P.FIG1_LIMITED["text_deltas"], key=lambda f: abs(math.log(f) - math.log(max(fraction, 1e-6))))
-    full = [_paper_value(P.TABLE1_DEV, key, task, "accuracy") for key in (("sm+tmkd", True, 3), ("ft", False, 3))]
-    if None in full:
-        return None, "not in the paper"
-    return round(P.FIG1_LIMITED["text_deltas"][near][cols[0]] - (full[0] - full[1]), 2), \
-        f"Fig. 1 at {near:g} minus Table 1 (BERT3)"
+    return P.FIG1_LIMITED["text_deltas"][near][cols[0]], f"Fig. 1 at {near:g}"
+
+
+def _paper_limited(task: str, fraction: float, reference: float = 1.0, capped: bool = False,
+                   reference_capped: bool = False) -> tuple[float | None, str]:
+    """The paper's gain at ``fraction`` minus its gain at ``reference`` (full data: Table 1's BERT3)."""
+    (a, wa), (b, wb) = _paper_gain(task, fraction, capped), _paper_gain(task, reference, reference_capped)
+    if a is None or b is None:
+        return None, wa if a is None else wb
+    if wa == wb:        # both fractions fall on the same figure point: the paper does not separate them
+        return None, f"the paper has no separate {fraction:g} and {reference:g} points for {task}"
+    return round(a - b, 2), f"{wa} minus {wb}"
+
+
+def _limited_rows(settings: dict) -> list[ScoreRow]:
+    """The gain over FT at each smaller data size minus the gain at the largest size measured for the same task,
+    teacher and depth: full data when there are runs on it, else the largest fraction (e.g. 1% vs 10%)."""
+    cid, claim, source = LIMITED
+    size = lambda key: (key[2] >= 1 and not key[3], key[2] if not key[3] else 0.0, -(key[3] or 0))   # noqa: E731
+    largest: dict[tuple, tuple] = {}
+    for key in settings:
+        task, teacher, _, _, k = key
+        if (task, teacher, k) not in largest or size(key) > size(largest[(task, teacher, k)]):
+            largest[(task, teacher, k)] = key
+    out = []
+    for key, rows in settings.items():
+        task, teacher, frac, cap, k = key
+        ref_key = largest[(task, teacher, k)]
+        if ref_key == key:
+            continue
+        ref_frac, ref_cap = ref_key[2], ref_key[3]
+        ref_label = data_label(ref_frac, ref_cap)
+        paper, where = _paper_limited(task, frac, ref_frac, bool(cap), bool(ref_cap))
+        row = ScoreRow(cid, claim, source, setting_label(task, teacher, frac, cap, k) + f" vs {ref_label}",
+                       paper, where)
+        a_lim, b_lim = _arm(rows, "sm+tmkd", True)[0] or _arm(rows, "sm+tmkd", False)[0], _arm(rows, "ft", False)[0]
+        base = settings[ref_key]
+        a_ref, b_ref = _arm(base, "sm+tmkd", True)[0] or _arm(base, "sm+tmkd", False)[0], _arm(base, "ft", False)[0]
+        if not a_lim or not b_lim or not a_ref or not b_ref:
+            row.note = f"needs sm+tmkd and ft runs both at this data size and on {ref_label}"
+            out.append(row)
+            continue
+        g_lim, g_ref = contrast(a_lim, b_lim), contrast(a_ref, b_ref)
+        se = [(e.hi - e.mean) for e in (g_lim, g_ref) if e.hi is not None]
+        mean = g_lim.mean - g_ref.mean
+        row.ours = Effect(mean, None, None, min(g_lim.n, g_ref.n), "difference of the two gains")
+        if len(se) == 2:   # independent runs: the half-widths add in quadrature (normal approximation)
+            half = math.sqrt(se[0] ** 2 + se[1] ** 2)
+            row.ours.lo, row.ours.hi = mean - half, mean + half
+        row.verdict = verdict(row.ours)
+        out.append(row)
+    return out
 
 
 # --- the scorecard -----------------------------------------------------------------------------------
@@ -238,38 +292,6 @@ def _contrast_rows(settings: dict, cid, claim, source, method, baseline) -> list
         if max(na, nb) > 1:
             row.note = f"best-seeded of {na} vs {nb} configurations"
         row.run_ids = [r["run_id"] for r in rows if (r["variant"], r["bt"]) in (method, baseline)]
-        out.append(row)
-    return out
-
-
-def _limited_rows(settings: dict) -> list[ScoreRow]:
-    cid, claim, source = LIMITED
-    full = {(t, te, k): rows for (t, te, f, cap, k), rows in settings.items() if f >= 1 and not cap}
-    out = []
-    for (task, teacher, frac, cap, k), rows in settings.items():
-        if frac >= 1 and not cap:
-            continue
-        paper, where = _paper_limited(task, frac)
-        row = ScoreRow(cid, claim, source, setting_label(task, teacher, frac, cap, k) + " vs full data", paper, where)
-        base = full.get((task, teacher, k))
-        a_lim, b_lim = _arm(rows, "sm+tmkd", True)[0] or _arm(rows, "sm+tmkd", False)[0], _arm(rows, "ft", False)[0]
-        if base is None or not a_lim or not b_lim:
-            row.note = "needs sm+tmkd and ft runs both at this data size and on full data"
-            out.append(row)
-            continue
-        a_full, b_full = _arm(base, "sm+tmkd", True)[0] or _arm(base, "sm+tmkd", False)[0], _arm(base, "ft", False)[0]
-        if not a_full or not b_full:
-            row.note = "needs sm+tmkd and ft runs on full data"
-            out.append(row)
-            continue
-        g_lim, g_full = contrast(a_lim, b_lim), contrast(a_full, b_full)
-        se = [(e.hi - e.mean) for e in (g_lim, g_full) if e.hi is not None]
-        mean = g_lim.mean - g_full.mean
-        row.ours = Effect(mean, None, None, min(g_lim.n, g_full.n), "difference of the two gains")
-        if len(se) == 2:   # independent runs: the half-widths add in quadrature (normal approximation)
-            half = math.sqrt(se[0] ** 2 + se[1] ** 2)
-            row.ours.lo, row.ours.hi = mean - half, mean + half
-        row.verdict = verdict(row.ours)
         out.append(row)
     return out
 
