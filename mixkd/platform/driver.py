@@ -180,6 +180,8 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
             import optuna
             from ray.tune.schedulers import ASHAScheduler
             from ray.tune.search.optuna import OptunaSearch
+
+            from .samplers import SAMPLERS
             space = build_space(spec.search_space, spec.base)
             storage = optuna.storages.RDBStorage(f"sqlite:///{exp_dir / 'optuna.db'}")
             from ..core.defaults import MAX_EPOCHS
@@ -189,8 +191,7 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
                 group = f"search-{spec.teacher_key(task, fraction, seed)}"
                 two = spec.latency_budget_ms is not None   # latency becomes the second objective
                 kind = spec.searcher if spec.searcher != "auto" else ("nsga2" if two else "tpe")
-                sampler = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
-                           "nsga2": optuna.samplers.NSGAIISampler}[kind](seed=seed)
+                sampler = SAMPLERS[kind](seed=seed)      # picklable by Tune (Optuna 5.1's NSGA-II holds a lock)
                 searcher = OptunaSearch(space=DefineByRun(space, spec.base),
                                         metric=["primary", "latency_ms"] if two else "primary",
                                         mode=["max", "min"] if two else "max",
