@@ -76,6 +76,8 @@ def main(argv=None) -> int:
     ap.add_argument("--compare-hf", action="store_true", help="race mixkd's trainer against a Hugging Face Trainer")
     ap.add_argument("--repeats", type=int, default=1, help="--compare-hf: runs per combination (median)")
     ap.add_argument("--data-fraction", type=float, default=0.1, help="--compare-hf: SST-2 training fraction")
+    ap.add_argument("--tasks", nargs="+", default=["sst2", "rte"], help="--compare-hf: tasks raced (RTE: all rows)")
+    ap.add_argument("--grouping", action="store_true", help="--compare-hf: also race length-grouped batches")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -85,7 +87,7 @@ def main(argv=None) -> int:
     task = get_task("sst2")
     cfg = MixKDConfig(task="sst2", data_dir=args.data_dir, data_fraction=0.05, data_seed=0, batch_size=args.batch_size,
                       max_seq_length=128, progress=False, output_dir="/tmp/mixkd-bench-unused", device=args.device,
-                      warmup_ratio=0.0, max_steps=10_000)
+                      warmup_ratio=0.0, max_steps=10_000, packing="off")   # the passes below are padded
     tok = load_tokenizer(args.teacher)
     data = load_glue(cfg, task, tok)
     teacher = load_classifier(args.teacher, task, new_head=True)
@@ -232,18 +234,55 @@ def run_hf(variant: str, grouped: bool, bf16: bool, cfg, tok, train, student, te
     return clock.result()
 
 
-def race(args) -> int:
-    from mixkd.core.device import autocast_for, resolve_device, seed_everything
-    from mixkd.core.models import quiet_transformers
+def token_ratio(batches: list[dict], seed: int = 0) -> float:
+    """Padded / real tokens of sm+tmkd's passes over ``batches`` (student: originals and mixed rows; teacher: mixed
+    rows), a mixed row being as long as the longer of its pair (partners drawn as the plan draws them)."""
+    from mixkd.core.mixup import derangement
+    g = torch.Generator().manual_seed(seed)
+    padded = real = 0
+    for b in batches:
+        lengths = b["attention_mask"].sum(1)
+        mixed = torch.maximum(lengths, lengths[derangement(len(lengths), generator=g)])
+        padded += 3 * b["attention_mask"].numel()
+        real += int(lengths.sum()) + 2 * int(mixed.sum())
+    return padded / real
+
+
+def gemm_peak(bf16: bool, n: int = 2048, reps: int = 5) -> float:
+    """FLOP/s of a large square matmul on this CPU (fp32, or bf16 inputs): the practical peak MFU is read against."""
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n ** 3 * reps / (time.perf_counter() - t0)
+
+
+def step_flops(cfg, task, tok, data, student, teacher) -> float:
+    """FLOPs of one packed sm+tmkd step (real tokens only), counted by torch's FlopCounterMode on a random batch."""
+    import tempfile
+    from torch.utils.flop_counter import FlopCounterMode
+    with tempfile.TemporaryDirectory() as out:
+        tr = Trainer(cfg, task, student, tok, data, Path(out), teacher=teacher)
+        batch = tr.collator(data.train.__getitems__(list(range(cfg.batch_size))))
+        counter = FlopCounterMode(display=False)
+        with counter:
+            tr.train_step([batch])
+    return float(counter.get_total_flops()), batch
+
+
+def race_task(args, task_name: str, fraction: float) -> dict:
+    from mixkd.core.device import resolve_device, resolve_precision, seed_everything
     from transformers import TrainingArguments
 
-    quiet_transformers()
-    task = get_task("sst2")
+    task = get_task(task_name)
     k, warmup = args.layers[0], max(1, args.warmup)
+    steps = args.steps if task_name == "sst2" else max(10, args.steps // 3)   # RTE steps are ~4x longer
     # one evaluation (on 32 dev rows), after the last step: none inside the timed window
-    cfg = MixKDConfig(task="sst2", data_dir=args.data_dir, data_fraction=args.data_fraction, data_seed=0,
+    cfg = MixKDConfig(task=task_name, data_dir=args.data_dir, data_fraction=fraction, data_seed=0,
                       batch_size=args.batch_size, progress=False, output_dir="unused", device=args.device,
-                      max_steps=warmup + args.steps, eval_steps=warmup + args.steps, max_eval_samples=32)
+                      max_steps=warmup + steps, eval_steps=warmup + steps, max_eval_samples=32)
     tok = load_tokenizer(args.teacher)
     data = load_glue(cfg, task, tok)
     from mixkd.core.defaults import resolve_schedule
@@ -251,57 +290,92 @@ def race(args) -> int:
     teacher = load_classifier(args.teacher, task, new_head=True)
     dev = resolve_device(args.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    mixkd_bf16 = isinstance(autocast_for(dev, cfg.precision), torch.autocast)
+    auto_bf16, auto_why = resolve_precision(dev, "auto")
     hf_defaults = TrainingArguments(output_dir="unused-hf-defaults", use_cpu=dev.type == "cpu")
     hf_default_grouped = hf_defaults.train_sampling_strategy == "group_by_length"
-    mixkd_default_grouped = MixKDConfig().group_by_length
-    print(f"race on {dev} ({torch.cuda.get_device_name(0) if dev.type == 'cuda' else f'{torch.get_num_threads()} CPU threads'}),"
-          f" torch {torch.__version__}: SST-2 {args.data_fraction:g} ({len(data.train):,} rows), batch {args.batch_size}, "
-          f"teacher {args.teacher} ({count_parameters(teacher):,} params), {k}-layer student; per run "
-          f"{warmup} warm-up + {args.steps} timed steps; median of {args.repeats} run(s)")
+    from mixkd.core.evaluation import make_collator
+    collate = make_collator(tok)
+    g = torch.Generator().manual_seed(0)
+    perm = torch.randperm(len(data.train), generator=g).tolist()
+    sample = [collate(data.train.__getitems__(perm[i:i + args.batch_size]))
+              for i in range(0, min(len(perm), 50 * args.batch_size), args.batch_size)]
+    ratio = token_ratio(sample)
+    print(f"\n== {task_name} {fraction:g} ({len(data.train):,} rows), batch {args.batch_size}, teacher {args.teacher} "
+          f"({count_parameters(teacher):,} params), {k}-layer student; per run {warmup} warm-up + {steps} timed steps; "
+          f"median of {args.repeats} run(s)")
+    print(f"sm+tmkd passes on random batches compute {ratio:.2f}x the real tokens when padded")
 
-    runs = [("mixkd", v, g, mixkd_bf16) for v in ("ft", "sm+tmkd") for g in (False, True)]
-    runs += [("hf", v, g, mixkd_bf16) for v in ("ft", "sm+tmkd") for g in (False, True)]
-    if hf_defaults.bf16 != mixkd_bf16:   # out of the box the HF Trainer runs another precision (GPU: fp32)
-        runs.append(("hf", "sm+tmkd", hf_default_grouped, hf_defaults.bf16))
+    # (trainer, variant, packing, grouped, bf16)
+    runs = [("mixkd", v, p, False, False) for v in ("ft", "sm+tmkd") for p in ("off", "on")]
+    if auto_bf16:
+        runs += [("mixkd", v, "on", False, True) for v in ("ft", "sm+tmkd")]
+    runs += [("hf", v, "off", False, False) for v in ("ft", "sm+tmkd")]
+    if args.grouping:
+        runs += [("mixkd", v, "off", True, False) for v in ("ft", "sm+tmkd")]
+        runs += [("hf", v, "off", True, False) for v in ("ft", "sm+tmkd")]
+    hf_default = ("hf", "sm+tmkd", "off", hf_default_grouped, hf_defaults.bf16)
+    if hf_default not in runs:
+        runs.append(hf_default)
+    ours_default = ("mixkd", "sm+tmkd", "on", MixKDConfig().group_by_length, auto_bf16)
     results: dict[tuple, list[dict]] = {r: [] for r in runs}
     for _ in range(args.repeats):   # interleaved, so drift in machine speed hits every combination alike
-        for who, variant, grouped, bf16 in runs:
+        for key in runs:
+            who, variant, packing, grouped, bf16 = key
             seed_everything(0)
             student = build_student(teacher, k, "first")
-            clock = StepClock(warmup, warmup + args.steps, sync)
-            run_cfg = cfg.replace(variant=variant, group_by_length=grouped)
+            clock = StepClock(warmup, warmup + steps, sync)
+            run_cfg = cfg.replace(variant=variant, group_by_length=grouped, packing=packing,
+                                  precision="bf16" if bf16 else "fp32")
             if who == "mixkd":
                 res = run_mixkd(run_cfg, task, tok, data, student, copy.deepcopy(teacher), clock)
             else:
                 res = run_hf(variant, grouped, bf16, run_cfg, tok, data.train, student, copy.deepcopy(teacher), clock)
-            results[(who, variant, grouped, bf16)].append(res)
+            results[key].append(res)
 
     def ex_s(key):
         return statistics.median(r["ex_s"] for r in results[key])
 
-    print(f"\n{'trainer':<8}{'variant':<9}{'grouping':<10}{'precision':<11}{'examples/s':>11}{'padded len':>12}")
+    print(f"{'trainer':<8}{'variant':<9}{'batches':<9}{'grouping':<10}{'precision':<11}{'examples/s':>11}"
+          f"{'padded len':>12}")
     for key in runs:
-        who, variant, grouped, bf16 = key
+        who, variant, packing, grouped, bf16 = key
         pad = statistics.mean(r["padded"] for r in results[key])
-        print(f"{who:<8}{variant:<9}{'on' if grouped else 'off':<10}{'bf16' if bf16 else 'fp32':<11}{ex_s(key):>11.1f}"
-              f"{pad:>12.1f}")
-    print("\nlike for like (same grouping and precision), mixkd/hf examples/s:")
+        print(f"{who:<8}{variant:<9}{'packed' if packing == 'on' else 'padded':<9}{'on' if grouped else 'off':<10}"
+              f"{'bf16' if bf16 else 'fp32':<11}{ex_s(key):>11.1f}{pad:>12.1f}")
+    out = {"task": task_name, "token_ratio": ratio}
+    print("like for like in fp32 (random batches), mixkd/hf examples/s:")
     for variant in ("ft", "sm+tmkd"):
-        for grouped in (False, True):
-            r = ex_s(("mixkd", variant, grouped, mixkd_bf16)) / ex_s(("hf", variant, grouped, mixkd_bf16))
-            print(f"  {variant:<8} grouping {'on ' if grouped else 'off'}  {r:.2f}")
-    print("length grouping, on/off examples/s:")
-    for who in ("mixkd", "hf"):
-        for variant in ("ft", "sm+tmkd"):
-            r = ex_s((who, variant, True, mixkd_bf16)) / ex_s((who, variant, False, mixkd_bf16))
-            print(f"  {who:<6}{variant:<8}  {r:.2f}")
-    ours = ex_s(("mixkd", "sm+tmkd", mixkd_default_grouped, mixkd_bf16))
-    theirs = ex_s(("hf", "sm+tmkd", hf_default_grouped, hf_defaults.bf16))
-    print(f"out of the box: mixkd defaults (group_by_length={mixkd_default_grouped}, "
-          f"{'bf16' if mixkd_bf16 else 'fp32'}) vs TrainingArguments defaults (train_sampling_strategy="
-          f"{hf_defaults.train_sampling_strategy!r}, {'bf16' if hf_defaults.bf16 else 'fp32'})")
-    print(f"mixkd/hf sm+tmkd examples/s ratio: {ours / theirs:.2f}")
+        hf = ex_s(("hf", variant, "off", False, False))
+        padded, packed = ex_s(("mixkd", variant, "off", False, False)), ex_s(("mixkd", variant, "on", False, False))
+        out[f"{variant}_packed_fp32"] = packed / hf
+        print(f"  {variant:<8} padded {padded / hf:.2f}   packed {packed / hf:.2f}   (packed/padded {packed / padded:.2f})")
+        if auto_bf16:
+            print(f"  {variant:<8} packed bf16 {ex_s(('mixkd', variant, 'on', False, True)) / hf:.2f}")
+    # MFU of mixkd's default step: counted FLOPs of real tokens / time / this CPU's measured GEMM peak
+    seed_everything(0)
+    flops, batch = step_flops(cfg.replace(variant="sm+tmkd", precision="bf16" if auto_bf16 else "fp32"), task, tok,
+                              data, build_student(teacher, k, "first"), copy.deepcopy(teacher))
+    step_s = args.batch_size / ex_s(ours_default)
+    peak = gemm_peak(auto_bf16) if dev.type == "cpu" else float("nan")
+    print(f"MFU of mixkd's default sm+tmkd step ({'bf16' if auto_bf16 else 'fp32'}): {flops / 1e9:.2f} GFLOP a step "
+          f"(real tokens), {flops / step_s / 1e9:.1f} GFLOP/s, {100 * flops / step_s / peak:.0f}% of this CPU's "
+          f"measured {'bf16' if auto_bf16 else 'fp32'} GEMM peak ({peak / 1e9:.0f} GFLOP/s, 2048^2 matmul)")
+    ours, theirs = ex_s(ours_default), ex_s(hf_default)
+    print(f"out of the box: mixkd defaults (packing auto, {auto_why}) vs TrainingArguments defaults "
+          f"(train_sampling_strategy={hf_defaults.train_sampling_strategy!r}, {'bf16' if hf_defaults.bf16 else 'fp32'})")
+    out["out_of_the_box"] = ours / theirs
+    print(f"{task_name}: mixkd/hf sm+tmkd examples/s ratio: {ours / theirs:.2f}")
+    return out
+
+
+def race(args) -> int:
+    from mixkd.core.models import quiet_transformers
+    quiet_transformers()
+    dev = args.device
+    print(f"race on {dev} ({torch.get_num_threads()} CPU threads), torch {torch.__version__}")
+    results = [race_task(args, t, args.data_fraction if t == "sst2" else 1.0) for t in args.tasks]
+    last = next((r for r in results if r["task"] == "sst2"), results[0])
+    print(f"\nmixkd/hf sm+tmkd examples/s ratio: {last['out_of_the_box']:.2f}")
     return 0
 
 

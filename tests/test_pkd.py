@@ -223,7 +223,10 @@ def test_pkd_run_end_to_end_loss_goes_down(tiny_teacher_run, small_glue_dir, tmp
     out = tmp_path / "pkd"
     result = distill(tiny_cfg(teacher=str(tiny_teacher_run), data_dir=str(small_glue_dir), variant="pkd",
                               student_layers=2, layer_strategy="skip", epochs=8, eval_steps=16, lr=3e-3,
-                              temperature=4.0, pkd_beta=10.0, output_dir=str(out)))
+                              temperature=4.0, pkd_beta=10.0, output_dir=str(out),
+                              # the threshold below was set on the padded path's dropout draws (packed draws are
+                              # equal in distribution only; test_packing proves the two paths compute the same)
+                              packing="off"))
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert len(rows) == 8
     for r in rows:

@@ -159,15 +159,10 @@ class CallLog:
 
     def __init__(self, module: torch.nn.Module):
         self.sizes: list[int] = []
-        self.handle = module.register_forward_pre_hook(self._hook, with_kwargs=True)
+        self.handle = module.register_forward_hook(self._hook)
 
-    def _hook(self, module, args, kwargs):
-        x = kwargs.get("input_ids")
-        if x is None:
-            x = kwargs.get("inputs_embeds")
-        if x is None:
-            x = args[0]
-        self.sizes.append(int(x.shape[0]))
+    def _hook(self, module, args, out):   # rows scored by one forward (padded or packed: one logit row per row)
+        self.sizes.append(int(out.logits.shape[0]))
 
     def close(self):
         self.handle.remove()
@@ -240,9 +235,11 @@ def test_mixup_plan_is_made_on_the_steps_device_once_per_micro_batch(trainer_par
     monkeypatch.setattr(trainer_module, "sample_plan", spy)
     trainer.train_step(micro_batches(trainer, 2))
     assert len(plans) == 2   # one per micro-batch, shared by student, teacher and labels
+    # a packed run draws it on the host, where the mixed rows' lengths are needed; a padded run on the device
+    where = torch.device("cpu") if trainer.packed else trainer.device
     for device, plan in plans:
-        assert torch.device(device) == trainer.device
-        assert {plan.index.device, plan.partner.device, plan.lam.device} == {trainer.device}
+        assert torch.device(device or "cpu") == where
+        assert {plan.index.device, plan.partner.device, plan.lam.device} == {where}
 
 
 HOST_READS = ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__")
@@ -252,7 +249,8 @@ def test_the_step_reads_from_the_device_once_per_optimizer_step(trainer_parts, t
     """Every Tensor method that brings a value to the host, called from mixkd's step code, is counted: one
     read (the NaN check's) per optimizer step of 2 micro-batches. The CPU-only plan draw (derangement,
     sample_plan's CPU path) is left out: off the CPU the plan is made by device_plan, which reads nothing
-    (test_mixup's meta-device test)."""
+    (test_mixup's meta-device test). So is the packed layout (row_lengths, layout_of): it is built from the
+    collator's host mask before the batch is copied to the device, and only its index tensors go there."""
     import sys
     trainer = make_trainer(trainer_parts, tmp_path, variant="sm+tmkd", batch_size=8, grad_accum=2)
     micro = micro_batches(trainer, 2)
@@ -260,7 +258,8 @@ def test_the_step_reads_from_the_device_once_per_optimizer_step(trainer_parts, t
     for name in HOST_READS:
         def counted(self, *a, _real=getattr(torch.Tensor, name), _name=name, **k):
             code = sys._getframe(1).f_code
-            if "mixkd/core/" in code.co_filename and code.co_name not in ("derangement", "sample_plan"):
+            if "mixkd/core/" in code.co_filename and code.co_name not in ("derangement", "sample_plan",
+                                                                                  "row_lengths", "layout_of"):
                 reads.append((_name, code.co_name))
             return _real(self, *a, **k)
         monkeypatch.setattr(torch.Tensor, name, counted)

@@ -29,7 +29,7 @@ VARIANT_TERMS = {
     "pkd": ("mle", "kd", "pt"),        # PKD (Sun et al. 2019): Hinton KD + the patient loss L_PT
 }
 # Fields that change where/how a run executes but not what it computes; left out of the hash.
-RUNTIME_FIELDS = {"output_dir", "overwrite", "resume", "progress", "device", "data_dir", "augment_dir"}
+RUNTIME_FIELDS = {"output_dir", "overwrite", "resume", "progress", "device", "data_dir", "augment_dir", "packing"}
 
 
 ALL = ("finetune", "distill", "evaluate")
@@ -147,6 +147,10 @@ class MixKDConfig:
                                       "every row once per epoch; mixup partners then have similar lengths "
                                       "too) and evaluate in length order: less padding, ~2.6x faster "
                                       "steps on SST-2, ~0.6 points lower accuracy (README: Efficiency)")
+    packing: str = _f("auto", "padding-free passes: pack each batch's real tokens into one sequence, attention per "
+                              "row (the same math as padded batches, without computing padding); auto: wherever "
+                              "the model family is packed (README: families), else padded; on: refuse a family that "
+                              "is not; off: padded batches", choices=("auto", "on", "off"), cmds=ALL)
     eval_batch_size: int = _f(128, "evaluation batch size", cmds=ALL)
     grad_accum: int = _f(1, "gradient accumulation steps")
     lr: Optional[float] = _f(None, "peak learning rate (AdamW, linear warm-up and decay; default: step-aware, by "

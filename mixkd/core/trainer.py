@@ -20,29 +20,21 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch import nn
 
-from . import batching, faults, losses
+from . import batching, faults, losses, packing
 from .checkpoints import (append_event, read_checkpoint, repair_checkpoints, rng_state, set_rng_state, truncate_log,
                           write_checkpoint)
 from .data import GlueData
 from .device import autocast_for, distributed_context, resolve_device
 from .errors import NonFiniteLossError, UsageError
-from .metrics import above_chance, chance_metrics, glue_metrics
-from .mixup import _token_type_table, embeds_extras, mix_embeddings, mix_labels, sample_plan
+from .evaluation import dev_chance, evaluate_model, make_collator, model_inputs, predict  # noqa: F401 (re-exported)
+from .metrics import above_chance
+from .mixup import embeds_extras, mix_embeddings, mix_labels, sample_plan
 from .tasks import TaskSpec, metric_key
 
 EvalCallback = Callable[[dict[str, Any], Path], None]
-
-
-def model_inputs(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The batch keys ``model`` takes (drops token_type_ids for models without segment embeddings)."""
-    keys = ["input_ids", "attention_mask"]
-    if "token_type_ids" in batch and _token_type_table(model) is not None:
-        keys.append("token_type_ids")
-    return {k: batch[k] for k in keys}
 
 
 def pkd_pairs(cfg, teacher: nn.Module, student: nn.Module) -> list[tuple[int, int]]:
@@ -67,53 +59,6 @@ def pkd_pairs(cfg, teacher: nn.Module, student: nn.Module) -> list[tuple[int, in
                          f"{ht}; use a student of the teacher's width (e.g. drop --student-model)")
     from .losses import pkd_layer_map
     return list(zip(range(1, k), pkd_layer_map(n_t, k, strategy)))
-
-
-def make_collator(tokenizer):
-    from transformers import DataCollatorWithPadding
-    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=None)
-
-
-@torch.inference_mode()
-def predict(model: nn.Module, dataset, collator, batch_size: int, device: torch.device,
-            precision: str = "auto", by_length: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and labels of ``model`` over ``dataset`` (dynamic padding per batch), in dataset order;
-    ``by_length`` batches rows of similar length together (less padding)."""
-    was_training = model.training
-    model.eval()
-    order = batching.length_order(dataset) if by_length else None
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=order,
-                                         collate_fn=collator, pin_memory=device.type == "cuda")
-    all_logits, all_labels = [], []
-    for batch in loader:
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with autocast_for(device, precision):
-            logits = model(**model_inputs(model, batch)).logits
-        all_logits.append(logits.float().cpu())
-        all_labels.append(batch["labels"].cpu())
-    model.train(was_training)
-    logits, labels = torch.cat(all_logits), torch.cat(all_labels)
-    if order is not None:
-        logits, labels = batching.restore_order(order, logits), batching.restore_order(order, labels)
-    return logits.numpy(), labels.numpy()
-
-
-def evaluate_model(model: nn.Module, data: GlueData, collator, batch_size: int, device: torch.device,
-                   precision: str = "auto", by_length: bool = False) -> dict[str, float]:
-    """Official GLUE metrics on every dev split of the task (``by_length``: see :func:`predict`)."""
-    out: dict[str, float] = {}
-    for split in data.dev_splits:
-        logits, labels = predict(model, data.dev[split.name], collator, batch_size, device, precision, by_length)
-        out.update(glue_metrics(data.task, logits, labels, split))
-    return out
-
-
-def dev_chance(data: GlueData) -> dict[str, float]:
-    """The trivial predictors' scores on every dev split (majority class, all-positive F1, a constant)."""
-    out: dict[str, float] = {}
-    for split in data.dev_splits:
-        out.update(chance_metrics(data.task, np.asarray(data.dev[split.name]["labels"]), split))
-    return out
 
 
 class Trainer:
@@ -156,6 +101,8 @@ class Trainer:
                 p.requires_grad_(False)
             if isinstance(autocast_for(self.device, cfg.precision), torch.autocast):   # the step runs in bf16
                 self.teacher.to(torch.bfloat16)   # frozen: no fp32 master weights, no cast every forward
+        # padding-free passes where every model of the run can be packed (--packing; mixkd.core.packing)
+        self.packed, self.packing_note = packing.resolve_packing(cfg.packing, [self.student, self.teacher])
         self.weights = {"mle": cfg.w_mle, "sm": cfg.a_sm, "tmkd": cfg.a_tmkd, "kd": cfg.a_kd, "pt": cfg.pkd_beta}
         # PKD: hidden states are requested (from student and teacher) only when L_PT is trained
         self.pkd_pairs = pkd_pairs(cfg, self.teacher, self.student) if "pt" in self.terms else None
@@ -208,16 +155,21 @@ class Trainer:
         return batching.epoch_steps(order, self.cfg.batch_size, self.cfg.grad_accum)
 
     # --- one step -----------------------------------------------------------------------------
-    def compute_losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The named loss terms of the variant on one micro-batch (unweighted)."""
+    def compute_losses(self, batch: dict[str, torch.Tensor], lengths: torch.Tensor | None = None
+                       ) -> dict[str, torch.Tensor]:
+        """The named loss terms of the variant on one micro-batch (unweighted). ``lengths``: the rows' real-token
+        counts on the host (packed runs: read from the collator's CPU mask before the batch moved)."""
         cfg, task, s = self.cfg, self.task, self.student
         labels = batch["labels"]
         terms: dict[str, torch.Tensor] = {}
         inputs = model_inputs(s, batch)
-        hidden = {"output_hidden_states": True} if "pt" in self.terms else {}
+        hidden = "pt" in self.terms   # PKD: hidden states from student and teacher
         if "sm" in self.terms or "tmkd" in self.terms:
             B = labels.shape[0]
-            plan = sample_plan(B, cfg.alpha, cfg.mixup_ratio, device=labels.device)   # shared by both models
+            # shared by both models; a packed run draws it on the host, where the mixed rows' lengths are needed
+            plan = sample_plan(B, cfg.alpha, cfg.mixup_ratio, device=None if self.packed else labels.device)
+            # a mixed row is as long as the longer of its pair (the union of the two masks)
+            mixed_lengths = None if lengths is None else torch.maximum(lengths[plan.index], lengths[plan.partner])
             word = s.get_input_embeddings()(batch["input_ids"])
             mixed = mix_embeddings(s, word, batch["attention_mask"], inputs.get("token_type_ids"), plan,
                                    cfg.mixup_padding, cfg.mixup_token_types)
@@ -227,7 +179,8 @@ class Trainer:
             joint.update(embeds_extras(s, joint["attention_mask"]))
             if "token_type_ids" in mixed:
                 joint["token_type_ids"] = torch.cat([inputs["token_type_ids"], mixed["token_type_ids"]])
-            logits_all = self.model(**joint).logits
+            joint_lengths = None if lengths is None else torch.cat([lengths, mixed_lengths])
+            logits_all = self._forward(s, joint, joint_lengths, self.model).logits
             logits, mixed_logits = logits_all[:B], logits_all[B:]
             if "sm" in self.terms:
                 targets = mix_labels(labels, plan, task.num_labels, task.regression)
@@ -240,21 +193,26 @@ class Trainer:
                     t_mixed = mix_embeddings(t, t_word.float(), batch["attention_mask"], t_in.get("token_type_ids"),
                                              plan, cfg.mixup_padding, cfg.mixup_token_types)
                     t_mixed["inputs_embeds"] = t_mixed["inputs_embeds"].to(t_word.dtype)   # mixed in fp32
-                    t_logits = t(**t_mixed).logits
+                    t_logits = self._forward(t, t_mixed, mixed_lengths).logits
                 terms["tmkd"] = losses.tmkd_loss(mixed_logits, t_logits, cfg.distance, cfg.temperature,
                                                  task.regression)
         else:
-            out = self.model(**inputs, **hidden)
+            out = self._forward(s, inputs, lengths, self.model, hidden=hidden)
             logits = out.logits
         terms["mle"] = losses.mle_loss(logits, labels, task.regression)
         if "kd" in self.terms:
             with torch.no_grad():
-                t_out = self.teacher(**model_inputs(self.teacher, batch), **hidden)
+                t_out = self._forward(self.teacher, model_inputs(self.teacher, batch), lengths, hidden=hidden)
             terms["kd"] = losses.kd_loss(logits, t_out.logits, cfg.temperature, task.regression)
-            if "pt" in self.terms:   # 1-layer student: nothing to match, L_PT = 0 (logged as such)
+            if "pt" in self.terms:   # 1-layer student: nothing to match, L_PT is 0 (logged as such)
                 terms["pt"] = (losses.patient_loss(out.hidden_states, t_out.hidden_states, self.pkd_pairs)
                                if self.pkd_pairs else logits.new_zeros(()).float())
         return {k: terms[k] for k in ("mle", "sm", "tmkd", "kd", "pt") if k in terms}
+
+    def _forward(self, model: nn.Module, inputs: dict[str, torch.Tensor], lengths: torch.Tensor | None,
+                 call: nn.Module | None = None, hidden: bool = False):
+        """``model``'s forward (run by ``call``: the student's DDP wrapper), packed when the run packs."""
+        return packing.forward(model, inputs, self.packed, lengths, call=call, hidden_states=hidden)
 
     def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """Forward/backward over the step's micro-batches, then clip, step the optimizer and schedule.
@@ -268,9 +226,11 @@ class Trainer:
         fault = faults.loss_fault(self.step + 1, self.terms)   # None unless MIXKD_FAULTS asks (tests/test_faults.py)
         acc = None
         for batch in micro_batches:
+            # packed: the rows' lengths, read from the collator's host mask before the copy (no device read)
+            lengths = packing.row_lengths(batch["attention_mask"]) if self.packed else None
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             with autocast_for(self.device, self.cfg.precision):
-                terms = self.compute_losses(batch)
+                terms = self.compute_losses(batch, lengths)
             if fault in terms:
                 terms[fault] = terms[fault] * float("nan")
             loss = losses.weighted_sum(terms, self.weights)
@@ -323,7 +283,7 @@ class Trainer:
     # --- eval and logging -------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
         return evaluate_model(self.student, self.data, self.collator, self.cfg.eval_batch_size,
-                              self.device, self.cfg.precision, by_length=self.cfg.group_by_length)
+                              self.device, self.cfg.precision, by_length=self.cfg.group_by_length, packed=self.packed)
 
     @property
     def chance(self) -> dict[str, float]:

@@ -113,6 +113,9 @@ class Predictor:
             self.model = self.model.to(self.device)
         self.model.eval()
         self.config = self.model.config
+        # torch models of a packed family run their batches padding-free (same logits, less work)
+        from ..core.packing import unpacked_reason
+        self.packed = not F.is_onnx(self.format) and unpacked_reason(self.model) is None
         self.num_labels = int(self.config.num_labels)
         id2label = {int(k): str(v) for k, v in (getattr(self.config, "id2label", None) or {}).items()}
         self.labels = [id2label.get(i, f"LABEL_{i}") for i in range(self.num_labels)]
@@ -144,6 +147,7 @@ class Predictor:
         """The model's logits (rows in input order) as a float32 numpy array of shape (len(texts), num_labels)."""
         import numpy as np
         import torch
+        from ..core.packing import forward as packing_forward
         from ..core.trainer import model_inputs
         texts, text_pairs = check_texts(texts, text_pairs)
         batch_size = _positive("--batch-size", batch_size)
@@ -155,7 +159,8 @@ class Predictor:
                 enc = self.tokenizer(texts[i:i + batch_size], pair, truncation=True, max_length=max_length,
                                      padding=True, return_tensors="pt")
                 batch = {k: v.to(self.device) for k, v in enc.items()}
-                out.append(self.model(**model_inputs(self.model, batch)).logits.float().cpu().numpy())
+                logits = packing_forward(self.model, model_inputs(self.model, batch), self.packed).logits
+                out.append(logits.float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.num_labels), dtype=np.float32)
 
     def __call__(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None,

@@ -27,7 +27,7 @@ from ..core.models import (build_student, check_same_vocab, count_parameters, en
 from ..core.custom_data import task_for
 from ..core.tasks import TaskSpec, metric_key, task_name
 from ..core.checkpoints import repair_checkpoints
-from ..core.device import resolve_device, seed_everything
+from ..core.device import resolve_device, resolve_precision, seed_everything
 from ..core.trainer import EvalCallback, Trainer, dev_chance, evaluate_model, make_collator
 
 RESULT_FILES = ("config.yaml", "metrics.json", "log.jsonl", "model", "checkpoints")
@@ -143,6 +143,9 @@ def _train(cfg: MixKDConfig, command: str, task: TaskSpec, student, tokenizer, d
             cfg.save_yaml(out / "config.yaml")
     trainer = Trainer(cfg, task, student, tokenizer, data, out, teacher=teacher, callbacks=callbacks,
                       wrap_model=wrap_model)
+    precision = resolve_precision(trainer.device, cfg.precision)[1]
+    if is_main:
+        print(f"mixkd: {precision}; {trainer.packing_note}", file=sys.stderr, flush=True)
     t0 = time.time()
     trainer.train(resume=cfg.resume, resume_from=resume_from)
     if not is_main:   # rank 0 writes the results
@@ -168,6 +171,7 @@ def _train(cfg: MixKDConfig, command: str, task: TaskSpec, student, tokenizer, d
         "train_time_s": round(trainer.train_time, 2), "wall_time_s": round(time.time() - t0, 2),
         "train_examples_per_s": round(trainer.examples_seen / max(trainer.train_time, 1e-9), 2),
         "config_hash": cfg.config_hash(), "data": data.info, "device": str(trainer.device),
+        "precision_resolved": precision, "packing_resolved": trainer.packing_note, "packed": trainer.packed,
         **_labels_report(task, out / "model", data, cfg, trainer.device),
         "environment": _environment(), **(extra or {}),
     }
@@ -184,6 +188,12 @@ def _schedule(cfg: MixKDConfig, data: GlueData, depth: int | None) -> tuple[MixK
     return resolved, describe(cfg, resolved)
 
 
+def _packs(cfg: MixKDConfig, model) -> bool:
+    """Whether ``model``'s batches run packed under ``--packing`` (mixkd.core.packing)."""
+    from ..core.packing import resolve_packing
+    return resolve_packing(cfg.packing, [model])[0]
+
+
 def _labels_report(task: TaskSpec, model_dir: Path, data: GlueData, cfg: MixKDConfig, device) -> dict:
     """A classifier's label names in id order and, per class, precision / recall / F1 on the primary dev split
     (the saved model reloaded, so this also checks that model/ loads)."""
@@ -194,7 +204,7 @@ def _labels_report(task: TaskSpec, model_dir: Path, data: GlueData, cfg: MixKDCo
     model = load_classifier(str(model_dir), task, new_head=False).to(device)
     split = data.dev_splits[0]
     logits, labels = predict(model, data.dev[split.name], make_collator(load_tokenizer(str(model_dir))),
-                             cfg.eval_batch_size, device, cfg.precision)
+                             cfg.eval_batch_size, device, cfg.precision, packed=_packs(cfg, model))
     return {"labels": list(task.label_names), "per_class": per_class_metrics(task, logits, labels)}
 
 
@@ -279,7 +289,7 @@ def evaluate(cfg: MixKDConfig) -> dict:
     data = load_glue(cfg, task, tokenizer, train=False)
     device = resolve_device(cfg.device)
     metrics = evaluate_model(model.to(device), data, make_collator(tokenizer), cfg.eval_batch_size, device,
-                             cfg.precision)
+                             cfg.precision, packed=_packs(cfg, model))
     return scored(task, cfg.model, metrics, data, params=count_parameters(model))
 
 
