@@ -68,7 +68,9 @@ def _constant_classifier(src, dst, cls: int):
 def test_runs_record_the_chance_level_and_the_cli_warns(tiny_bert_dir, small_glue_dir, tmp_path):
     from mixkd.jobs.run import evaluate, finetune
     const = _constant_classifier(tiny_bert_dir, tmp_path / "const", cls=1)
-    ev = evaluate(tiny_cfg(model=str(const), data_dir=str(small_glue_dir)))
+    from mixkd.core.metrics import ChanceLevelWarning
+    with pytest.warns(ChanceLevelWarning, match="at chance level"):   # the Python API says it too (notebooks)
+        ev = evaluate(tiny_cfg(model=str(const), data_dir=str(small_glue_dir)))
     assert ev["above_chance"] is False and ev["primary_value"] <= ev["chance"]["accuracy"]   # a constant
     # a real run: the chance level in every log.jsonl row, metrics.json consistent with the rule
     out = tmp_path / "real"

@@ -276,6 +276,7 @@ def test_augment_your_own_data_and_train_on_it(reviews, tiny_bert_dir, tmp_path,
     assert lines[0] == "review\tsentiment" and len(lines) > 2
     assert {ln.split("\t")[1] for ln in lines[1:]} <= {"negative", "positive"}
     m = finetune(tiny_cfg(task=None, model=str(tiny_bert_dir), output_dir=str(tmp_path / "t"), max_train_samples=8,
+                          batch_size=8,
                           augment_file=str(out), **{k: v for k, v in _cfg(reviews).to_dict().items()
                                                     if k in ("train_file", "validation_file", "text_columns",
                                                              "label_column")}))

@@ -34,7 +34,15 @@ def test_explicit_flags_always_win():
     steps = D.resolve_schedule(MixKDConfig(task="sst2", max_steps=50), 673, 1)
     assert steps.max_steps == 50 and steps.lr == 3e-4        # --max-steps decides the length; lr still by depth
     auto = D.resolve_schedule(MixKDConfig(task="sst2"), 673, 2)
-    assert (auto.lr, auto.epochs) == (3e-4, 14.0) and "epochs 14, lr 0.0003" in D.describe(MixKDConfig(), auto)
+    assert (auto.lr, auto.epochs) == (3e-4, 14.0)
+    line = D.describe(MixKDConfig(), auto, 673)
+    assert "lr 0.0003 (by depth)" in line and "epochs 14 (raised to reach 300 optimizer steps: 308 steps)" in line
+    # what the line says of the run's length is true of it: a --max-steps cap, or too little data for 300 steps
+    capped = MixKDConfig(max_steps=50)
+    assert "--max-steps 50 sets the length" in D.describe(capped, D.resolve_schedule(capped, 673, 2), 673)
+    small = D.resolve_schedule(MixKDConfig(), 64, 2)
+    assert "capped at 40: 80 optimizer steps, short of 300" in D.describe(MixKDConfig(), small, 64)
+    assert "300 optimizer steps" not in D.describe(capped, D.resolve_schedule(capped, 673, 2), 673)
 
 
 def test_a_run_records_the_resolved_numbers(tiny_teacher_run, small_glue_dir, tmp_path, capsys):
@@ -44,7 +52,7 @@ def test_a_run_records_the_resolved_numbers(tiny_teacher_run, small_glue_dir, tm
                          output_dir=str(out), epochs=None, lr=None, max_train_samples=64, allow_subset_mismatch=True))
     saved = MixKDConfig.from_yaml(out / "config.yaml")
     assert (saved.lr, saved.epochs) == (3e-4, 40.0)              # 64 rows, batch 16: 4 steps per epoch, capped
-    assert m["steps"] == 160 and "step-aware defaults: epochs 40, lr 0.0003" in m["defaults_rule"]
+    assert m["steps"] == 160 and "epochs 40 (capped at 40: 160 optimizer steps, short of 300" in m["defaults_rule"]
     assert "step-aware defaults" in capsys.readouterr().err
     assert json.loads((out / "metrics.json").read_text())["defaults_rule"] == m["defaults_rule"]
     # explicit flags: nothing chosen, nothing said

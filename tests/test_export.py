@@ -112,6 +112,9 @@ def test_evaluate_and_latency_accept_an_export(exports, small_glue_dir, capsys, 
     assert res["format"] == "onnx-int8"
     assert "accuracy" in res["chance"] and res["above_chance"] == (res["primary_value"] > res["chance"]["accuracy"] + 0.01)
     assert res["primary_value"] == pytest.approx(exports["onnx-int8"]["metrics_after"]["accuracy"])
+    # the export records its task: no --task needed (the exported folder here is a plain HF model's)
+    assert cli.main(["evaluate", "--model", out, "--data-dir", str(small_glue_dir)]) == 0
+    assert json.loads(capsys.readouterr().out)["primary_value"] == pytest.approx(res["primary_value"])
     assert cli.main(["latency", "--model", out, "--batch-size", "1", "--seq-len", "16", "--warmup", "1",
                      "--min-iters", "3", "--min-seconds", "0", "--threads", "1", "--cache-dir", str(tmp_path)]) == 0
     text = capsys.readouterr().out
@@ -183,6 +186,24 @@ def test_select_formats_end_to_end(tiny_models, small_glue_dir, tmp_path, capsys
     assert all(g["score"] is not None and g["latency_ms"] > 0 for g in sel["groups"])
     meta = json.loads((out / "mixkd_export.json").read_text())
     assert meta["format"] == sel["chosen"]["format"] and "as " + meta["format"] in text
+
+
+def test_select_refuses_an_unmeetable_budget_before_converting_anything(tiny_models, small_glue_dir, tmp_path,
+                                                                        monkeypatch, capsys):
+    """Latency depends on architecture and format only: a budget nothing meets is refused from the latencies, before
+    a single model is converted or scored, naming the fastest point."""
+    from mixkd.deploy import ship
+    store = build_store(tmp_path / "store", tiny_models)
+    converted = []
+    monkeypatch.setattr(ship, "convert_and_score", lambda *a, **k: converted.append(1) or (_ for _ in ()).throw(
+        AssertionError("converted a model before checking the budget")))
+    rc = cli.main(["select", "--tracking-uri", store["uri"], "--latency-budget-ms", "0.0001", "--out",
+                   str(tmp_path / "ship"), "--formats", "torch,onnx-int8", "--data-dir", str(small_glue_dir),
+                   "--threads", "1", "--warmup", "1", "--min-iters", "3", "--min-seconds", "0", "--cache-dir",
+                   str(tmp_path / "lat")])
+    err = capsys.readouterr().err
+    assert rc == 2 and not converted and not (tmp_path / "ship").exists()
+    assert "no configuration meets the latency budget of 0.0001 ms" in err and "the fastest is" in err
 
 
 # --- README: plain onnxruntime + tokenizers ----------------------------------------------------------

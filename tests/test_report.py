@@ -319,7 +319,7 @@ def test_markdown_cells(report, store):
     assert any("80.00 (n=1)" in c and "paper (test) 80.2" in c for c in t3)
 
 
-def test_report_command_writes_self_contained_html(store, tmp_path, capsys):
+def test_report_command_writes_self_contained_html(store, tmp_path, capsys, recwarn):
     from mixkd.cli.app import main
     out = tmp_path / "rep"
     assert main(["report", "--tracking-uri", store.uri, "--out", str(out), "--mlflow-ui-url", "http://ui:5000/"]) == 0
@@ -333,7 +333,10 @@ def test_report_command_writes_self_contained_html(store, tmp_path, capsys):
     assert "<link" not in html and "<script" not in html
     assert f'href="http://ui:5000/#/experiments/{store.exp_id}/runs/{store.ids["ft6-sst2"][0]}"' in html
     assert "91.00 ± 1.41 (n=2)" in html and "no run" in html and "Claims scorecard" in html
-    assert "claims scorecard:" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "claims scorecard:" in printed.out
+    assert "Warning" not in printed.err and "warn" not in printed.err.lower(), printed.err   # nothing leaks
+    assert not [str(w.message) for w in recwarn if "matplotlib" in w.filename], [str(w.message) for w in recwarn]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".rep")]      # no temp dirs left
     # an existing --out is refused without --overwrite (one line, exit 2) and replaced with it
     capsys.readouterr()

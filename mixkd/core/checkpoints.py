@@ -121,6 +121,8 @@ def read_checkpoint(path: Path, student: nn.Module, device: torch.device, total_
     if state["total_steps"] != total_steps:
         raise UsageError(f"checkpoint {path} was made for {state['total_steps']} steps, this run has "
                          f"{total_steps}; resume with the same config or pass --overwrite")
+    from .weights import check_weights
+    check_weights(path)
     weights = load_file(str(path / "model.safetensors"), device=str(device))
     missing, unexpected = student.load_state_dict(weights, strict=False)
     real_missing = [k for k in missing if not k.endswith("position_ids")]

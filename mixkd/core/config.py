@@ -33,6 +33,11 @@ RUNTIME_FIELDS = {"output_dir", "overwrite", "resume", "progress", "device", "da
 
 
 ALL = ("finetune", "distill", "evaluate")
+# Hugging Face TrainingArguments' names (and run_glue's) for fields mixkd names otherwise: accepted as aliases in
+# YAML (learning_rate: 1e-4) and on the command line (--learning-rate 1e-4)
+HF_ALIASES = {"learning_rate": "lr", "num_train_epochs": "epochs", "per_device_train_batch_size": "batch_size",
+              "per_device_eval_batch_size": "eval_batch_size", "gradient_accumulation_steps": "grad_accum",
+              "model_name_or_path": "model", "max_seq_len": "max_seq_length"}
 # Fields added after runs were recorded: at their default they stay out of the hashes, so resuming (and grouping)
 # runs recorded before them still works.
 _LATER_FIELDS = {"train_file", "validation_file", "dataset", "train_split", "validation_split", "text_columns",
@@ -224,10 +229,18 @@ class MixKDConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> "MixKDConfig":
         known = {f.name: f for f in fields(cls)}
+        d = dict(d)
+        for alias, name in HF_ALIASES.items():   # Hugging Face's names for the same settings
+            if alias in d:
+                value = d.pop(alias)
+                if name in d and d[name] != value:
+                    raise UsageError(f"{source}: '{alias}' and '{name}' are the same setting with two values "
+                                     f"({value!r}, {d[name]!r}); keep one")
+                d[name] = value
         unknown = [k for k in d if k not in known]
         if unknown:
             import difflib
-            hint = difflib.get_close_matches(unknown[0], known, n=1)
+            hint = difflib.get_close_matches(unknown[0], [*known, *HF_ALIASES], n=1)
             raise UsageError(f"{source}: unknown key '{unknown[0]}'"
                              + (f"; did you mean '{hint[0]}'?" if hint else "; see `mixkd distill --help`"))
         return cls(**{k: _coerce(known[k], v, source) for k, v in d.items()})

@@ -94,14 +94,44 @@ def read_rows(src: CustomData, split: str):
     if path.stat().st_size == 0:
         raise UsageError(f"{path} is empty; give a file with a header and at least one row")
     kw = {"delimiter": "\t", "quoting": 3} if path.suffix.lower() == ".tsv" else {}   # TSV: quotes are text
+    if path.suffix.lower() in (".csv", ".tsv"):
+        check_table_file(path, "\t" if kw else ",")
     try:
-        return datasets.load_dataset(fmt, data_files={"rows": str(path)}, split="rows", **kw)
+        rows = datasets.load_dataset(fmt, data_files={"rows": str(path)}, split="rows", **kw)
     except Exception as e:   # pyarrow/pandas parse errors, mixed JSON types
         if "corresponds to no data" in str(e):      # a header and no rows
             raise UsageError(f"{path} has no rows; give a non-empty file") from None
         why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise UsageError(f"{path}: cannot read it as {path.suffix[1:].upper()} ({why}); fix the file "
                          f"(one header row, the same columns on every row)") from None
+    if len(rows.column_names) == 1 and len(rows) and isinstance(rows[0][rows.column_names[0]], (list, dict)):
+        key = rows.column_names[0]   # {"data": [{...}, ...]}: the rows are nested, not columns
+        raise UsageError(f"{path} holds its rows nested under the key {key!r}; write one JSON object per row (JSON "
+                         f"lines, or a JSON array of objects) with the text and label as keys")
+    return rows
+
+
+def check_table_file(path: Path, delimiter: str) -> None:
+    """A CSV / TSV that pandas would read wrongly or explain badly is refused naming the real cause: bytes that are
+    not UTF-8 (their line), a header that repeats a column name (pandas renames the copy and one of them is used
+    without a word), a row with another number of fields than the header (its line)."""
+    import csv, io  # noqa: E401
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise UsageError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save the file as UTF-8") from None
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
+    header = next(reader, [])
+    dup = next((c for i, c in enumerate(header) if c in header[:i]), None)
+    if dup is not None:
+        raise UsageError(f"{path}: the header names column {dup!r} twice; rename one of them")
+    for row in reader:
+        if row and len(row) != len(header):
+            raise UsageError(f"{path}:{reader.line_num}: {len(row)} fields where the header has {len(header)}; "
+                             f"fix that row (a stray {'tab' if delimiter == chr(9) else 'comma: quote the text'}?)")
 
 
 def _read_dataset(src: CustomData, split: str):
@@ -131,6 +161,9 @@ def resolve_text_columns(cfg, columns: list[str], where: str) -> tuple[str, ...]
         if not 1 <= len(cols) <= 2:
             raise UsageError(f"--text-columns {cfg.text_columns!r} is invalid: name one text column or two "
                              f"(a pair), comma-separated")
+        if len(set(cols)) != len(cols):
+            raise UsageError(f"--text-columns {cfg.text_columns!r} names {cols[0]!r} twice; name it once for "
+                             f"single texts, or two different columns for pairs")
         return cols
     for guess in _TEXT_GUESSES:
         if all(c in columns for c in guess):
@@ -235,7 +268,16 @@ def _model_labels(model: str | None) -> list[str] | None:
 
 
 def parse_labels(text: str | None) -> list[str] | None:
-    return None if not text else [s.strip() for s in str(text).split(",")]
+    """--labels as a list; a repeated or empty name is refused (its id could never be predicted)."""
+    if not text:
+        return None
+    labels = [s.strip() for s in str(text).split(",")]
+    if "" in labels:
+        raise UsageError(f"--labels {text!r} has an empty name; give every class a name, comma-separated")
+    dup = next((l for i, l in enumerate(labels) if l in labels[:i]), None)
+    if dup is not None:
+        raise UsageError(f"--labels {text!r} names {dup!r} twice; give each class once, in id order")
+    return labels
 
 
 def resolve(cfg, command: str):
@@ -351,7 +393,11 @@ def run_data(run_dir: str | None) -> dict | None:
         return yaml.safe_load(f.read_text()) or {}
     meta = Path(run_dir).expanduser() / "mixkd_export.json" if run_dir else None
     if meta is not None and meta.is_file():
-        return json.loads(meta.read_text()).get("task_data")
+        rec = json.loads(meta.read_text())
+        data = dict(rec.get("task_data") or {})
+        if not data.get("task") and rec.get("task"):   # an export of a plain model folder: the task it was checked on
+            data["task"] = rec["task"]
+        return data or None
     return None
 
 

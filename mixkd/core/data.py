@@ -82,7 +82,8 @@ def resolve_data_source(data_dir: str | None, task: TaskSpec | None = None) -> D
     d = data_dir or os.environ.get("GLUE_DIR") or None
     if d is not None:
         p = Path(d).expanduser()
-        src = "--data-dir" if data_dir else "$GLUE_DIR"
+        # a sweep passes $GLUE_DIR on to its runs as their data_dir: name it by where it came from
+        src = "--data-dir" if data_dir and data_dir != os.environ.get("GLUE_DIR") else "$GLUE_DIR"
         if not p.is_dir():
             raise UsageError(f"{src} '{d}' is not a directory; point it at a GLUE folder (with SST-2/, MRPC/, ...) "
                              f"or leave it unset to load from the hub")
@@ -224,6 +225,23 @@ def _tokenize(ds, task: TaskSpec, tokenizer, max_len: int, key: str):
                   load_from_cache_file=True, new_fingerprint=name, desc=f"tokenize {task.name}")
 
 
+def check_subset(raw, task: TaskSpec, cfg, rows: int) -> None:
+    """A training subset that cannot teach a classifier is refused before any training: a --data-fraction /
+    --max-train-samples subset of fewer rows than one batch, or (classification) rows of one class only."""
+    asked = (f"--data-fraction {cfg.data_fraction:g}" if cfg.data_fraction not in (None, 1.0) else "") + \
+            (f" --max-train-samples {cfg.max_train_samples}" if cfg.max_train_samples else "")
+    asked = asked.strip() or "the training data"
+    subset = cfg.data_fraction not in (None, 1.0) or cfg.max_train_samples is not None
+    if subset and rows < cfg.batch_size:   # a subset asked for (a whole small file is the user's data as it is)
+        raise UsageError(f"{asked} leaves {rows} training row(s), fewer than one batch (--batch-size "
+                         f"{cfg.batch_size}); use more rows or a smaller --batch-size")
+    if not task.regression:
+        classes = set(raw["label"])
+        if len(classes) < 2:
+            raise UsageError(f"{asked} leaves {rows} training rows, all of one class; use more rows (a larger "
+                             f"--data-fraction) or another --data-seed")
+
+
 def load_glue(cfg, task: TaskSpec, tokenizer, train: bool = True) -> GlueData:
     """Tokenized train (subset + augmentation) and dev splits for ``cfg``."""
     from datasets import concatenate_datasets
@@ -244,6 +262,7 @@ def load_glue(cfg, task: TaskSpec, tokenizer, train: bool = True) -> GlueData:
                     subset_fingerprint=hashlib.sha256(idx.astype(np.int64).tobytes()).hexdigest()[:16])
         if len(idx) < len(raw):
             raw = raw.select(idx)
+        check_subset(raw, task, cfg, len(idx))
         content = f"{content}|{info['subset_fingerprint']}"
         if cfg.augment_file:
             p = Path(cfg.augment_file)

@@ -49,14 +49,26 @@ def resolve_schedule(cfg, train_rows: int, depth: int | None, world_size: int = 
     return cfg.replace(**kw) if kw else cfg
 
 
-def describe(cfg, resolved) -> str | None:
-    """One line saying which values the rule chose (None when the user gave both)."""
+def describe(cfg, resolved, train_rows: int | None = None, world_size: int = 1) -> str | None:
+    """One line saying which values the rule chose and why (None when the user gave both): what it says of the
+    run's length is true of this run (a --max-steps cap; MAX_EPOCHS reached before MIN_STEPS on small data)."""
     parts = []
-    if cfg.epochs is None:
-        parts.append(f"epochs {resolved.epochs:g}")
     if cfg.lr is None:
-        parts.append(f"lr {resolved.lr:g}")
+        parts.append(f"lr {resolved.lr:g} (by depth)")
+    if cfg.epochs is None:
+        if cfg.max_steps > 0:
+            parts.append(f"--max-steps {cfg.max_steps} sets the length (epochs unused)")
+        else:
+            why = f"raised to reach {MIN_STEPS} optimizer steps" if resolved.epochs > DEFAULT_EPOCHS else \
+                  f"reaches {MIN_STEPS} optimizer steps"
+            if train_rows is not None:
+                per_rank = math.ceil(max(1, train_rows) / max(1, world_size))
+                steps = math.ceil(resolved.epochs * math.ceil(math.ceil(per_rank / cfg.batch_size) / cfg.grad_accum))
+                if steps < MIN_STEPS:
+                    why = f"capped at {MAX_EPOCHS:g}: {steps} optimizer steps, short of {MIN_STEPS} on this data"
+                else:
+                    why += f": {steps} steps"
+            parts.append(f"epochs {resolved.epochs:g} ({why})")
     if not parts:
         return None
-    return (f"step-aware defaults: {', '.join(parts)} (at least {MIN_STEPS} optimizer steps, lr by depth; "
-            f"--epochs / --lr / --max-steps override)")
+    return f"step-aware defaults: {'; '.join(parts)}; --epochs / --lr / --max-steps override"

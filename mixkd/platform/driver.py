@@ -220,6 +220,11 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
         tracker.close(status)
 
 
+def _drop_tune_restore_hint(record) -> bool:
+    """A logging filter: False for Tune's restore hint (mixkd says how to continue: --resume)."""
+    return "Resume experiment with" not in record.getMessage()
+
+
 def _fit_all(tuner, expected: int):
     """Tuner.fit(), raising KeyboardInterrupt when Ctrl+C ended it early.
 
@@ -227,8 +232,11 @@ def _fit_all(tuner, expected: int):
     In the main thread tune.run swaps in its own SIGINT handler and puts the original back only
     when interrupted (ray/tune/tune.py, _setup_signal_catching); elsewhere count the ended trials.
     """
+    import logging
     import signal
     import threading
+    # Tune's own "Resume experiment with: Tuner.restore(...)" would compete with mixkd's --resume hint
+    logging.getLogger("ray.tune.tune").addFilter(_drop_tune_restore_hint)
     main = threading.current_thread() is threading.main_thread()
     before = signal.getsignal(signal.SIGINT)
     grid = tuner.fit()

@@ -16,6 +16,8 @@ The pieces: :mod:`mixkd.report.cells` (the data model, and how runs become cells
 """
 from __future__ import annotations
 
+import contextlib
+
 import json
 import math
 import os
@@ -64,31 +66,53 @@ def build_report(df, mlflow_ui_url: str = DEFAULT_UI, figures: bool = True) -> R
         exps = sorted(set(zip(d["experiment"], d["experiment_id"])))
         summary.append("Experiments: " + ", ".join(f"{n} (id {i})" for n, i in exps))
     figs, notes = {}, {}
-    if figures:
-        ext = _external_pareto(d) if d is not None and len(d) else None
-        if ext:
-            for name, png in ext[0].items():
-                figs[name] = png
-                notes[name] = (f"x = {ext[1]}" if ext[1] != "params_count" else
-                               "no latency/* metrics in the store: x = parameter count instead of latency") + \
-                              "; drawn by mixkd.deploy.selection.plot_pareto"
-        else:
-            png, note = plot_pareto(d)
-            if png:
-                figs["pareto.png"], notes["pareto.png"] = png, note + " (the report's own scatter)"
-            else:
-                notes["pareto.png"] = note
-        for name, fn, arg in (("fig1_limited_data.png", plot_fig1, f1), ("fig3_sensitivity.png", plot_fig3, f3),
-                              ("table2_speed_params.png", plot_table2, t2)):
-            png = fn(arg)
-            if png:
-                figs[name] = png
     card = build_scorecard(df)
     if figures:
-        png = plot_scorecard(card)
-        if png:
-            figs["scorecard.png"], notes["scorecard.png"] = png, "our effect (●, 95% CI) next to the paper's (◇)"
+        with _quiet_matplotlib():
+            _draw(d, f1, f3, t2, card, figs, notes)
     return Report(tables, figs, notes, summary, mlflow_ui_url, card)
+
+
+@contextlib.contextmanager
+def _quiet_matplotlib():
+    """matplotlib's own warnings (empty legends, glyphs, log axes) and log lines stay out of the report's stderr:
+    the report says what each figure shows, and an empty panel is left out."""
+    import logging
+    import warnings
+    level = logging.getLogger("matplotlib").level
+    logging.getLogger("matplotlib").setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module="matplotlib")
+            warnings.filterwarnings("ignore", category=UserWarning, message=".*(legend|glyph|Glyph|tight_layout).*")
+            yield
+    finally:
+        logging.getLogger("matplotlib").setLevel(level)
+
+
+def _draw(d, f1, f3, t2, card, figs: dict, notes: dict) -> None:
+    """The report's PNGs into ``figs`` (name -> bytes), what each shows into ``notes``."""
+    ext = _external_pareto(d) if d is not None and len(d) else None
+    if ext:
+        for name, png in ext[0].items():
+            figs[name] = png
+            notes[name] = (f"x = {ext[1]}" if ext[1] != "params_count" else
+                           "no latency/* metrics in the store: x = parameter count instead of latency") + \
+                          "; drawn by mixkd.deploy.selection.plot_pareto"
+    else:
+        png, note = plot_pareto(d)
+        if png:
+            figs["pareto.png"], notes["pareto.png"] = png, note + " (the report's own scatter)"
+        else:
+            notes["pareto.png"] = note
+    for name, fn, arg in (("fig1_limited_data.png", plot_fig1, f1), ("fig3_sensitivity.png", plot_fig3, f3),
+                          ("table2_speed_params.png", plot_table2, t2)):
+        png = fn(arg)
+        if png:
+            figs[name] = png
+    png = plot_scorecard(card)
+    if png:
+        figs["scorecard.png"], notes["scorecard.png"] = png, "our effect (●, 95% CI) next to the paper's (◇)"
 
 
 # ------------------------------------------------------------------------------------------------

@@ -33,7 +33,10 @@ def _score_table(key, spec, d, setting, columns: list[tuple[str, tuple[str, ...]
                 cells.append(Cell(metrics=metrics, paper=paper, paper_fmt=paper_fmt))
             else:
                 cells.append(best_group_cell(_select(sub, task, prow["key"]), metrics, paper, paper_fmt=paper_fmt))
-        rows.append(Row(prow["label"], cells, paper_only=bool(prow.get("reference_only"))))
+        label = prow["label"]
+        if variant == "teacher" and setting is not None and setting[0] not in PAPER_TEACHERS:
+            label = f"{label} · ours: teacher [{setting[0]}]"   # our teacher is another model: say which
+        rows.append(Row(label, cells, paper_only=bool(prow.get("reference_only"))))
     if extra_rows:
         for v, bt, k, strat in _our_row_keys(sub):
             if (v, bt, k, strat) in paper_keys:
