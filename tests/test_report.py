@@ -415,3 +415,34 @@ def test_table1_and_table3_match_the_reference_notes():
     t3 = _md_table("### Table 3")
     for r in P.TABLE3_TEST["rows"]:
         assert parse(t3[r["label"].replace(" (SM+TMKD+BT)", "")]) == _flat(r["values"], P.TASKS_6, True), r["label"]
+
+
+# --- several stores (sweeps run on other days or machines, reported together) -------------------------------
+def test_report_over_several_stores_counts_a_run_once(store, df, tmp_path, capsys):
+    """Two stores: a copy of the fixture's store (every run appears twice, same run ids) and a second sweep that
+    recorded one of the same computations again (another run id) plus one new run. The merge holds each run once."""
+    import shutil
+    from mixkd.cli.app import main
+    from mixkd.tracking.runstore import load_runs
+    copy = tmp_path / "a" / "mlflow.db"
+    copy.parent.mkdir()
+    shutil.copy(store.uri.removeprefix("sqlite:///"), copy)
+    other = Store(tmp_path / "b" / "mlflow.db")
+    other.add("ft6-sst2", "trial", "sst2", 1, {"final/accuracy": 0.90, "final/primary": 0.90}, k=6)   # again
+    other.add("ft6-sst2", "trial", "sst2", 3, {"final/accuracy": 0.94, "final/primary": 0.94}, k=6)   # new seed
+    merged = load_runs([store.uri, str(copy.parent), str(tmp_path / "b")])
+    assert len(merged) == len(df) + 1 and merged["run_id"].is_unique
+    ft6 = merged[(merged["config_group"] == "ft6-sst2")]
+    assert sorted(ft6["seed"]) == [1, 2, 3]
+    # a folder of stores stands for each of them
+    assert len(load_runs(str(tmp_path))) == len(df) + 1
+    # the report takes --tracking-uri several times; its Table 1 cell averages the three seeds
+    out = tmp_path / "rep"
+    assert main(["report", "--tracking-uri", store.uri, "--tracking-uri", str(tmp_path / "b"), "--out", str(out)]) == 0
+    assert "92.00 ± 2.00 (n=3)" in (out / "report.md").read_text()
+    # a store that does not exist: one line, exit 2, nothing written
+    capsys.readouterr()
+    assert main(["report", "--tracking-uri", store.uri, "--tracking-uri", str(tmp_path / "nope"), "--out",
+                 str(tmp_path / "rep2")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nope" in err and "not found" in err and not (tmp_path / "rep2").exists()

@@ -287,6 +287,28 @@ def test_select_end_to_end_exports_a_loadable_student(store, tmp_path, capsys):
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]      # no temp folder left
 
 
+def test_select_over_two_stores_counts_each_run_once(store, tmp_path, capsys):
+    """The same sweep's store given twice (a copy: every run appears in both): the same choice, each seed once; the
+    exported model is downloaded from the store its run is in. A store that does not exist: one line, exit 2."""
+    import shutil
+    src = Path(store["uri"].removeprefix("sqlite:///"))
+    copy = tmp_path / "copy" / "mlflow.db"
+    copy.parent.mkdir()
+    shutil.copy(src, copy)
+    out = tmp_path / "two"
+    rc = cli.main(["select", "--tracking-uri", store["uri"], "--tracking-uri", str(copy.parent), "--out", str(out),
+                   "--formats", "torch", "--latency-budget-ms", "2.5", "--experiment", "smoke"])
+    assert rc == 0, capsys.readouterr().err
+    ch = json.loads((out / "selection.json").read_text())["chosen"]
+    assert (ch["variant"], ch["student_layers"], ch["n"]) == ("sm+tmkd", 2, 2) and len(ch["run_ids"]) == 2
+    assert (out / "model.safetensors").is_file()
+    capsys.readouterr()
+    rc = cli.main(["select", "--tracking-uri", store["uri"], "--tracking-uri", str(tmp_path / "gone"), "--out",
+                   str(tmp_path / "x"), "--formats", "torch", "--latency-budget-ms", "2.5"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "gone" in err and not (tmp_path / "x").exists()
+
+
 def test_select_budget_picks_faster_student_and_none_feasible(store, tmp_path, capsys):
     rc, out = _select(store, tmp_path, "--latency-budget-ms", 1.5)
     assert rc == 0

@@ -13,9 +13,10 @@ from ..report.cells import DEFAULT_UI
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tracking-uri", default=None,
-                   help="MLflow store: sqlite:///PATH/mlflow.db, a sweep folder holding mlflow.db, or an http(s) "
-                        "server (default: $MLFLOW_TRACKING_URI)")
+    p.add_argument("--tracking-uri", action="append", default=None,
+                   help="MLflow store: sqlite:///PATH/mlflow.db, a sweep folder holding mlflow.db, a folder of such "
+                        "folders, or an http(s) server (default: $MLFLOW_TRACKING_URI); repeat it to report over "
+                        "several stores (sweeps run on other days or machines), a run in two of them counted once")
     p.add_argument("--experiment", default=None,
                    help="one mixkd experiment (name or id); default: every mixkd experiment in the store")
     p.add_argument("--out", required=True, help="folder to write report.md, report.html, report.json and the PNGs")
@@ -26,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    uri = args.tracking_uri or ([os.environ["MLFLOW_TRACKING_URI"]] if os.environ.get("MLFLOW_TRACKING_URI") else None)
     if not uri:
         raise UsageError("no tracking store: pass --tracking-uri (e.g. sqlite:///runs/sweeps/smoke/mlflow.db) "
                          "or set MLFLOW_TRACKING_URI")

@@ -10,8 +10,9 @@ from ..core.errors import UsageError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tracking-uri", required=True,
-                   help="MLflow store of the sweep: sqlite:///PATH/mlflow.db, a sweep folder or an http(s) server")
+    p.add_argument("--tracking-uri", required=True, action="append",
+                   help="MLflow store of the sweep: sqlite:///PATH/mlflow.db, a sweep folder (or a folder of them) or "
+                        "an http(s) server; repeat it to choose over several stores (a run in two counted once)")
     p.add_argument("--experiment", help="MLflow experiment (default: every mixkd experiment in the store)")
     p.add_argument("--latency-budget-ms", type=float, required=True, help="latency budget in milliseconds")
     p.add_argument("--out", required=True, help="new folder for the exported student (must not exist)")

@@ -21,6 +21,7 @@ def _model_source(run: Mapping[str, Any], tracking_uri: str | None, tmp: Path) -
     rd = run.get("run_dir")
     if rd and (Path(rd) / "model" / "config.json").is_file():
         return str(Path(rd) / "model")
+    tracking_uri = run.get("store") or tracking_uri   # several stores: the run's own
     if tracking_uri:
         try:
             import mlflow.artifacts

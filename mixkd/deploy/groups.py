@@ -104,7 +104,8 @@ class _Latencies:
         rd = run.get("run_dir")
         if rd and (Path(rd) / "model" / "config.json").is_file():
             return str(Path(rd) / "model" / "config.json")
-        if run.get("artifact_uri") and self.uri:
+        store = run.get("store") or self.uri   # several stores: each run's own
+        if run.get("artifact_uri") and store:
             try:
                 import mlflow.artifacts
                 if self._tmp is None:
@@ -112,7 +113,7 @@ class _Latencies:
                 dst = Path(self._tmp) / run["run_id"]
                 dst.mkdir(exist_ok=True)
                 return mlflow.artifacts.download_artifacts(run_id=run["run_id"], artifact_path="model/config.json",
-                                                           dst_path=str(dst), tracking_uri=self.uri)
+                                                           dst_path=str(dst), tracking_uri=store)
             except Exception:
                 pass
         params = run.get("params") or {}

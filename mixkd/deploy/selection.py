@@ -134,11 +134,12 @@ def select(tracking_uri: str, budget_ms: float, out: str | os.PathLike, *, exper
     if outp.exists():
         raise UsageError(f"--out {out} already exists; choose a new folder or remove it")
     L.device_info(device, dtype, threads)            # bad device / dtype / threads fail before any work
-    from ..tracking.runstore import load_runs, resolve_tracking_uri
-    uri = resolve_tracking_uri(tracking_uri)
-    df = load_runs(uri, experiment)
+    from ..tracking.runstore import expand_stores, load_runs, resolve_tracking_uri
+    stores = expand_stores(tracking_uri)
+    uri = resolve_tracking_uri(stores[0]) if len(stores) == 1 else None   # several: each run carries its store
+    df = load_runs(stores, experiment)
     rows = _records(df)
-    where = f"experiment {experiment!r}" if experiment else f"tracking store {tracking_uri}"
+    where = f"experiment {experiment!r}" if experiment else f"tracking store {', '.join(stores)}"
     trials = [r for r in rows if r.get("role") == "trial" and r.get("status") == "FINISHED" and _finite(r.get(PRIMARY))]
     if not trials:
         raise UsageError(f"no finished trial runs with a final/primary metric in {where}; run or finish a sweep first")
@@ -205,7 +206,7 @@ def select(tracking_uri: str, budget_ms: float, out: str | os.PathLike, *, exper
         teacher_params = int(teacher["best_run"]["params_count"])
     selection = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "tracking_uri": uri, "experiment": experiment or chosen.get("experiment"), "task": task,
+        "tracking_uri": uri or stores, "experiment": experiment or chosen.get("experiment"), "task": task,
         "budget_ms": float(budget_ms), "percentile": percentile, "batch_size": batch_size, "seq_len": seq_len,
         "device": device, "dtype": dtype, "primary_metric": _primary_name(task, trials[0].get("params")),
         "chosen": _group_summary(chosen), "config": _typed_params(br.get("params") or {}),

@@ -31,7 +31,7 @@ from .writer import PARENT_TAG, ROLE_TAG
 TAG_COLUMNS = ("task", "variant", "student_layers", "layer_strategy", "data_fraction", "augmentation", "seed",
                "config_group", "config_hash", "run_dir")
 BASE_COLUMNS = ("run_id", "experiment", "experiment_id", "parent_run_id", "sweep_id", "role", "status",
-                "start_time", *TAG_COLUMNS, "teacher_model", "teacher_run_id", "artifact_uri", "params")
+                "start_time", *TAG_COLUMNS, "teacher_model", "teacher_run_id", "artifact_uri", "params", "store")
 CHILD_ROLES = ("trial", "teacher")
 
 
@@ -171,7 +171,48 @@ def _row(run, exp) -> dict[str, Any]:
     return row
 
 
-def load_runs(tracking_uri: str, experiment: str | None = None, roles: Iterable[str] = CHILD_ROLES):
+def expand_stores(uris: str | Iterable[str]) -> list[str]:
+    """Tracking URIs as a list: a local folder that holds no mlflow.db itself but sweep folders that do (a folder of
+    stores, e.g. experiments/results/glue-cpu/stores) stands for each of them, in name order."""
+    out = []
+    for uri in [uris] if isinstance(uris, str) else list(uris):
+        p = Path(str(uri)).expanduser()
+        nested = sorted(p.glob("*/mlflow.db")) if "://" not in str(uri) and p.is_dir() and \
+            not (p / "mlflow.db").is_file() else []
+        out += [str(f.parent) for f in nested] or [str(uri)]
+    return out
+
+
+def load_runs(tracking_uri: str | Iterable[str], experiment: str | None = None, roles: Iterable[str] = CHILD_ROLES):
+    """:func:`load_store`'s rows of one store or of several (``tracking_uri`` a list, or a folder of stores), merged:
+    a run found in two stores (the same run id, or the same computation: experiment, role, task, config hash and
+    seed) is counted once. A store that does not exist is a one-line UsageError; ``experiment`` must be in one."""
+    import pandas as pd
+    uris = expand_stores(tracking_uri)
+    if len(uris) == 1:
+        return load_store(uris[0], experiment, roles)
+    frames, found = [], False
+    for uri in uris:
+        resolve_tracking_uri(uri)     # every store exists, or one line before anything is read
+    for uri in uris:
+        try:
+            frames.append(load_store(uri, experiment, roles))
+            found = True
+        except UsageError as e:
+            if experiment is None or "no mixkd experiment named" not in str(e):
+                raise
+    if not found:
+        raise UsageError(f"no mixkd experiment named {experiment!r} in any of {len(uris)} stores")
+    df = pd.concat(frames, ignore_index=True)
+    df = df.drop_duplicates("run_id", keep="first")
+    same = ["experiment", "role", "task", "config_hash", "seed"]
+    df = df[~(df[same].notna().all(axis=1) & df.astype({c: str for c in same}).duplicated(same, keep="first"))]
+    df = df.sort_values(["experiment", "start_time"], kind="stable").reset_index(drop=True)
+    df["teacher_model"], df["teacher_run_id"] = _teachers(df)   # a trial's teacher may sit in another store
+    return df
+
+
+def load_store(tracking_uri: str, experiment: str | None = None, roles: Iterable[str] = CHILD_ROLES):
     """One row per mixkd child run of ``experiment`` (default: every mixkd experiment in the store).
 
     Columns: run_id, experiment, experiment_id, parent_run_id, sweep_id, role, status, start_time,
@@ -199,7 +240,7 @@ def load_runs(tracking_uri: str, experiment: str | None = None, roles: Iterable[
     roles = tuple(roles)
     for exp in exps:
         runs = _paged(client.search_runs, experiment_ids=[exp.experiment_id], max_results=1000)
-        rows += [_row(r, exp) for r in runs if r.data.tags.get(ROLE_TAG) in roles]
+        rows += [{**_row(r, exp), "store": uri} for r in runs if r.data.tags.get(ROLE_TAG) in roles]
     df = pd.DataFrame(rows, columns=None if rows else list(BASE_COLUMNS))
     metric_cols = sorted(c for c in df.columns if c not in BASE_COLUMNS)
     df = df[list(BASE_COLUMNS) + metric_cols]
