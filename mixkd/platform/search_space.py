@@ -165,10 +165,19 @@ class DefineByRun:
         return None
 
 
-def grid_cells(grid: dict[str, list]) -> list[dict[str, Any]]:
-    """Cartesian product of a grid spec ``{field: [values]}``, in a stable order."""
+def grid_cells(grid: dict[str, list] | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Cartesian product of a grid spec ``{field: [values]}``, in a stable order; or a list of cells as given
+    (``[{variant: ft, lr: 3e-4}, {variant: sm+tmkd, lr: 1e-4}]``: settings that differ per cell)."""
     import itertools
     names = {f.name for f in fields(MixKDConfig)}
+    if isinstance(grid, list):
+        for i, cell in enumerate(grid):
+            if not isinstance(cell, dict) or not cell:
+                raise UsageError(f"grid[{i}]: give a mapping of config fields to values")
+            bad = [k for k in cell if k not in names]
+            if bad:
+                raise UsageError(f"grid[{i}]: '{bad[0]}' is not a config field")
+        return [dict(c) for c in grid]
     for k, v in grid.items():
         if k not in names:
             raise UsageError(f"grid: '{k}' is not a config field")

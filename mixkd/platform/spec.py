@@ -36,7 +36,7 @@ class SweepSpec:
     base: dict = field(default_factory=dict)      # config fields fixed for every student trial
     teacher: dict = field(default_factory=dict)   # config fields of the teacher fine-tune
     search_space: dict = field(default_factory=dict)  # overrides of mixkd.platform.search_space.DEFAULT_SPACE
-    grid: dict = field(default_factory=dict)      # grid mode: {config field: [values]}
+    grid: dict | list = field(default_factory=dict)   # grid mode: {config field: [values]}, or a list of cells
     searcher: str = "auto"                    # auto (TPE; NSGA-II with a latency budget), tpe, nsga2, random
     measure_latency: bool = True              # measure each student depth (and the teacher) once, before trials
     latency_batch_sizes: list = field(default_factory=lambda: [1, 32])

@@ -1,0 +1,51 @@
+"""experiments/glue_cpu.py on tiny models: the lr is chosen on seed 0 before the reported seeds run, the reported
+sweep reuses the lr sweep's teacher, each task's stores and files land where a fresh clone continues from, a
+finished task is skipped, and the report reads the stores (issue 25)."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from test_sweep import FAST_LATENCY, worker_env
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_glue_cpu_driver_end_to_end(tmp_path, tiny_bert_dir, small_glue_dir, monkeypatch):
+    sys.path.insert(0, str(REPO / "experiments"))
+    import glue_cpu
+    preset = yaml.safe_load((REPO / "experiments" / "presets" / "glue-cpu.yaml").read_text())
+    knobs = {"max_steps": 4, "eval_steps": 4, "batch_size": 16, "max_seq_length": 48, "max_eval_samples": 32}
+    preset.update(tasks=["mrpc"], teacher_model=str(tiny_bert_dir), data_dir=str(small_glue_dir),
+                  teacher={**preset["teacher"], **knobs}, base={**preset["base"], **knobs},
+                  grid=[{"variant": "ft", "student_layers": 1}, {"variant": "sm+tmkd", "student_layers": 1}],
+                  student_seeds=[1, 2], latency_protocol=FAST_LATENCY)
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(preset))
+    for k, v in worker_env().items():
+        monkeypatch.setenv(k, v)
+    results = tmp_path / "results"
+    args = ["--preset", str(tmp_path / "p.yaml"), "--results", str(results), "--storage-path", str(tmp_path / "s")]
+    assert glue_cpu.main(args) == 0
+    choice = json.loads((results / "mrpc" / "lr_choice.json").read_text())
+    assert set(choice["chosen"]) == {"ft/1", "sm+tmkd/1"} and choice["select_seed"] == 0
+    for c in choice["chosen"].values():   # the chosen lr is the better of the two on seed 0 (ties: the lower)
+        best = max(c["scores"].values())
+        assert c["lr"] == min(float(lr) for lr, v in c["scores"].items() if v == best)
+    rows = list(csv.DictReader(open(results / "mrpc" / "runs.csv")))
+    assert sorted((r["variant"], r["seed"]) for r in rows) == [("ft", "1"), ("ft", "2"), ("sm+tmkd", "1"),
+                                                              ("sm+tmkd", "2")]
+    for r in rows:   # every reported run used its arm's chosen lr
+        assert float(r["lr"]) == choice["chosen"][f"{r['variant']}/1"]["lr"]
+    done = json.loads((results / "mrpc" / "done.json").read_text())
+    assert done["runs"] == 4 and done["teacher_weights_identical_to_lr_sweep"] is True
+    assert (results / "stores" / "mrpc" / "mlflow.db").is_file()
+    assert (results / "stores-lr" / "mrpc" / "mlflow.db").is_file()
+    assert (results / "report" / "report.md").is_file()   # every task of the preset done: the report
+    # a later start (a fresh clone with these files committed) skips the finished task and runs nothing
+    os.rename(tmp_path / "s", tmp_path / "s-old")
+    assert glue_cpu.main(args) == 0 and not (tmp_path / "s" / "glue-cpu-mrpc").exists()
