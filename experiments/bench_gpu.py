@@ -3,7 +3,7 @@
 For each model, student depth and batch size it times mixkd's real ``Trainer.train_step`` (student forward over
 the original batch and its mixed copies, frozen teacher forward on the mixed copies, backward, clipping, fused
 AdamW, schedule) in the precision the trainer picks: ``--precision auto`` is bf16 autocast on CUDA (the
-frozen teacher is then held in bf16) and fp32 on the CPU; the header prints the one used.
+frozen teacher is then held in bf16) and, on the CPU, bf16 where it is native (AMX, AVX512-BF16), else fp32; the header prints the one used.
 
 Models (``--models``):
 
@@ -196,7 +196,7 @@ def parse(argv):
     ap.add_argument("--steps", type=int, default=20, help="timed steps per combination (median)")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     ap.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
-                    help="as mixkd's --precision (auto: bf16 autocast on CUDA, fp32 on the CPU)")
+                    help="as mixkd's --precision (auto: bf16 autocast on CUDA and native-bf16 CPUs, else fp32)")
     ap.add_argument("--peak-tflops", type=float, default=None, help="the device's peak dense TFLOP/s (for MFU)")
     ap.add_argument("--tiny", action="store_true", help="tiny random BERTs, seq 16, batch 4: a CPU smoke run")
     ap.add_argument("--json", default=None, help="also write the rows (and the header facts) to this JSON file")

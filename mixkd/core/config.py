@@ -167,7 +167,8 @@ class MixKDConfig:
     final_model: str = _f("best", "which checkpoint becomes model/: best on the primary dev metric, or last",
                           choices=("best", "last"))
     seed: int = _f(42, "random seed (model init, data order, mixup)")
-    precision: str = _f("auto", "auto: bf16 autocast on GPU, fp32 on CPU", choices=("auto", "fp32", "bf16"), cmds=ALL)
+    precision: str = _f("auto", "auto: bf16 autocast on GPU and on CPUs with native bf16 (AMX, AVX512-BF16), fp32 on "
+                                "other CPUs (where bf16 is ~10x slower)", choices=("auto", "fp32", "bf16"), cmds=ALL)
     device: str = _f("auto", "auto, cpu, cuda or cuda:N", cmds=ALL)
     # --- output ------------------------------------------------------------------------------
     output_dir: Optional[str] = _f(None, "where the run writes config.yaml, metrics.json, log.jsonl, model/")
