@@ -24,7 +24,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -33,19 +32,13 @@ from pathlib import Path
 
 import yaml
 
+from mixkd.deploy.latency import cpu_model
+
 REPO = Path(__file__).resolve().parents[1]
 PRESET = REPO / "experiments" / "presets" / "glue-cpu.yaml"
 RESULTS = REPO / "experiments" / "results" / "glue-cpu"
 LR_GRID = (1e-4, 3e-4)
 SELECT_SEED = 0
-
-
-def cpu_name() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 def sweep(spec: dict, name: str, storage: Path, log: Path) -> Path:
@@ -122,7 +115,7 @@ def run_task(task: str, base: dict, storage: Path, do_commit: bool, results: Pat
             "teacher": {"primary_metric": tm["primary_metric"], "primary_value": tm["primary_value"],
                         "weights_sha256": weights_sha(teacher), "precision": tm.get("precision_resolved"),
                         "train_time_s": tm["train_time_s"]},
-            "cpu": cpu_name(), "wall_time_s": round(time.time() - t0, 1)}, indent=2) + "\n")
+            "cpu": cpu_model(), "wall_time_s": round(time.time() - t0, 1)}, indent=2) + "\n")
         keep_store(exp, results / "stores-lr" / task)
         if do_commit:
             picks = ", ".join(f"{k} {v['lr']:g}" for k, v in chosen.items())
@@ -146,7 +139,7 @@ def run_task(task: str, base: dict, storage: Path, do_commit: bool, results: Pat
         w.writerows(sorted(rows, key=lambda r: (r["student_layers"], r["variant"], r["augment"], r["seed"])))
     keep_store(exp, results / "stores" / task)
     (out / "done.json").write_text(json.dumps({
-        "task": task, "runs": len(rows), "teacher_weights_identical_to_lr_sweep": same, "cpu": cpu_name(),
+        "task": task, "runs": len(rows), "teacher_weights_identical_to_lr_sweep": same, "cpu": cpu_model(),
         "wall_time_s": round(time.time() - t1, 1)}, indent=2) + "\n")
     if do_commit:
         commit([out, results / "stores" / task], f"glue-cpu {task}: {len(rows)} reported runs (seeds 1-3)")

@@ -15,11 +15,12 @@ import argparse
 import csv
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from mixkd.deploy.latency import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "experiments" / "results" / "precision"
@@ -46,14 +47,6 @@ def t_interval(diffs: list[float]) -> tuple[float, float, float]:
     m = statistics.mean(diffs)
     half = stats.t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / len(diffs) ** 0.5
     return m, m - half, m + half
-
-
-def cpu_name() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 def main(argv=None) -> int:
@@ -95,7 +88,7 @@ def main(argv=None) -> int:
     table = "\n".join(lines)
     (RESULTS / "table.md").write_text(
         f"SST-2 10% (data seed 42), teacher {100 * t['primary_value']:.2f} (bf16), 2-layer students, seeds "
-        f"{', '.join(map(str, SEEDS))}; {cpu_name()}, {a.threads} threads, packed batches.\n\n{table}\n")
+        f"{', '.join(map(str, SEEDS))}; {cpu_model()}, {a.threads} threads, packed batches.\n\n{table}\n")
     print(table)
     return 0
 
