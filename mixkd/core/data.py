@@ -225,9 +225,11 @@ def _tokenize(ds, task: TaskSpec, tokenizer, max_len: int, key: str):
                   load_from_cache_file=True, new_fingerprint=name, desc=f"tokenize {task.name}")
 
 
-def check_subset(raw, task: TaskSpec, cfg, rows: int) -> None:
-    """A training subset that cannot teach a classifier is refused before any training: a --data-fraction /
-    --max-train-samples subset of fewer rows than one batch, or (classification) rows of one class only."""
+def check_subset(data: "GlueData", cfg) -> None:
+    """A training subset that cannot teach a classifier is refused before any training (finetune, distill; not
+    augment, which only translates rows): a --data-fraction / --max-train-samples subset of fewer rows than one
+    batch, or (classification) rows of one class only."""
+    task, rows = data.task, int(data.info.get("train_rows_subset", len(data.train)))
     asked = (f"--data-fraction {cfg.data_fraction:g}" if cfg.data_fraction not in (None, 1.0) else "") + \
             (f" --max-train-samples {cfg.max_train_samples}" if cfg.max_train_samples else "")
     asked = asked.strip() or "the training data"
@@ -236,7 +238,7 @@ def check_subset(raw, task: TaskSpec, cfg, rows: int) -> None:
         raise UsageError(f"{asked} leaves {rows} training row(s), fewer than one batch (--batch-size "
                          f"{cfg.batch_size}); use more rows or a smaller --batch-size")
     if not task.regression:
-        classes = set(raw["label"])
+        classes = set(data.train["labels"])
         if len(classes) < 2:
             raise UsageError(f"{asked} leaves {rows} training rows, all of one class; use more rows (a larger "
                              f"--data-fraction) or another --data-seed")
@@ -262,7 +264,6 @@ def load_glue(cfg, task: TaskSpec, tokenizer, train: bool = True) -> GlueData:
                     subset_fingerprint=hashlib.sha256(idx.astype(np.int64).tobytes()).hexdigest()[:16])
         if len(idx) < len(raw):
             raw = raw.select(idx)
-        check_subset(raw, task, cfg, len(idx))
         content = f"{content}|{info['subset_fingerprint']}"
         if cfg.augment_file:
             p = Path(cfg.augment_file)

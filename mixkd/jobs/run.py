@@ -19,7 +19,7 @@ import torch
 from .. import __version__
 from ..core.atomic import write_json_atomic
 from ..core.config import MixKDConfig, check_writable_dir, validate
-from ..core.data import GlueData, announce_data_source, load_glue
+from ..core.data import GlueData, announce_data_source, check_subset, load_glue
 from ..core.errors import UsageError
 from ..core.metrics import above_chance, warn_if_at_chance
 from ..core.models import (build_student, check_same_vocab, count_parameters, encoder_depth, load_classifier,
@@ -222,6 +222,7 @@ def finetune(cfg: MixKDConfig, callbacks: list[EvalCallback] | None = None, wrap
     seed_everything(cfg.seed)
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     data = load_glue(_data_config(cfg), task, tokenizer)
+    check_subset(data, cfg)
     seed_everything(cfg.seed)
     model = load_classifier(cfg.model, task, new_head=True, trust_remote_code=cfg.trust_remote_code)
     cfg, rule = _schedule(cfg, data, _depth(model))
@@ -264,6 +265,7 @@ def distill(cfg: MixKDConfig, callbacks: list[EvalCallback] | None = None, wrap_
         student = build_student(teacher, cfg.student_layers, cfg.layer_strategy)
         kept = student.config.mixkd_teacher_layers
     data = load_glue(_data_config(cfg), task, tokenizer)
+    check_subset(data, cfg)
     if tmetrics and "subset_fingerprint" in tmetrics.get("data", {}) and not cfg.allow_subset_mismatch:
         if tmetrics["data"]["subset_fingerprint"] != data.info["subset_fingerprint"]:
             raise UsageError("the student's training subset differs from the teacher's although the fraction and "
