@@ -124,6 +124,8 @@ CASES = [
     ("finetune-json-rows-nested", ["finetune", "--model", "{tiny}", "--train-file", "{data}/nested.json",
                                    "--validation-file", "{data}/good.csv", "--output-dir", "{w}/o"],
      ["nested.json", "nested under the key 'data'", "one JSON object per row"]),
+    ("evaluate-own-data-model-as-glue", ["evaluate", "--model", "{customrun}", "--task", "sst2"],
+     ["trained on your own data (task 'reviews')", "not on GLUE sst2", "drop --task"]),
     ("select-unknown-format", ["select", "--tracking-uri", "sqlite:///{w}/mlflow.db", "--latency-budget-ms", "5",
                                "--out", "{w}/sel", "--formats", "torch,tflite"], ["tflite"]),
     # --- mixkd predict (issue 15)
@@ -225,6 +227,8 @@ CASES = [
     ("finetune-json-rows-nested", ["finetune", "--model", "{tiny}", "--train-file", "{data}/nested.json",
                                    "--validation-file", "{data}/good.csv", "--output-dir", "{w}/o"],
      ["nested.json", "nested under the key 'data'", "one JSON object per row"]),
+    ("evaluate-own-data-model-as-glue", ["evaluate", "--model", "{customrun}", "--task", "sst2"],
+     ["trained on your own data (task 'reviews')", "not on GLUE sst2", "drop --task"]),
     ("select-unknown-format", ["select", "--tracking-uri", "{w}/none", "--latency-budget-ms", "5", "--formats",
                                "torch,tflite", "--out", "{w}/o"], ["--formats", "'tflite'", "torch,torch-int8,onnx"]),
     ("augment-unknown-task", ["augment", "--task", "sst3"], ["sst3"]),
@@ -300,6 +304,11 @@ def places(tmp_path_factory, tiny_bert_dir, tiny_teacher_run, small_glue_dir) ->
     (data / "typo.yaml").write_text("task: sst2\nlearnig_rate: 1.0e-4\n")
     (data / "both.yaml").write_text("task: sst2\nlearning_rate: 1.0e-4\nlr: 3.0e-4\n")
     damaged["oneclassseed"] = str(_one_class_seed(small_glue_dir))
+    shutil.copytree(tiny_teacher_run, root / "customrun")           # a run recorded as trained on your own data
+    (root / "customrun" / "config.yaml").write_text(yaml.safe_dump({
+        **run_cfg, "task": "reviews", "train_file": str(data / "good.csv"), "validation_file": str(data / "good.csv"),
+        "text_columns": "review", "labels": "bad,good"}))
+    damaged["customrun"] = str(root / "customrun")
     damaged["unfinished"], damaged["pairrun"], damaged["data"] = (str(root / "unfinished"), str(root / "pairrun"),
                                                                    str(data))
     return {**damaged, "tiny": str(tiny_bert_dir), "teacher": str(tiny_teacher_run), "glue": str(small_glue_dir),
@@ -319,7 +328,7 @@ def _fill(arg: str, places: dict, w: Path) -> str:
     if arg.startswith("{preset:"):
         return places["presets"][arg[len("{preset:"):-1]]
     for k in ("tiny", "teacher", "glue", "afile", "emptyglue", "cutbase", "cut", "junk", "stub", "unfinished",
-              "pairrun", "data", "oneclassseed"):
+              "pairrun", "data", "oneclassseed", "customrun"):
         arg = arg.replace("{" + k + "}", places[k])
     return arg.replace("{w}", str(w))
 

@@ -95,6 +95,7 @@ def read_rows(src: CustomData, split: str):
         raise UsageError(f"{path} is empty; give a file with a header and at least one row")
     kw = {"delimiter": "\t", "quoting": 3} if path.suffix.lower() == ".tsv" else {}   # TSV: quotes are text
     if path.suffix.lower() in (".csv", ".tsv"):
+        from .table_files import check_table_file
         check_table_file(path, "\t" if kw else ",")
     try:
         rows = datasets.load_dataset(fmt, data_files={"rows": str(path)}, split="rows", **kw)
@@ -109,29 +110,6 @@ def read_rows(src: CustomData, split: str):
         raise UsageError(f"{path} holds its rows nested under the key {key!r}; write one JSON object per row (JSON "
                          f"lines, or a JSON array of objects) with the text and label as keys")
     return rows
-
-
-def check_table_file(path: Path, delimiter: str) -> None:
-    """A CSV / TSV that pandas would read wrongly or explain badly is refused naming the real cause: bytes that are
-    not UTF-8 (their line), a header that repeats a column name (pandas renames the copy and one of them is used
-    without a word), a row with another number of fields than the header (its line)."""
-    import csv, io  # noqa: E401
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise UsageError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save the file as UTF-8") from None
-    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
-    header = next(reader, [])
-    dup = next((c for i, c in enumerate(header) if c in header[:i]), None)
-    if dup is not None:
-        raise UsageError(f"{path}: the header names column {dup!r} twice; rename one of them")
-    for row in reader:
-        if row and len(row) != len(header):
-            raise UsageError(f"{path}:{reader.line_num}: {len(row)} fields where the header has {len(header)}; "
-                             f"fix that row (a stray {'tab' if delimiter == chr(9) else 'comma: quote the text'}?)")
 
 
 def _read_dataset(src: CustomData, split: str):
@@ -419,6 +397,11 @@ def inherit_data(cfg, run_dir: str | None):
         return cfg
     kw: dict[str, Any] = {}
     custom_saved = bool(saved.get("train_file") or saved.get("validation_file") or saved.get("dataset"))
+    if custom_saved and cfg.task is not None and cfg.task != saved.get("task") and not is_custom(cfg) \
+            and cfg.task.replace("-", "").replace("_", "").lower() in TASKS:
+        raise UsageError(f"{run_dir} was trained on your own data (task {saved.get('task')!r}), not on GLUE "
+                         f"{cfg.task}; drop --task to score it on its own dev data, or give other rows with "
+                         f"--validation-file")
     if cfg.task is None and saved.get("task") and (custom_saved or not is_custom(cfg)):
         kw["task"] = saved["task"]
     if custom_saved and not is_custom(cfg):
