@@ -372,7 +372,8 @@ def race(args) -> int:
     from mixkd.core.models import quiet_transformers
     quiet_transformers()
     dev = args.device
-    print(f"race on {dev} ({torch.get_num_threads()} CPU threads), torch {torch.__version__}")
+    from mixkd.deploy.latency import cpu_model
+    print(f"race on {dev} ({cpu_model()}, {torch.get_num_threads()} CPU threads), torch {torch.__version__}")
     results = [race_task(args, t, args.data_fraction if t == "sst2" else 1.0) for t in args.tasks]
     last = next((r for r in results if r["task"] == "sst2"), results[0])
     print(f"\nmixkd/hf sm+tmkd examples/s ratio: {last['out_of_the_box']:.2f}")
