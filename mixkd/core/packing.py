@@ -59,6 +59,7 @@ class Layout:
     gather: torch.Tensor      # (R, T') long: packed index of (row, t), t < T' = the longest row (clamped past a row)
     valid: torch.Tensor       # (R, T') bool: t < length of row
     positions: torch.Tensor   # (N,) long: t of each packed token
+    back: torch.Tensor        # (N,) long: index r * T' + t of each packed token in the (R, T') blocks
 
 
 def row_lengths(mask: torch.Tensor) -> torch.Tensor:
@@ -83,10 +84,11 @@ def layout_of(lengths: torch.Tensor, width: int, device: torch.device | str = "c
     flat = (torch.arange(R)[:, None] * width + t[None, :])[valid]
     gather = (starts[:, None] + t[None, :]).clamp(max=max(total - 1, 0))
     positions = t[None, :].expand(R, T)[valid]
+    back = (torch.arange(R)[:, None] * T + t[None, :])[valid]
 
     def dev(x):
         return x.to(device, non_blocking=True)
-    return Layout(R, total, dev(flat), dev(starts), dev(gather), dev(valid), dev(positions))
+    return Layout(R, total, dev(flat), dev(starts), dev(gather), dev(valid), dev(positions), dev(back))
 
 
 def pack(x: torch.Tensor, layout: Layout) -> torch.Tensor:
@@ -116,7 +118,8 @@ def packed_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, 
         mask = mask & ((t[:, None] - t[None, :]).abs() < sliding_window)[None, None]
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout if module.training else 0.0,
                                          scale=scaling)
-    return out.transpose(1, 2)[layout.valid].unsqueeze(0), None
+    # the real positions back, by an index built on the host (a boolean mask would make the GPU wait)
+    return out.transpose(1, 2).flatten(0, 1).index_select(0, layout.back).unsqueeze(0), None
 
 
 def _register() -> None:
@@ -136,7 +139,7 @@ def unpacked_reason(model: nn.Module) -> str | None:
         return UNPACKED_REASONS.get(fam, "mixkd has no packed path for this family (not verified)")
     if fam == "modernbert" and getattr(model.config, "classifier_pooling", "cls") != "cls":
         return "ModernBERT with mean pooling reads the padding mask in its head; only cls pooling is packed"
-    if getattr(model, "_pack_sequence_module", None) is None and _sequence_module(model) is None:
+    if _sequence_module(model) is None:
         return f"no {PACKED_FAMILIES[fam]} module found in this {fam} model"
     return None
 
