@@ -43,9 +43,10 @@ def _positive(flag: str, value: Any) -> int:
 def _run_config(folder: Path) -> dict | None:
     """config.yaml of the run a model folder belongs to (the run dir of a run's model/), if any."""
     import yaml
-    f = (folder.parent if folder.name == "model" else folder) / "config.yaml"
+    from ..core.custom_data import run_config_file
+    f = run_config_file(str(folder))   # the same lookup the data inheritance uses
     try:
-        cfg = yaml.safe_load(f.read_text()) if f.is_file() else None
+        cfg = yaml.safe_load(f.read_text()) if f is not None else None
     except (OSError, yaml.YAMLError):
         cfg = None
     return cfg if isinstance(cfg, dict) else None
