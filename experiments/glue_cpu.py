@@ -74,8 +74,16 @@ def weights_sha(teacher_dir: Path) -> str:
 
 
 def commit(paths: list[Path], message: str) -> None:
-    subprocess.run(["git", "-C", str(REPO), "add", *map(str, paths)], check=True)
-    subprocess.run(["git", "-C", str(REPO), "commit", "-q", "-m", message], check=False)
+    """Commit these paths only (never whatever else is staged), retrying while another git holds the index."""
+    for attempt in range(30):
+        add = subprocess.run(["git", "-C", str(REPO), "add", *map(str, paths)], capture_output=True, text=True)
+        done = add.returncode == 0 and subprocess.run(
+            ["git", "-C", str(REPO), "commit", "-q", "-m", message, "--", *map(str, paths)],
+            capture_output=True, text=True).returncode == 0
+        if done:
+            return
+        time.sleep(10)
+    print(f"could not commit {', '.join(map(str, paths))}: commit them by hand", flush=True)
 
 
 def keep_store(exp: Path, dest: Path) -> None:
