@@ -75,10 +75,11 @@ def weights_sha(teacher_dir: Path) -> str:
 
 def commit(paths: list[Path], message: str) -> None:
     """Commit these paths only (never whatever else is staged), retrying while another git holds the index."""
+    repo = str(paths[0] if paths[0].is_dir() else paths[0].parent)   # the results' repository (a worktree may run)
     for attempt in range(30):
-        add = subprocess.run(["git", "-C", str(REPO), "add", *map(str, paths)], capture_output=True, text=True)
+        add = subprocess.run(["git", "-C", repo, "add", *map(str, paths)], capture_output=True, text=True)
         done = add.returncode == 0 and subprocess.run(
-            ["git", "-C", str(REPO), "commit", "-q", "-m", message, "--", *map(str, paths)],
+            ["git", "-C", repo, "commit", "-q", "-m", message, "--", *map(str, paths)],
             capture_output=True, text=True).returncode == 0
         if done:
             return
