@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mixkd import latency as L  # noqa: E402
+from mixkd.deploy import latency as L  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -2,7 +2,7 @@
 
 N identical small trials (a 2-layer sm+tmkd student of the packaged MiniLM on an SST-2 slice) run
 (1) in a fresh Python process, one after another, with mixkd.jobs.run.distill, and (2) as a grid sweep
-of N identical cells through mixkd.platform.sweep.run_sweep in a fresh Python process on a local Ray
+of N identical cells through mixkd.platform.driver.run_sweep in a fresh Python process on a local Ray
 instance, one trial at a time with the same CPUs. Both are timed from process start to exit, so
 both pay their imports once; ray.init and ray.shutdown are timed apart and printed beside (on a
 cluster Ray is already running). The teacher is prepared once beforehand and reused by both. The two

@@ -384,7 +384,8 @@ class FakeRay:
 
 
 def test_sweep_prepares_bt_once_per_group(short_mt, small_glue_dir, tmp_path, monkeypatch, capsys):
-    from mixkd.platform.sweep import SweepSpec, prepare_augmentations
+    from mixkd.platform.prepare import prepare_augmentations
+    from mixkd.platform.spec import SweepSpec
     fake = FakeRay()
     monkeypatch.setitem(sys.modules, "ray", fake)
     spec = SweepSpec.from_dict({
@@ -412,7 +413,8 @@ def test_sweep_prepares_bt_once_per_group(short_mt, small_glue_dir, tmp_path, mo
 
 
 def test_sweep_without_bt_does_nothing(small_glue_dir, tmp_path, monkeypatch):
-    from mixkd.platform.sweep import SweepSpec, prepare_augmentations
+    from mixkd.platform.prepare import prepare_augmentations
+    from mixkd.platform.spec import SweepSpec
     fake = FakeRay()
     monkeypatch.setitem(sys.modules, "ray", fake)
     spec = SweepSpec.from_dict({"name": "x", "mode": "grid", "tasks": ["sst2"], "data_dir": str(small_glue_dir),

@@ -335,7 +335,7 @@ def _fill(arg: str, places: dict, w: Path) -> str:
 
 def _existing_experiment(w: Path, places: dict) -> None:
     """An experiment folder left by an earlier sweep of the same name (refused without --resume)."""
-    from mixkd.platform.sweep import SweepSpec
+    from mixkd.platform.spec import SweepSpec
     spec = SweepSpec.from_yaml(places["presets"]["valid"])
     spec.storage_path = str(w / "sweeps")
     spec.validate()

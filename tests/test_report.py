@@ -1,4 +1,4 @@
-"""mixkd.runstore, mixkd.report and `mixkd report` on an MLflow store filled with synthetic runs.
+"""mixkd.tracking.runstore, mixkd.report and `mixkd report` on an MLflow store filled with synthetic runs.
 
 The runs carry the tags, params and metrics that mixkd.tracking writes (a parent 'sweep' run, nested
 'teacher' and 'trial' runs), with known values, so every cell of the report can be checked.

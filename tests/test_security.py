@@ -136,7 +136,8 @@ def test_secrets_are_never_logged_or_saved(tmp_path, monkeypatch, tiny_bert_dir,
     from mlflow.tracking import MlflowClient
     from mixkd.core.config import MixKDConfig
     from mixkd.core.errors import UsageError
-    from mixkd.platform.sweep import SweepSpec, saved_spec, summarize, sweep_params
+    from mixkd.platform.spec import SweepSpec, saved_spec, sweep_params
+    from mixkd.platform.summary import summarize
     from mixkd.tracking.store import check_tracking_uri, redact_uri
     from mixkd.tracking.writer import SweepTracker
     from test_sweep import spec_dict

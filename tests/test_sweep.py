@@ -1,4 +1,4 @@
-"""The Ray Tune / Optuna / MLflow layer (mixkd.sweep, mixkd.ray_train, experiments/glue_sweep.py).
+"""The Ray Tune / Optuna / MLflow layer (mixkd.platform, mixkd.platform.ray_train, experiments/glue_sweep.py).
 
 Everything is offline and CPU-only: tiny random BERTs (conftest.make_tiny_bert) distilled on the small
 GLUE slices. Ray sessions never overlap: the single-node tests share one local Ray instance (a class-scoped

@@ -14,7 +14,7 @@ from mixkd.tracking.writer import BackgroundTracker, SweepTracker
 
 
 def fake_run_dir(path, score=0.75, steps=(5, 10)):
-    """A finished run folder as mixkd.run writes it: config.yaml, log.jsonl, metrics.json."""
+    """A finished run folder as mixkd.jobs.run writes it: config.yaml, log.jsonl, metrics.json."""
     path.mkdir(parents=True)
     cfg = MixKDConfig(task="sst2", variant="sm+tmkd", student_layers=2, teacher="t", output_dir=str(path))
     cfg.save_yaml(path / "config.yaml")

@@ -1,4 +1,4 @@
-"""End-to-end tests of the training loop through the Python API (mixkd.run / mixkd.trainer).
+"""End-to-end tests of the training loop through the Python API (mixkd.jobs.run / mixkd.core.trainer).
 
 Tiny random BERTs (32 wide) on the small real GLUE slices; CPU only, offline.
 """

@@ -1,6 +1,6 @@
 """The sweep driver: :func:`run_sweep` prepares, then runs the trials of every group on Ray Tune
 (+ OptunaSearch and ASHA, or a grid), recording them in MLflow (the experiment folder's layout is in
-:mod:`mixkd.platform.sweep`)."""
+:mod:`mixkd.platform`)."""
 from __future__ import annotations
 
 import math

@@ -161,7 +161,7 @@ def _latency_task(jobs: list[dict], batch_sizes: list[int], seq_len: int, device
 def measure_latencies(spec: SweepSpec, exp_dir: Path, teachers: dict[str, str]) -> dict[str, dict]:
     """Latency of the teacher and of every student architecture per task, measured as one Ray task that
     reserves a whole node (every CPU, and its GPUs for a GPU sweep), so nothing runs beside it. The
-    results are cached by architecture and device (mixkd.latency), so a resumed or later sweep on the
+    results are cached by architecture and device (mixkd.deploy.latency), so a resumed or later sweep on the
     same hardware measures nothing again. Returns {latency key: {"metrics", "tags", "objective_ms"}}."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
