@@ -1,7 +1,7 @@
 """Deployment formats (issue 14): `mixkd export` in torch / torch-int8 / onnx / onnx-int8, reloaded and checked on
 the dev set, complete or absent; `mixkd evaluate` and `mixkd latency` on exports; the latency cache per format;
-the budget choice over (configuration × format); the README's plain onnxruntime snippet; and the packaged MiniLM
-cut to a 2-layer student exported to onnx fp32 and int8."""
+the budget choice over (configuration × format); the plain onnxruntime snippet of docs/deploy.md (Ship it); and the
+packaged MiniLM cut to a 2-layer student exported to onnx fp32 and int8."""
 from __future__ import annotations
 
 import json
@@ -206,10 +206,10 @@ def test_select_refuses_an_unmeetable_budget_before_converting_anything(tiny_mod
     assert "no configuration meets the latency budget of 0.0001 ms" in err and "the fastest is" in err
 
 
-# --- README: plain onnxruntime + tokenizers ----------------------------------------------------------
-def test_readme_ship_it_snippet_runs_without_mixkd_or_torch(exports):
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("## Ship it"):]
+# --- docs/deploy.md (the README links it): plain onnxruntime + tokenizers ----------------------------
+def test_docs_ship_it_snippet_runs_without_mixkd_or_torch(exports):
+    page = (REPO / "docs" / "deploy.md").read_text()
+    section = page[page.index("## Ship it"):]
     code = re.findall(r"```python\n(.*?)```", section, re.S)[0]
     assert "mixkd" not in code and "torch" not in code and len(code.strip().splitlines()) <= 20
     code = code.replace("folder = 'runs/ship'", f"folder = {exports['onnx']['out']!r}")

@@ -19,7 +19,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = sorted([*(REPO / "mixkd").rglob("*.py"), *(REPO / "experiments").rglob("*.py"),
                   *(REPO / "cluster").rglob("*.py")])
-SCRIPTS = sorted([*(REPO / "cluster").rglob("*"), REPO / "Makefile", REPO / "README.md",
+SCRIPTS = sorted([*(REPO / "cluster").rglob("*"), REPO / "Makefile", REPO / "README.md", *(REPO / "docs").rglob("*.md"),
                   *(REPO / "experiments").rglob("*.sh"), *(REPO / "mixkd").rglob("*.py")])
 # Where a wider bind is deliberate and documented next to it: the KubeRay head's dashboard listens on the
 # pod network (the operator and RayJob submitter reach it through a ClusterIP Service; token auth is on).
