@@ -30,7 +30,7 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# The main job: the demo sweep (experiments/presets/demo.yaml): the packaged MiniLM teacher on 1,000 SST-2
+# The main job: the demo sweep (mixkd/platform/presets/demo.yaml): the packaged MiniLM teacher on 1,000 SST-2
 # rows, ft vs MixKD students of 1-3 layers x 2 seeds on a local Ray instance, recorded in MLflow; then the
 # claims scorecard, the best student within half the teacher's latency (exported) and the report.
 # --resume starts it the first time and continues (or just re-prints) it afterwards.

@@ -4,7 +4,7 @@
     python experiments/glue_sweep.py --address auto --preset paper      # the paper's grid on a GPU cluster
     python experiments/glue_sweep.py --address auto --preset smoke --resume
 
-See `--help` and experiments/presets/*.yaml (copy one and pass its path as --preset).
+See `--help`, `--list-presets` and mixkd/platform/presets/*.yaml (copy one and pass its path as --preset).
 """
 import sys
 

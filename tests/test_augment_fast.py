@@ -172,7 +172,7 @@ def test_repro_cpu_preset_parses_with_offline_bt():
     from mixkd.augment.backtranslate import settings_from_config
     from mixkd.platform.search_space import grid_cells
     from mixkd.platform.spec import SweepSpec
-    spec = SweepSpec.from_yaml(Path(__file__).resolve().parents[1] / "experiments/presets/repro-cpu.yaml").validate()
+    spec = SweepSpec.from_yaml(Path(__file__).resolve().parents[1] / "mixkd/platform/presets/repro-cpu.yaml").validate()
     assert (spec.mode, spec.tasks, spec.teacher_model, spec.seeds) == ("grid", ["sst2"], "minilm-l6", [42])
     assert spec.data_fractions == [0.1, 0.01] and spec.student_seeds == [1, 2, 3]
     cells = grid_cells(spec.grid)

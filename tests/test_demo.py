@@ -17,7 +17,7 @@ KNOBS = {"epochs": 1, "lr": 1e-3, "batch_size": 16, "max_seq_length": 32, "max_e
 
 def test_the_demo_preset_is_valid_and_compares_ft_with_mixkd():
     from mixkd.platform.spec import SweepSpec
-    spec = SweepSpec.from_yaml(REPO / "experiments" / "presets" / "demo.yaml").validate()
+    spec = SweepSpec.from_yaml(REPO / "mixkd" / "platform" / "presets" / "demo.yaml").validate()
     assert spec.mode == "grid" and set(spec.grid["variant"]) == {"ft", "sm+tmkd"}
     assert set(spec.grid["student_layers"]) >= {1, 2, 3} and len(spec.student_seeds) >= 2
     assert spec.latency_budget_ms == "auto" and spec.report and spec.data_dir is None
@@ -77,11 +77,11 @@ def test_demo_path_end_to_end_on_the_embedded_sample(cli_env, tmp_path, tiny_ber
 
 
 def test_every_named_preset_loads_by_name():
-    """`--preset NAME` finds experiments/presets/NAME.yaml from the installed CLI module."""
+    """`--preset NAME` finds mixkd/platform/presets/NAME.yaml (package data) from the CLI module."""
     import argparse
 
     from mixkd.cli.sweep import PRESETS, PRESETS_DIR, load_spec
-    assert PRESETS_DIR == REPO / "experiments" / "presets"
+    assert PRESETS_DIR == REPO / "mixkd" / "platform" / "presets"
     for name in PRESETS:
         assert (PRESETS_DIR / f"{name}.yaml").is_file(), name
     args = argparse.Namespace(preset="smoke", experiment_name=None)

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_glue_cpu_driver_end_to_end(tmp_path, tiny_bert_dir, small_glue_dir, monkeypatch):
     sys.path.insert(0, str(REPO / "experiments"))
     import glue_cpu
-    preset = yaml.safe_load((REPO / "experiments" / "presets" / "glue-cpu.yaml").read_text())
+    preset = yaml.safe_load((REPO / "mixkd" / "platform" / "presets" / "glue-cpu.yaml").read_text())
     knobs = {"max_steps": 4, "eval_steps": 4, "batch_size": 16, "max_seq_length": 48, "max_eval_samples": 32}
     preset.update(tasks=["mrpc"], teacher_model=str(tiny_bert_dir), data_dir=str(small_glue_dir),
                   teacher={**preset["teacher"], **knobs}, base={**preset["base"], **knobs},

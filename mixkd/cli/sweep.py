@@ -5,11 +5,13 @@ import argparse
 import os
 import socket
 import sys
+from importlib import resources
 from pathlib import Path
 
 from ..core.errors import UsageError
 
-PRESETS_DIR = Path(__file__).resolve().parents[2] / "experiments" / "presets"   # the repository's
+# the named presets: package data (mixkd/platform/presets/), so an installed mixkd has them as a source tree does
+PRESETS_DIR = resources.files("mixkd.platform") / "presets"
 PRESETS = ("demo", "smoke", "ablation", "limited", "search", "paper", "repro-cpu")
 # environment the Ray workers need (offline mode, data and cache locations)
 # (not MLflow's: the driver is the only MLflow writer, so tracking URIs and tokens stay in its process and
@@ -21,7 +23,7 @@ WORKER_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "GLUE_DIR", "MIXKD_CACHE"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default="auto",
                    help="Ray cluster: 'auto' (a running cluster, else a local instance), 'local', or HOST:PORT / ray://...")
-    p.add_argument("--preset", default="demo", help=f"one of {', '.join(PRESETS)} or a YAML file (see experiments/presets/)")
+    p.add_argument("--preset", default="demo", help=f"one of {', '.join(PRESETS)} (see --list-presets) or a YAML file")
     p.add_argument("--tasks", nargs="+", help="GLUE tasks (overrides the preset)")
     p.add_argument("--teacher-model", help="teacher backbone: hub id, local dir or minilm-l6")
     p.add_argument("--num-samples", type=int, help="search: trials per (task, data fraction, seed)")
@@ -55,6 +57,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="measure the teacher and each student depth once before the trials (default: on)")
     p.add_argument("--searcher", choices=("auto", "tpe", "nsga2", "random"),
                    help="Optuna sampler (auto: TPE, NSGA-II with --latency-budget-ms)")
+    p.add_argument("--list-presets", action="store_true",
+                   help="print each named preset and the file it is read from, then exit")
+    p.add_argument("--print-spec", action="store_true",
+                   help="print the sweep spec the preset and these flags resolve to (YAML) and exit: no Ray, no run")
 
 
 def load_spec(args: argparse.Namespace):
@@ -63,7 +69,8 @@ def load_spec(args: argparse.Namespace):
     path = PRESETS_DIR / f"{preset}.yaml" if preset in PRESETS else Path(preset)
     if not path.is_file():
         raise UsageError(f"--preset {preset!r} is neither one of {', '.join(PRESETS)} nor a YAML file")
-    spec = SweepSpec.from_yaml(path)
+    with resources.as_file(path) as file:   # a real file even if the package is not on a filesystem
+        spec = SweepSpec.from_yaml(file)
     overrides = {k: getattr(args, k) for k in ("tasks", "teacher_model", "num_samples", "seeds", "data_fractions",
                                                "workers_per_trial", "gpus_per_trial", "cpus_per_trial", "max_concurrent_trials",
                                                "storage_path", "tracking_uri", "data_dir",
@@ -133,10 +140,18 @@ def connect(address: str) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    if getattr(args, "list_presets", False):
+        for name in PRESETS:
+            print(f"{name}\t{PRESETS_DIR / f'{name}.yaml'}")
+        return 0
+    spec = load_spec(args)
+    if getattr(args, "print_spec", False):
+        import yaml
+        print(yaml.safe_dump(spec.to_dict(), sort_keys=False), end="")
+        return 0
     from ..platform.driver import run_sweep
     from ..platform.spec import preflight
     from ..platform.summary import format_summary
-    spec = load_spec(args)
     preflight(spec)   # storage, GLUE files, student depth: before Ray starts
     if (spec.experiment_dir / "sweep.yaml").is_file() and not args.resume:   # before Ray starts
         raise UsageError(f"experiment '{spec.experiment_dir}' exists; pass --resume to continue it or choose "

@@ -9,6 +9,7 @@ Sweeps: Ray Tune (+ OptunaSearch and ASHA, or a grid) over MixKD students, recor
     trial.py    run_trial (the Tune function of every trial), trial_failure_reason
     driver.py   run_sweep: the Tune driver, its MLflow callback, the selection under a latency budget
     summary.py  summarize (summary.json), format_summary
+    presets/    the named sweep presets (``mixkd sweep --preset NAME``), package data
 
 Layout of an experiment folder (``<storage_path>/<name>/``)::
 
