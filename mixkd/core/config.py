@@ -29,7 +29,8 @@ VARIANT_TERMS = {
     "pkd": ("mle", "kd", "pt"),        # PKD (Sun et al. 2019): Hinton KD + the patient loss L_PT
 }
 # Fields that change where/how a run executes but not what it computes; left out of the hash.
-RUNTIME_FIELDS = {"output_dir", "overwrite", "resume", "progress", "device", "data_dir", "augment_dir", "packing"}
+RUNTIME_FIELDS = {"output_dir", "overwrite", "resume", "progress", "device", "data_dir", "augment_dir", "packing",
+                  "teacher_outputs"}
 
 
 ALL = ("finetune", "distill", "evaluate")
@@ -156,6 +157,10 @@ class MixKDConfig:
                               "row (the same math as padded batches, without computing padding); auto: wherever "
                               "the model family is packed (README: families), else padded; on: refuse a family that "
                               "is not; off: padded batches", choices=("auto", "on", "off"), cmds=ALL)
+    teacher_outputs: str = _f("cache", "kd/pkd: the frozen teacher's outputs on the training rows: cache (computed "
+                                       "once per teacher, training rows and precision, stored next to the teacher, "
+                                       "checked on every read, shared by a sweep's trials) or live (run the teacher "
+                                       "every step)", choices=("cache", "live"), cmds=("distill",))
     eval_batch_size: int = _f(128, "evaluation batch size", cmds=ALL)
     grad_accum: int = _f(1, "gradient accumulation steps")
     lr: Optional[float] = _f(None, "peak learning rate (AdamW, linear warm-up and decay; default: step-aware, by "

@@ -27,7 +27,7 @@ from . import batching, faults, losses, packing
 from .checkpoints import (append_event, read_checkpoint, repair_checkpoints, rng_state, set_rng_state, truncate_log,
                           write_checkpoint)
 from .data import GlueData
-from .device import autocast_for, distributed_context, resolve_device
+from .device import autocast_for, distributed_context, resolve_device, resolve_precision
 from .errors import NonFiniteLossError, UsageError
 from .evaluation import dev_chance, evaluate_model, make_collator, model_inputs, predict  # noqa: F401 (re-exported)
 from .metrics import above_chance
@@ -111,6 +111,14 @@ class Trainer:
             warnings.warn("variant pkd with a 1-layer student: no intermediate layer to match, L_PT is 0 "
                           "(the run is Hinton KD)", stacklevel=2)
         self.collator = make_collator(tokenizer)
+        # kd/pkd: the teacher's outputs on the training rows, computed once (mixkd.core.teacher_cache)
+        self.teacher_cache = None
+        if "kd" in self.terms and cfg.teacher_outputs == "cache":
+            from .teacher_cache import teacher_outputs
+            self.teacher_cache = teacher_outputs(
+                self.teacher, cfg.teacher, data.train, self.collator, cfg.eval_batch_size, self.device,
+                "bf16" if resolve_precision(self.device, cfg.precision)[0] else "fp32", self.packed,
+                hidden="pt" in self.terms)
         self.callbacks = list(callbacks or [])
         self.lengths = batching.row_lengths(data.train) if cfg.group_by_length else None
 
@@ -155,10 +163,11 @@ class Trainer:
         return batching.epoch_steps(order, self.cfg.batch_size, self.cfg.grad_accum)
 
     # --- one step -----------------------------------------------------------------------------
-    def compute_losses(self, batch: dict[str, torch.Tensor], lengths: torch.Tensor | None = None
-                       ) -> dict[str, torch.Tensor]:
+    def compute_losses(self, batch: dict[str, torch.Tensor], lengths: torch.Tensor | None = None,
+                       rows: list[int] | None = None) -> dict[str, torch.Tensor]:
         """The named loss terms of the variant on one micro-batch (unweighted). ``lengths``: the rows' real-token
-        counts on the host (packed runs: read from the collator's CPU mask before the batch moved)."""
+        counts on the host (packed runs: read from the collator's CPU mask before the batch moved); ``rows``: the
+        batch's training-row indices (kd/pkd read the teacher's cached outputs by them)."""
         cfg, task, s = self.cfg, self.task, self.student
         labels = batch["labels"]
         terms: dict[str, torch.Tensor] = {}
@@ -201,11 +210,15 @@ class Trainer:
             logits = out.logits
         terms["mle"] = losses.mle_loss(logits, labels, task.regression)
         if "kd" in self.terms:
-            with torch.no_grad():
-                t_out = self._forward(self.teacher, model_inputs(self.teacher, batch), lengths, hidden=hidden)
-            terms["kd"] = losses.kd_loss(logits, t_out.logits, cfg.temperature, task.regression)
+            if self.teacher_cache is not None and rows is not None:
+                t_logits, t_hidden = self.teacher_cache.rows(rows, labels.device)
+            else:
+                with torch.no_grad():
+                    t_out = self._forward(self.teacher, model_inputs(self.teacher, batch), lengths, hidden=hidden)
+                t_logits, t_hidden = t_out.logits, t_out.hidden_states
+            terms["kd"] = losses.kd_loss(logits, t_logits, cfg.temperature, task.regression)
             if "pt" in self.terms:   # 1-layer student: nothing to match, L_PT is 0 (logged as such)
-                terms["pt"] = (losses.patient_loss(out.hidden_states, t_out.hidden_states, self.pkd_pairs)
+                terms["pt"] = (losses.patient_loss(out.hidden_states, t_hidden, self.pkd_pairs)
                                if self.pkd_pairs else logits.new_zeros(()).float())
         return {k: terms[k] for k in ("mle", "sm", "tmkd", "kd", "pt") if k in terms}
 
@@ -214,7 +227,8 @@ class Trainer:
         """``model``'s forward (run by ``call``: the student's DDP wrapper), packed when the run packs."""
         return packing.forward(model, inputs, self.packed, lengths, call=call, hidden_states=hidden)
 
-    def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    def train_step(self, micro_batches: list[dict[str, torch.Tensor]],
+                   rows: list[list[int]] | None = None) -> dict[str, torch.Tensor]:
         """Forward/backward over the step's micro-batches, then clip, step the optimizer and schedule.
 
         Returns each loss term and the total, averaged over the micro-batches, as 0-d float64 tensors on the
@@ -225,12 +239,12 @@ class Trainer:
         n_micro = len(micro_batches)
         fault = faults.loss_fault(self.step + 1, self.terms)   # None unless MIXKD_FAULTS asks (tests/test_faults.py)
         acc = None
-        for batch in micro_batches:
+        for i, batch in enumerate(micro_batches):
             # packed: the rows' lengths, read from the collator's host mask before the copy (no device read)
             lengths = packing.row_lengths(batch["attention_mask"]) if self.packed else None
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             with autocast_for(self.device, self.cfg.precision):
-                terms = self.compute_losses(batch, lengths)
+                terms = self.compute_losses(batch, lengths, None if rows is None else rows[i])
             if fault in terms:
                 terms[fault] = terms[fault] * float("nan")
             loss = losses.weighted_sum(terms, self.weights)
@@ -377,7 +391,7 @@ class Trainer:
             for step_batches in todo:
                 t0 = time.perf_counter()
                 micro = [next(batches) for _ in step_batches]
-                totals = self.train_step(micro)
+                totals = self.train_step(micro, step_batches)
                 self.step_in_epoch += 1
                 self.train_time += time.perf_counter() - t0
                 for k, v in totals.items():
