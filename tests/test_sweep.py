@@ -106,7 +106,7 @@ def trial_dirs(exp_dir: Path) -> list[Path]:
 
 
 def log_rows(run_dir: Path) -> list[dict]:
-    return [json.loads(l) for l in (run_dir / "log.jsonl").read_text().splitlines() if l.strip()]
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
 
 
 def check_sweep_records(exp_dir: Path, name: str, n_trials: int, teacher_key: str = TEACHER_KEY,
@@ -145,7 +145,8 @@ def check_sweep_records(exp_dir: Path, name: str, n_trials: int, teacher_key: st
         for metric in ("loss/total", "eval/accuracy"):
             hist = client.get_metric_history(r.info.run_id, metric)
             assert sorted(m.step for m in hist) == [row["step"] for row in rows], \
-                f"trial {key}: {metric} history steps {sorted(m.step for m in hist)} vs evals {[x['step'] for x in rows]}"
+                (f"trial {key}: {metric} history steps {sorted(m.step for m in hist)} "
+                 f"vs evals {[x['step'] for x in rows]}")
         assert r.data.metrics["final/primary"] == pytest.approx(metrics["primary_value"])
         artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
         assert {"config.yaml", "metrics.json", "log.jsonl"} <= artifacts, artifacts
@@ -299,6 +300,28 @@ class TestSingleNode:
         assert sorted((r.data.tags["variant"], int(r.data.tags["student_layers"])) for r in runs["trial"]) \
             == sorted(cells)
         assert tune_trial_count(spec.experiment_dir / "tune" / "grid") == 4
+
+    def test_grid_computes_the_teacher_outputs_once_for_every_kd_and_pkd_trial(self, local_ray, tmp_path,
+                                                                               tiny_bert_dir, small_glue_dir, capsys):
+        from mixkd.platform.driver import run_sweep
+        grid = {"variant": ["kd", "pkd", "ft"], "student_layers": [1, 2]}
+        spec = make_spec("tiny-kd-grid", tmp_path, tiny_bert_dir, small_glue_dir, mode="grid", grid=grid,
+                         search_space={}, measure_latency=False)
+        summary = run_sweep(spec)
+        out = capsys.readouterr().out
+        assert summary["finished_trials"] == 6
+        entries = sorted((spec.experiment_dir / "teachers" / TEACHER_KEY / "teacher_outputs").glob("*.safetensors"))
+        assert len(entries) == 2, entries     # kd's logits, pkd's logits and hidden states: each computed once
+        assert out.count("teacher outputs ") == 2 and out.count(": computed ") == 2, out
+        seen = {}
+        for d in trial_dirs(spec.experiment_dir):
+            m = json.loads((d / "metrics.json").read_text())
+            if m["variant"] == "ft":
+                assert m["teacher_outputs"] is None
+                continue
+            assert m["teacher_outputs"]["reused"] is True, (d, m["teacher_outputs"])   # no trial computed them
+            seen.setdefault(m["variant"], set()).add(m["teacher_outputs"]["entry"])
+        assert {k: len(v) for k, v in seen.items()} == {"kd": 1, "pkd": 1} and seen["kd"] != seen["pkd"]
 
     def test_torch_trainer_two_workers_checkpoints(self, local_ray, tmp_path, tiny_teacher_run, small_glue_dir):
         from conftest import tiny_cfg
@@ -483,7 +506,7 @@ def test_address_local_never_attaches_to_the_cluster_in_ray_address(two_node_clu
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180,
                           cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    where = [l for l in proc.stdout.splitlines() if l.startswith("WHERE")]
+    where = [line for line in proc.stdout.splitlines() if line.startswith("WHERE")]
     assert where and "local Ray instance" in where[0], proc.stdout
     assert "node_a" not in where[0] and "node_b" not in where[0], \
         f"--address local attached to the cluster in RAY_ADDRESS={two_node_cluster.address}: {where[0]}"

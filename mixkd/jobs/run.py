@@ -172,6 +172,9 @@ def _train(cfg: MixKDConfig, command: str, task: TaskSpec, student, tokenizer, d
         "train_examples_per_s": round(trainer.examples_seen / max(trainer.train_time, 1e-9), 2),
         "config_hash": cfg.config_hash(), "data": data.info, "device": str(trainer.device),
         "precision_resolved": precision, "packing_resolved": trainer.packing_note, "packed": trainer.packed,
+        "teacher_outputs": None if trainer.teacher_cache is None else {   # kd/pkd: mixkd.core.teacher_cache
+            "entry": str(trainer.teacher_cache.path) if trainer.teacher_cache.path else None,
+            "reused": trainer.teacher_cache.reused},
         **_labels_report(task, out / "model", data, cfg, trainer.device),
         "environment": _environment(), **(extra or {}),
     }
@@ -237,9 +240,35 @@ def distill(cfg: MixKDConfig, callbacks: list[EvalCallback] | None = None, wrap_
     ``before_write()``, if given, is called once the models and data are loaded, before anything is
     written to the output dir (a sweep trial waits there until Tune has saved it: see
     mixkd.platform.trial.run_trial)."""
+    cfg, task, student, tokenizer, data, teacher, extra = _distill_parts(cfg, check_output=resume_from is None)
+    if before_write is not None:
+        before_write()
+    return _train(cfg, "distill", task, student, tokenizer, data, teacher=teacher, extra=extra, callbacks=callbacks,
+                  wrap_model=wrap_model, resume_from=resume_from)
+
+
+def teacher_outputs(cfg: MixKDConfig) -> dict:
+    """The kd/pkd teacher outputs a ``distill`` of ``cfg`` reads, found or computed now (mixkd.core.teacher_cache):
+    a sweep calls this once per (teacher, training set) before its trials, which then find them. Writes nothing
+    but the cache entry."""
+    import tempfile
+
+    from ..core.trainer import Trainer
+    cfg, task, student, tokenizer, data, teacher, _ = _distill_parts(cfg, check_output=False)
+    if teacher is None or "kd" not in cfg.terms:
+        return {"cached": False}
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(cfg.replace(output_dir=tmp), task, student, tokenizer, data, Path(tmp), teacher=teacher)
+        cache = trainer.teacher_cache
+    return {"cached": cache is not None, "path": str(cache.path) if cache and cache.path else None,
+            "reused": bool(cache and cache.reused), "rows": len(data.train)}
+
+
+def _distill_parts(cfg: MixKDConfig, check_output: bool):
+    """What a distill trains with, checked: (resolved cfg, task, student, tokenizer, data, teacher or None, extra)."""
     cfg = validate(cfg, "distill")
     resolve_device(cfg.device)   # a device that is not there: refused before any data is read or file written
-    if resume_from is None:
+    if check_output:
         check_writable_dir(cfg.output_dir, "--output-dir")   # before loading anything
     cfg, task = task_for(cfg, "distill")
     tcfg, tmetrics = _teacher_run(cfg.teacher)
@@ -281,10 +310,7 @@ def distill(cfg: MixKDConfig, callbacks: list[EvalCallback] | None = None, wrap_
         del teacher
         teacher = None
     cfg, extra["defaults_rule"] = _schedule(cfg, data, _depth(student))
-    if before_write is not None:
-        before_write()
-    return _train(cfg, "distill", task, student, tokenizer, data, teacher=teacher, extra=extra, callbacks=callbacks,
-                  wrap_model=wrap_model, resume_from=resume_from)
+    return cfg, task, student, tokenizer, data, teacher, extra
 
 
 def evaluate(cfg: MixKDConfig) -> dict:

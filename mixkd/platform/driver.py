@@ -13,7 +13,8 @@ import yaml
 from ..core.config import MixKDConfig
 from ..core.atomic import write_json_atomic
 from ..core.errors import UsageError
-from .prepare import latency_key, measure_latencies, prepare_augmentations, prepare_teachers
+from .prepare import (latency_key, measure_latencies, prepare_augmentations, prepare_teacher_outputs,
+                      prepare_teachers)
 from .search_space import DefineByRun, build_space, grid_cells
 from .spec import CONFIG_FIELDS, SweepSpec, preflight, saved_spec, sweep_params
 from .summary import summarize
@@ -141,6 +142,7 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
                                 artifact_dir=exp_dir / "mlartifacts", sweep_params=sweep_params(spec))
     prepare_augmentations(spec, exp_dir, tracker)   # +BT files first (sets base.augment_dir); no-op without BT
     teachers = prepare_teachers(spec, exp_dir, tracker)
+    prepare_teacher_outputs(spec, teachers)   # kd/pkd: the teacher on the training rows once, not once per trial
     latency = measure_latencies(spec, exp_dir, teachers) if spec.measure_latency else {}
     if latency:
         from ..tracking.writer import SweepTracker

@@ -138,6 +138,57 @@ def prepare_teachers(spec: SweepSpec, exp_dir: Path, tracker=None) -> dict[str, 
     return teachers
 
 
+# --- teacher outputs (kd/pkd): once per (teacher, training set), before the trials ------------------------
+
+def _teacher_outputs_task(cfg_dict: dict) -> dict:
+    from ..jobs.run import teacher_outputs
+    return teacher_outputs(MixKDConfig.from_dict(cfg_dict))
+
+
+def _kd_cells(spec: SweepSpec) -> list[dict]:
+    """Knob sets of the sweep's students that query the teacher on the training rows (kd, pkd): the grid's cells
+    of those variants, or in search mode each such variant the space offers (with and without +BT if offered)."""
+    if spec.mode == "grid":
+        cells = grid_cells(spec.grid) if spec.grid else [{}]
+    else:
+        space = build_space(spec.search_space, spec.base)
+        variants = (space.get("variant") or {}).get("values") or [spec.base.get("variant", MixKDConfig.variant)]
+        cells = [{"variant": v, **bt} for v in variants for bt in _bt_cells(spec)]
+    return [c for c in cells if "kd" in MixKDConfig.from_dict({**spec.base, **c}).terms]
+
+
+def prepare_teacher_outputs(spec: SweepSpec, teachers: dict[str, str]) -> dict[str, dict]:
+    """The kd/pkd trials' teacher outputs (mixkd.core.teacher_cache), computed once per (teacher, training set,
+    hidden states) as Ray tasks before any trial, so no two trials compute them; entries already there are
+    checked and reused. A no-op for sweeps without kd or pkd. Returns {what: the entry's info}."""
+    import ray
+    wanted: dict[tuple, tuple[str, MixKDConfig]] = {}
+    for task, fraction, seed in spec.groups():
+        tdir = teachers[spec.teacher_key(task, fraction, seed)]
+        for cell in _kd_cells(spec):
+            cfg = spec.student_config(task, fraction, seed, tdir, "out", **cell)
+            what = (tdir, cfg.augmentation, cfg.max_seq_length, "pt" in cfg.terms, cfg.precision, cfg.packing)
+            label = f"{spec.teacher_key(task, fraction, seed)}/{cfg.augmentation}" + ("/hidden" if what[3] else "")
+            wanted.setdefault(what, (label, cfg))
+    if not wanted:
+        return {}
+    remote = ray.remote(num_cpus=spec.cpus_per_trial, num_gpus=spec.gpus_per_trial,
+                        max_retries=spec.max_failures)(_teacher_outputs_task)
+    refs = {label: remote.remote(cfg.to_dict()) for label, cfg in wanted.values()}
+    out = {}
+    for label, ref in refs.items():
+        try:
+            out[label] = ray.get(ref)
+        except ray.exceptions.RayError as e:   # the trials compute them themselves then; say so, go on
+            first = (str(getattr(e, "cause", None) or e).strip().splitlines() or [type(e).__name__])[0][:200]
+            print(f"teacher outputs {label}: not prepared ({first}); each trial computes them", flush=True)
+            continue
+        info = out[label]
+        print(f"teacher outputs {label}: {'reusing' if info.get('reused') else 'computed'} {info.get('path')}",
+              flush=True)
+    return out
+
+
 # --- latency: each architecture once, on a whole node, before the trials --------------------------
 
 def latency_key(cfg: MixKDConfig, role: str = "trial") -> str:
