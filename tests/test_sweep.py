@@ -323,6 +323,73 @@ class TestSingleNode:
             seen.setdefault(m["variant"], set()).add(m["teacher_outputs"]["entry"])
         assert {k: len(v) for k, v in seen.items()} == {"kd": 1, "pkd": 1} and seen["kd"] != seen["pkd"]
 
+    @staticmethod
+    def fake_latencies(monkeypatch, fastest: dict[int, float]):
+        """Latencies as measured before the trials (stands in for measure_latencies): the teacher at 20 ms and each
+        student depth k at ``fastest[k]`` ms in its fastest format (onnx-int8), its torch latency twice that."""
+        import mixkd.platform.driver as driver
+
+        def measured(spec, exp_dir, teachers):
+            out = {"sst2/teacher": {"metrics": {}, "tags": {}, "objective_ms": 20.0}}
+            for k, ms in fastest.items():
+                out[f"sst2/k{k}"] = {"metrics": {}, "tags": {}, "objective_ms": 2 * ms, "fastest_ms": ms,
+                                     "fastest_format": "onnx-int8"}
+            return out
+        monkeypatch.setattr(driver, "measure_latencies", measured)
+
+    def test_search_never_trains_a_configuration_over_the_budget(self, local_ray, tmp_path, tiny_bert_dir,
+                                                                  small_glue_dir, monkeypatch, capsys):
+        import optuna
+
+        from mixkd.core.config import MixKDConfig
+        from mixkd.platform.driver import run_sweep
+        self.fake_latencies(monkeypatch, {1: 1.0, 2: 6.0, 3: 9.0})   # budget 4 ms: only 1-layer students meet it
+        space = {**TINY_SPACE, "variant": {"type": "choice", "values": ["ft"]},
+                 "student_layers": {"type": "choice", "values": [1, 2, 3]}}
+        spec = make_spec("tiny-budget", tmp_path, tiny_bert_dir, small_glue_dir, search_space=space, num_samples=3,
+                         latency_budget_ms=4.0, select_allow_chance=True, select_formats="torch",
+                         base={**RUN_KNOBS, "epochs": 1})
+        summary = run_sweep(spec)
+        out = capsys.readouterr().out
+        layers = [MixKDConfig.from_yaml(d / "config.yaml").student_layers for d in trial_dirs(spec.experiment_dir)]
+        assert layers == [1, 1, 1], layers                      # num_samples counts trials that train
+        runs = mlflow_runs(spec.experiment_dir, "tiny-budget")
+        assert len(runs["trial"]) == 3 and {r.data.tags["student_layers"] for r in runs["trial"]} == {"1"}
+        study = optuna.load_study(study_name=f"tiny-budget-search-{TEACHER_KEY}",
+                                  storage=f"sqlite:///{spec.experiment_dir / 'optuna.db'}")
+        told = [t for t in study.trials if "mixkd_infeasible" in t.user_attrs]
+        assert told, "the sampler never proposed a 2- or 3-layer student: the test would prove nothing"
+        for t in told:   # recorded as infeasible through Optuna's constraints, with the measured latency
+            assert t.params["student_layers"] in (2, 3) and t.state == optuna.trial.TrialState.COMPLETE
+            assert t.values[0] == float("-inf") and t.values[1] == {2: 6.0, 3: 9.0}[t.params["student_layers"]]
+            assert t.constraints == {"latency_budget_ms": t.values[1] - 4.0} and t.values[1] - 4.0 > 0
+        assert all(t.params["student_layers"] == 1 for t in study.best_trials)   # the infeasible never rank
+        assert summary["trials_saved_by_budget"] == len(told)
+        assert f"{len(told)} configuration(s) over it were never trained" in out, out
+
+    def test_grid_skips_cells_over_the_budget_and_says_so(self, local_ray, tmp_path, tiny_bert_dir, small_glue_dir,
+                                                          monkeypatch, capsys):
+        from mixkd.core.config import MixKDConfig
+        from mixkd.core.errors import UsageError
+        from mixkd.platform.driver import run_sweep
+        self.fake_latencies(monkeypatch, {1: 1.0, 3: 9.0})
+        grid = {"variant": ["ft"], "student_layers": [1, 3]}
+        kw = dict(mode="grid", grid=grid, search_space={}, select_allow_chance=True, select_formats="torch",
+                  base={**RUN_KNOBS, "epochs": 1})
+        spec = make_spec("tiny-budget-grid", tmp_path, tiny_bert_dir, small_glue_dir, latency_budget_ms=4.0, **kw)
+        summary = run_sweep(spec)
+        out = capsys.readouterr().out
+        assert [MixKDConfig.from_yaml(d / "config.yaml").student_layers
+                for d in trial_dirs(spec.experiment_dir)] == [1]
+        assert "1 grid cell(s) skipped, never trained: k3 (fastest 9 ms, onnx-int8) > 4 ms" in out, out
+        assert summary["trials_saved_by_budget"] == 1
+        # a budget nothing meets: one line before any trial
+        spec = make_spec("tiny-budget-none", tmp_path, tiny_bert_dir, small_glue_dir, latency_budget_ms=0.5, **kw)
+        with pytest.raises(UsageError, match=r"no student of sst2 meets it in any format considered \(k1 .*raise "
+                                             r"--latency-budget-ms"):
+            run_sweep(spec)
+        assert not (spec.experiment_dir / "trials").exists() or not list((spec.experiment_dir / "trials").iterdir())
+
     def test_torch_trainer_two_workers_checkpoints(self, local_ray, tmp_path, tiny_teacher_run, small_glue_dir):
         from conftest import tiny_cfg
         from mixkd.platform.ray_train import fit_distributed

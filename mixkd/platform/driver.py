@@ -155,6 +155,14 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
         tracker.close("FAILED", quiet=True)
         from ..tracking.store import redact_uri
         raise UsageError(f"MLflow store {redact_uri(uri)}: {tracker.failed()[:300]}")
+    # the budget decides what trains: an architecture over it in its fastest considered format never does
+    budget = resolve_budget(spec, latency, teachers) if spec.latency_budget_ms is not None else None
+    infeasible = {}
+    if budget is not None:
+        from .budget import check_some_feasible, over_budget
+        infeasible = over_budget(latency, budget)
+        check_some_feasible(spec, latency, infeasible, budget)
+    saved = 0
     trials_dir = exp_dir / "trials"
     trials_dir.mkdir(exist_ok=True)
     fixed = {"spec": saved_spec(spec), "trials_dir": str(trials_dir), "teachers": teachers,
@@ -175,6 +183,13 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
             cells = [{**c, "task": t, "data_fraction": f, "seed": s, **({} if ss is None else {"student_seed": ss})}
                      for (t, f, s) in spec.groups() for c in grid_cells(spec.grid)
                      for ss in (spec.student_seeds or [None])]
+            if infeasible:
+                from .budget import describe, grid_cells_within
+                cells, skipped = grid_cells_within(spec, cells, infeasible)
+                saved = len(skipped)
+                if skipped:
+                    print(f"latency budget: {len(skipped)} grid cell(s) skipped, never trained: "
+                          f"{describe(infeasible, budget)}", flush=True)
             from ray import tune
             tuner = _tuner(spec, exp_dir, "grid", fixed, callbacks, resume, {"cell": tune.grid_search(cells)})
             _fit_all(tuner, len(cells))
@@ -194,10 +209,15 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
                 two = spec.latency_budget_ms is not None   # latency becomes the second objective
                 kind = spec.searcher if spec.searcher != "auto" else ("nsga2" if two else "tpe")
                 sampler = SAMPLERS[kind](seed=seed)      # picklable by Tune (Optuna 5.1's NSGA-II holds a lock)
-                searcher = OptunaSearch(space=DefineByRun(space, spec.base),
-                                        metric=["primary", "latency_ms"] if two else "primary",
-                                        mode=["max", "min"] if two else "max",
-                                        sampler=sampler, study_name=f"{spec.name}-{group}", storage=storage)
+                common = dict(space=DefineByRun(space, spec.base), metric=["primary", "latency_ms"] if two else "primary",
+                              mode=["max", "min"] if two else "max", sampler=sampler,
+                              study_name=f"{spec.name}-{group}", storage=storage)
+                if two:   # configurations over the budget: told to Optuna as infeasible, never trained (.budget)
+                    from .budget import ArchitectureKey, BudgetedOptunaSearch
+                    searcher = BudgetedOptunaSearch(**common, infeasible=infeasible, budget=budget,
+                                                    key=ArchitectureKey(spec, task, fraction, seed))
+                else:
+                    searcher = OptunaSearch(**common)
                 scheduler = ASHAScheduler(metric="primary", mode="max", max_t=max_t,
                                           grace_period=min(spec.grace_period, max_t),
                                           reduction_factor=spec.reduction_factor)
@@ -206,10 +226,13 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
                                search_alg=searcher, scheduler=scheduler, num_samples=spec.num_samples)
                 _fit_all(tuner, spec.num_samples)
                 close_orphan_optuna_trials(storage, f"{spec.name}-{group}")
+                saved += count_infeasible(storage, f"{spec.name}-{group}")
         summary = summarize(exp_dir, tracker)
-        if spec.latency_budget_ms is not None:
+        if budget is not None:
+            summary["trials_saved_by_budget"] = saved
+            summary["over_budget"] = infeasible
+            print(f"latency budget {budget:g} ms: {saved} configuration(s) over it were never trained", flush=True)
             tracker.flush()
-            budget = resolve_budget(spec, latency, teachers)
             summary["latency_budget_ms"] = budget
             summary["selection"] = select_under_budget(spec, exp_dir, tracker.uri, budget)
             write_json_atomic(exp_dir / "summary.json", summary)
@@ -268,6 +291,18 @@ def close_orphan_optuna_trials(storage, study_name: str) -> int:
     if n:
         print(f"{study_name}: {n} Optuna trial(s) left RUNNING by a driver crash marked FAIL (they never ran)")
     return n
+
+
+def count_infeasible(storage, study_name: str) -> int:
+    """Configurations of a study told infeasible (over the latency budget) without training."""
+    import optuna
+
+    from .budget import INFEASIBLE_ATTR
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        return 0
+    return sum(INFEASIBLE_ATTR in t.user_attrs for t in study.get_trials(deepcopy=False))
 
 
 def resolve_budget(spec: SweepSpec, latency: dict, teachers: dict[str, str]) -> float:

@@ -199,13 +199,22 @@ def latency_key(cfg: MixKDConfig, role: str = "trial") -> str:
 
 
 def _latency_task(jobs: list[dict], batch_sizes: list[int], seq_len: int, device: str, threads: int,
-                  protocol: dict) -> dict:
+                  protocol: dict, formats: tuple[list[str], int] | None = None) -> dict:
+    """{key: {batch size: torch result}}; with ``formats`` ([format, ...], batch size), each student's other
+    deployment formats too, at that batch size, under ``"formats"``: {format: result}."""
     from ..deploy.latency import cached_latencies
     out = {}
     for job in jobs:
         res = cached_latencies(job["source"], batch_sizes, seq_len, device, threads=threads,
                                student_layers=job["layers"], num_labels=job["num_labels"], **protocol)
         out[job["key"]] = {str(b): r for b, r in res.items()}
+        if formats and not job["key"].endswith("/teacher"):
+            from ..deploy.formats import format_latencies
+            fmts, b = formats
+            out[job["key"]]["formats"] = {
+                fmt: format_latencies(job["source"], fmt, [b], seq_len, device, threads=threads,
+                                      student_layers=job["layers"], num_labels=job["num_labels"], **protocol)[b]
+                for fmt in fmts if fmt != "torch"}
     return out
 
 
@@ -240,14 +249,30 @@ def measure_latencies(spec: SweepSpec, exp_dir: Path, teachers: dict[str, str]) 
           f"the whole node reserved)", flush=True)
     remote = ray.remote(num_cpus=cpus, num_gpus=node["Resources"].get("GPU", 0) if gpu else 0, max_retries=0,
                         scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))(_latency_task)
+    # with a budget: every format the final choice considers, so a configuration no format brings within the budget
+    # is known before any trial (mixkd.platform.budget)
+    formats = None
+    if spec.latency_budget_ms is not None:
+        from ..deploy.formats import parse_formats
+        formats = (parse_formats(spec.select_formats, device), spec.latency_batch_size)
     raw = ray.get(remote.remote([{"key": k, **j} for k, j in jobs.items()], list(spec.latency_batch_sizes),
-                                spec.latency_seq_len, device, threads, dict(spec.latency_protocol)))
+                                spec.latency_seq_len, device, threads, dict(spec.latency_protocol), formats))
     out = {}
+    stat = f"{spec.latency_percentile}_ms"
     for key, per_batch in raw.items():
+        by_format = per_batch.pop("formats", {})
         metrics = {}
         for r in per_batch.values():
             metrics.update(mlflow_metrics(r))
-        objective = per_batch[str(spec.latency_batch_size)][f"{spec.latency_percentile}_ms"]
+        objective = per_batch[str(spec.latency_batch_size)][stat]
         out[key] = {"metrics": metrics, "tags": mlflow_tags(next(iter(per_batch.values()))), "objective_ms": objective}
+        if formats and not key.endswith("/teacher"):   # the fastest format the choice considers, at the objective
+            candidates = {fmt: r[stat] for fmt, r in by_format.items()}
+            if "torch" in formats[0]:
+                candidates["torch"] = objective
+            fmt = min(candidates, key=candidates.get)
+            out[key].update(fastest_ms=candidates[fmt], fastest_format=fmt, formats_ms=candidates)
+        if by_format:
+            per_batch["formats"] = by_format
     write_json_atomic(exp_dir / "latency.json", raw)
     return out
