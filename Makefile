@@ -19,7 +19,7 @@ endif
 TEST_ENV = GLUE_DIR="$(or $(GLUE_DIR),$(SHARED_GLUE))" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 PYTEST_ARGS ?=
 
-.PHONY: install demo demo-runs test test-slow bench bench-sweep clean
+.PHONY: install demo demo-runs lint test test-slow bench bench-sweep clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ demo: install
 # Single runs without Ray: fine-tune the teacher, distil one student per variant, print a table.
 demo-runs: install
 	PATH="$(abspath $(BIN)):$$PATH" bash experiments/demo.sh
+
+# Lint: ruff (pycodestyle errors and warnings, pyflakes; [tool.ruff] in pyproject.toml). CI runs it before the tests.
+lint: install
+	$(BIN)/ruff check .
 
 # The default suite leaves out the slow fault-injection tests (pyproject addopts: -m 'not slow').
 test: install

@@ -105,7 +105,8 @@ def main(argv=None) -> int:
                 rows.append({"model": name, "layers": int(model.config.num_hidden_layers), "format": fmt,
                              "weight_type": best["weight_type"], "accuracy": best["metrics"]["accuracy"],
                              "label_agreement": best["agreement"]["label_agreement"],
-                             "candidates": {c["weight_type"]: c["metrics"]["accuracy"] for c in cands if c["weight_type"]},
+                             "candidates": {c["weight_type"]: c["metrics"]["accuracy"]
+                                            for c in cands if c["weight_type"]},
                              **{f"b{b}_{s}": lat[b][f"{s}_ms"] for b in args.batch_sizes for s in ("p50", "p90")},
                              "fingerprint": lat[args.batch_sizes[0]]["fingerprint"]})
                 r = rows[-1]
@@ -123,8 +124,8 @@ def main(argv=None) -> int:
         print(f"| {r['model']} | {r['format']} | " + " | ".join(f"{r[c]:.2f}" for c in lat_cols)
               + f" | {r['accuracy']:.4f} | {100 * (r['accuracy'] - ref_acc):+.1f} | {wt} |")
     fp = rows[0]["fingerprint"]
-    print(f"\nCPU {fp['cpu']} x{fp['cpu_count']}, threads {fp['threads']}, torch {fp['torch']}"
-          + (f", onnxruntime {next((r['fingerprint'].get('runtime_version') for r in rows if r['format'] == 'onnx'), '-')}"))
+    ort = next((r["fingerprint"].get("runtime_version") for r in rows if r["format"] == "onnx"), "-")
+    print(f"\nCPU {fp['cpu']} x{fp['cpu_count']}, threads {fp['threads']}, torch {fp['torch']}, onnxruntime {ort}")
     two = {r["format"]: r for r in rows if r["layers"] == 2 and r["model"] != "teacher"}
     if "torch" in two and "onnx-int8" in two and 1 in args.batch_sizes:
         ratio = two["onnx-int8"]["b1_p90"] / two["torch"]["b1_p90"]

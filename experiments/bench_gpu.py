@@ -3,7 +3,8 @@
 For each model, student depth and batch size it times mixkd's real ``Trainer.train_step`` (student forward over
 the original batch and its mixed copies, frozen teacher forward on the mixed copies, backward, clipping, fused
 AdamW, schedule) in the precision the trainer picks: ``--precision auto`` is bf16 autocast on CUDA (the
-frozen teacher is then held in bf16) and, on the CPU, bf16 where it is native (AMX, AVX512-BF16), else fp32; the header prints the one used.
+frozen teacher is then held in bf16) and, on the CPU, bf16 where it is native (AMX, AVX512-BF16), else fp32; the
+header prints the one used.
 
 Models (``--models``):
 

@@ -70,7 +70,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=10, help="timed steps per measurement (median)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--teacher", default="minilm-l6", help="teacher model (speed does not depend on its weights)")
-    ap.add_argument("--data-dir", default=os.environ.get("GLUE_DIR") or str(Path(__file__).resolve().parents[1].parent / "shared" / "glue_data"))
+    ap.add_argument("--data-dir", default=os.environ.get("GLUE_DIR")
+                    or str(Path(__file__).resolve().parents[1].parent / "shared" / "glue_data"))
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--compare-hf", action="store_true", help="race mixkd's trainer against a Hugging Face Trainer")
@@ -103,9 +104,11 @@ def main(argv=None) -> int:
     dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                        (args.device if args.device != "auto" else "cpu"))
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    print(f"device {dev} ({torch.cuda.get_device_name(0) if dev.type == 'cuda' else f'{torch.get_num_threads()} CPU threads'}), "
+    where = torch.cuda.get_device_name(0) if dev.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
+    print(f"device {dev} ({where}), "
           f"torch {torch.__version__}; teacher {args.teacher} ({count_parameters(teacher):,} params); "
-          f"batch {args.batch_size} real SST-2 rows, padded length {mean_len:.1f} on average; median of {args.steps} steps")
+          f"batch {args.batch_size} real SST-2 rows, padded length {mean_len:.1f} on average; "
+          f"median of {args.steps} steps")
 
     for k in args.layers:
         step_time = {}
@@ -146,7 +149,8 @@ def main(argv=None) -> int:
         s_fb2 = timed(fwd_bwd(2), args.steps, args.warmup, sync)
         t_f = timed(teacher_fwd, args.steps, args.warmup, sync)
         opt = max(step_time["ft"] - s_fb1, 0.0)
-        predicted = {"ft": s_fb1 + opt, "kd": s_fb1 + t_f + opt, "tmkd": s_fb2 + t_f + opt, "sm+tmkd": s_fb2 + t_f + opt,
+        predicted = {"ft": s_fb1 + opt, "kd": s_fb1 + t_f + opt, "tmkd": s_fb2 + t_f + opt,
+                     "sm+tmkd": s_fb2 + t_f + opt,
                      "pkd": s_fb1 + t_f + opt}   # kd's passes; hidden states and L_PT are cheap extras
 
         print(f"\nstudent {k} layers ({count_parameters(s):,} params): student fwd+bwd B {s_fb1 * 1e3:.0f} ms, "
@@ -348,7 +352,8 @@ def race_task(args, task_name: str, fraction: float) -> dict:
         hf = ex_s(("hf", variant, "off", False, False))
         padded, packed = ex_s(("mixkd", variant, "off", False, False)), ex_s(("mixkd", variant, "on", False, False))
         out[f"{variant}_packed_fp32"] = packed / hf
-        print(f"  {variant:<8} padded {padded / hf:.2f}   packed {packed / hf:.2f}   (packed/padded {packed / padded:.2f})")
+        print(f"  {variant:<8} padded {padded / hf:.2f}   packed {packed / hf:.2f}   "
+              f"(packed/padded {packed / padded:.2f})")
         if auto_bf16:
             print(f"  {variant:<8} packed bf16 {ex_s(('mixkd', variant, 'on', False, True)) / hf:.2f}")
     # MFU of mixkd's default step: counted FLOPs of real tokens / time / this CPU's measured GEMM peak
@@ -362,7 +367,8 @@ def race_task(args, task_name: str, fraction: float) -> dict:
           f"measured {'bf16' if auto_bf16 else 'fp32'} GEMM peak ({peak / 1e9:.0f} GFLOP/s, 2048^2 matmul)")
     ours, theirs = ex_s(ours_default), ex_s(hf_default)
     print(f"out of the box: mixkd defaults (packing auto, {auto_why}) vs TrainingArguments defaults "
-          f"(train_sampling_strategy={hf_defaults.train_sampling_strategy!r}, {'bf16' if hf_defaults.bf16 else 'fp32'})")
+          f"(train_sampling_strategy={hf_defaults.train_sampling_strategy!r}, "
+          f"{'bf16' if hf_defaults.bf16 else 'fp32'})")
     out["out_of_the_box"] = ours / theirs
     print(f"{task_name}: mixkd/hf sm+tmkd examples/s ratio: {ours / theirs:.2f}")
     return out

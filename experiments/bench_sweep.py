@@ -72,9 +72,10 @@ def run_swept(args) -> dict:
     summary = run_sweep(spec)
     trial_s = []
     for f in sorted((spec.experiment_dir / "tune" / "grid").glob("*/result.json")):
-        rows = [json.loads(l) for l in f.read_text().splitlines() if l.strip()]
+        rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
         trial_s.append(rows[-1]["time_total_s"])
-    train = [json.loads(m.read_text())["train_time_s"] for m in sorted((spec.experiment_dir / "trials").glob("*/metrics.json"))]
+    train = [json.loads(m.read_text())["train_time_s"]
+             for m in sorted((spec.experiment_dir / "trials").glob("*/metrics.json"))]
     t0 = time.perf_counter()
     ray.shutdown()
     return {"init": init, "shutdown": time.perf_counter() - t0, "finished": summary["finished_trials"],
@@ -88,7 +89,7 @@ def child(mode: str, args) -> tuple[float, dict]:
     t0 = time.perf_counter()
     proc = subprocess.run(argv, capture_output=True, text=True)
     wall = time.perf_counter() - t0
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("BENCH ")]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("BENCH ")]
     if proc.returncode != 0 or not lines:
         sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
         raise SystemExit(f"bench_sweep: the {mode} run failed (exit {proc.returncode})")
@@ -122,7 +123,8 @@ def main(argv=None) -> int:
     n, walls = args.trials, {"inproc": [], "sweep": []}
     for r in range(args.repeats):   # alternate the two, so a slow spell of the machine hits both alike
         inproc_wall, inproc = child("inproc", args)
-        print(f"[{r + 1}/{args.repeats}] in-process: {n} trials in {inproc_wall:.1f} s ({inproc_wall / n:.1f} s per trial; "
+        print(f"[{r + 1}/{args.repeats}] in-process: {n} trials in {inproc_wall:.1f} s "
+              f"({inproc_wall / n:.1f} s per trial; "
               f"trials {sum(inproc['per_trial']):.1f} s of which training {sum(inproc['train_s']):.1f} s; imports and "
               f"start-up {inproc_wall - sum(inproc['per_trial']):.1f} s)", flush=True)
         for p in spec.experiment_dir.iterdir():   # the sweep refuses an existing experiment: keep the teacher only
@@ -133,14 +135,16 @@ def main(argv=None) -> int:
         if swept["finished"] != n:
             raise SystemExit(f"bench_sweep: the sweep finished {swept['finished']} of {n} trials")
         in_trials = sum(swept["trial_s"])
-        print(f"[{r + 1}/{args.repeats}] sweep:      {n} trials in {swept_wall:.1f} s ({swept_wall / n:.1f} s per trial; "
+        print(f"[{r + 1}/{args.repeats}] sweep:      {n} trials in {swept_wall:.1f} s "
+              f"({swept_wall / n:.1f} s per trial; "
               f"trials {in_trials:.1f} s of which training {sum(swept['train_s']):.1f} s; the rest "
               f"{swept_wall - in_trials:.1f} s), plus ray.init {swept['init']:.1f} s and ray.shutdown "
               f"{swept['shutdown']:.1f} s", flush=True)
         print(f"    per trial, sweep (Tune time_total_s): {', '.join(f'{t:.1f}' for t in swept['trial_s'])}; "
               f"in-process: {', '.join(f'{t:.1f}' for t in inproc['per_trial'])}")
         print(f"    overhead besides training: sweep {swept_wall - sum(swept['train_s']):.1f} s, in-process "
-              f"{inproc_wall - sum(inproc['train_s']):.1f} s; ratio this round {swept_wall / inproc_wall:.3f}", flush=True)
+              f"{inproc_wall - sum(inproc['train_s']):.1f} s; ratio this round {swept_wall / inproc_wall:.3f}",
+              flush=True)
         walls["inproc"].append(inproc_wall)
         walls["sweep"].append(swept_wall)
     ratio = sum(walls["sweep"]) / sum(walls["inproc"])

@@ -288,8 +288,8 @@ def readme_table(todo: list[Cell]) -> str:
                 contrast.append(r)
     text = "\n".join(lines) + "\n"
     if contrast:
-        text += ("\nStep budget at lr 3e-4, 2-layer students, SST-2 1%:\n\n| variant | optimizer steps | dev accuracy |\n"
-                 "|---|---|---|\n")
+        text += ("\nStep budget at lr 3e-4, 2-layer students, SST-2 1%:\n\n"
+                 "| variant | optimizer steps | dev accuracy |\n|---|---|---|\n")
         for r in sorted(contrast, key=lambda r: (r["variant"], r["steps"])):
             text += f"| {r['variant']} | {r['steps']} | {r['value']:.2f} |\n"
     missing = [f"{c.setting}/{c.name}" for c in todo if not c.done()]

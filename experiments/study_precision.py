@@ -75,7 +75,8 @@ def main(argv=None) -> int:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    lines = ["| variant | fp32 | bf16 | bf16 − fp32 (paired, 95% CI) | train ex/s fp32 → bf16 |", "|---|---|---|---|---|"]
+    lines = ["| variant | fp32 | bf16 | bf16 − fp32 (paired, 95% CI) | train ex/s fp32 → bf16 |",
+             "|---|---|---|---|---|"]
     for variant in VARIANTS:
         acc = {p: [100 * r["accuracy"] for r in rows if r["variant"] == variant and r["precision"] == p]
                for p in PRECISIONS}

@@ -29,7 +29,8 @@ def _runs(folder: Path) -> list[dict]:
         rec = json.loads(m.read_text())
         cfg = yaml.safe_load((m.parent / "config.yaml").read_text()) or {}
         end = m.stat().st_mtime
-        out.append({"dir": m.parent.name, "fraction": cfg.get("data_fraction"), "variant": rec.get("variant") or "teacher",
+        out.append({"dir": m.parent.name, "fraction": cfg.get("data_fraction"),
+                    "variant": rec.get("variant") or "teacher",
                     "augment": rec.get("augmentation", "none"), "seed": cfg.get("seed"),
                     "precision": cfg.get("precision"), "wall": float(rec["wall_time_s"]),
                     "train": float(rec["train_time_s"]), "steps": int(rec["steps"]),
@@ -78,7 +79,8 @@ def tables(sweep: Path) -> str:
               "| train examples/s (mean) |", "|---|---|---|---|---|---|---|---|"]
     for (frac, var, aug), rs in sorted(cells.items(), key=lambda kv: (-kv[0][0], kv[0][2], kv[0][1])):
         walls = [r["wall"] for r in rs]
-        lines.append(f"| {frac} | {var} | {aug} | {','.join(str(r['seed']) for r in sorted(rs, key=lambda r: r['seed']))} "
+        seeds = ",".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"]))
+        lines.append(f"| {frac} | {var} | {aug} | {seeds} "
                      f"| {rs[0]['steps']} | {_fmt_min(statistics.mean(walls))} | {_fmt_min(sum(walls))} "
                      f"| {statistics.mean(r['ex_s'] for r in rs):.0f} |")
     runs = teachers + trials

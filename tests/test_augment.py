@@ -59,14 +59,14 @@ def settings(mt: Path, bwd: Path | None = None, **kw) -> BTSettings:
 def source_rows(glue: Path, task: str) -> tuple[str, list[list[str]]]:
     t = get_task(task)
     lines = (glue / t.folder / "train.tsv").read_text(encoding="utf-8-sig").split("\n")   # MRPC has a BOM
-    lines = [l for l in lines if l]
-    return lines[0], [l.split("\t") for l in lines[1:]]
+    lines = [line for line in lines if line]
+    return lines[0], [line.split("\t") for line in lines[1:]]
 
 
 def out_rows(path: Path) -> tuple[str, list[list[str]]]:
     lines = Path(path).read_text(encoding="utf-8").split("\n")
     assert lines[-1] == "", "the file ends with a newline"
-    return lines[0], [l.split("\t") for l in lines[1:-1]]
+    return lines[0], [line.split("\t") for line in lines[1:-1]]
 
 
 # --- round trip on real rows ------------------------------------------------------------------------
@@ -137,7 +137,8 @@ def test_second_call_is_a_cache_hit_without_translating(tiny_mt, small_glue_dir,
     for other in (dict(fraction=0.1), dict(data_seed=4), dict(s=settings(tiny_mt, top_p=0.5)),
                   dict(s=settings(tiny_mt, num_beams=2, do_sample=False))):
         r = backtranslate("sst2", str(small_glue_dir), other.get("fraction", 0.05), other.get("data_seed", 3),
-                          other.get("s", settings(tiny_mt)), translator=lambda texts, b: [t + " x" for t in texts], **kw)
+                          other.get("s", settings(tiny_mt)), translator=lambda texts, b: [t + " x" for t in texts],
+                          **kw)
         assert not r.cached and r.path != first.path, other
 
 
@@ -228,7 +229,8 @@ def test_empty_translations_are_dropped_and_counted(tiny_mt, eos_mt, small_glue_
     assert r["source_rows"] == 64
     assert 0 < r["dropped_empty"] < 64 and r["dropped_unchanged"] == 0
     assert r["kept"] + r["dropped_empty"] == 64
-    assert f"64 source rows -> {r['kept']} kept, 0 dropped as unchanged, {r['dropped_empty']} dropped as empty" in cap.err
+    assert (f"64 source rows -> {r['kept']} kept, 0 dropped as unchanged, {r['dropped_empty']} dropped as empty"
+            in cap.err)
     _, rows = out_rows(Path(r["path"]))
     assert len(rows) == r["kept"] and all(row[0].strip() for row in rows)
 
@@ -287,7 +289,8 @@ def test_unloadable_model_is_one_line_exit_2(flag, model, needle, tiny_mt, small
     assert rc == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
-    assert lines[0].startswith("mixkd augment: error: ") and model in lines[0] and flag in lines[0] and needle in lines[0]
+    assert lines[0].startswith("mixkd augment: error: ")
+    assert model in lines[0] and flag in lines[0] and needle in lines[0]
 
 
 def test_default_models_are_the_opus_mt_pair():

@@ -101,7 +101,8 @@ CASES = [
                                             "--latency-budget-ms", "5", "--out", "{w}/sel"], ["127.0.0.1:1"]),
     ("select-missing-store", ["select", "--tracking-uri", "sqlite:///{w}/nostore.db", "--latency-budget-ms", "5",
                               "--out", "{w}/sel"], ["nostore.db"]),
-    ("report-misspelled-option", ["report", "--out", "{w}/rep", "--overwirte"], ["--overwirte", "did you mean --overwrite"]),
+    ("report-misspelled-option", ["report", "--out", "{w}/rep", "--overwirte"],
+     ["--overwirte", "did you mean --overwrite"]),
     ("report-missing-required", ["report", "--outt", "{w}/rep"], ["required: --out"]),
     ("report-unreachable-tracking-server", ["report", "--tracking-uri", "http://127.0.0.1:1", "--out", "{w}/rep"],
      ["127.0.0.1:1"]),
@@ -291,8 +292,8 @@ def places(tmp_path_factory, tiny_bert_dir, tiny_teacher_run, small_glue_dir) ->
     (root / "pairrun" / "config.yaml").write_text(yaml.safe_dump({**run_cfg, "task": "mrpc"}))
     data = root / "data"
     data.mkdir()
-    rows = "".join(f"{t},{l}\n" for t, l in [("a gripping film", "good"), ("dull", "bad"), ("fine work", "good"),
-                                               ("a mess", "bad")])
+    rows = "".join(f"{t},{label}\n" for t, label in [("a gripping film", "good"), ("dull", "bad"),
+                                                   ("fine work", "good"), ("a mess", "bad")])
     (data / "good.csv").write_text("review,label\n" + rows)
     (data / "dup_header.csv").write_text("review,review,label\n" + "".join(f"x,{r}" for r in rows.splitlines(True)))
     (data / "dup_header.tsv").write_text("sentence\tlabel\tlabel\n" + "a film\tgood\tbad\n")
@@ -368,10 +369,11 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, places, tmp_path)
         env.pop(k, None)
     env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", MIXKD_CACHE=places["cache"])
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180, cwd=w)
-    detail = f"\n$ {' '.join(cmd)}\nexit {proc.returncode}\nstdout: {proc.stdout[-1500:]}\nstderr: {proc.stderr[-3000:]}"
+    detail = (f"\n$ {' '.join(cmd)}\nexit {proc.returncode}\nstdout: {proc.stdout[-1500:]}\n"
+              f"stderr: {proc.stderr[-3000:]}")
     assert proc.returncode == 2, detail
     assert "Traceback" not in proc.stderr + proc.stdout, detail
-    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, "stderr is not one line:" + detail
     assert lines[0].startswith(tuple(f"{p}: error: " for p in progs)), detail
     for needle in needles:

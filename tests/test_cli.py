@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-import torch
 import yaml
 
 import mixkd
@@ -131,11 +130,14 @@ def _finished_out(d: Path, paths: dict) -> dict:
 
 BAD_INPUTS = [
     Case("unknown-task", {"--task": "sst3"}, ("unknown task 'sst3'", "sst2")),
-    Case("missing-data-dir", {"--data-dir": "/nonexistent"}, ("--data-dir", "/nonexistent", "not a directory"), command="finetune"),
+    Case("missing-data-dir", {"--data-dir": "/nonexistent"}, ("--data-dir", "/nonexistent", "not a directory"),
+         command="finetune"),
     Case("missing-task-folder", {}, ("no SST-2/ folder",), setup=_empty_glue, command="finetune"),
-    Case("malformed-row", {}, ("train.tsv:3", "malformed row"), setup=_bad_glue("train.tsv", malformed_row), command="finetune"),
+    Case("malformed-row", {}, ("train.tsv:3", "malformed row"), setup=_bad_glue("train.tsv", malformed_row),
+         command="finetune"),
     Case("empty-split", {}, ("dev.tsv", "no data rows"), setup=_bad_glue("dev.tsv", header_only), command="finetune"),
-    Case("label-outside-set", {}, ("train.tsv:4", "label '2'"), setup=_bad_glue("train.tsv", bad_label), command="finetune"),
+    Case("label-outside-set", {}, ("train.tsv:4", "label '2'"), setup=_bad_glue("train.tsv", bad_label),
+         command="finetune"),
     Case("alpha-0", {"--alpha": "0"}, ("--alpha", "alpha > 0")),
     Case("temperature-negative", {"--temperature": "-1"}, ("--temperature", "-1")),
     Case("a-sm-negative", {"--a-sm": "-1"}, ("--a-sm", "-1", ">= 0")),

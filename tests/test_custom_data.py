@@ -250,7 +250,8 @@ def test_sweep_preset_task_as_a_mapping(reviews, tmp_path):
     from mixkd.platform.spec import SweepSpec
     spec = SweepSpec.from_dict({
         "mode": "grid", "grid": {"variant": ["ft", "sm+tmkd"], "student_layers": [1]},
-        "tasks": ["sst2", {"train_file": str(reviews[("train", "csv")]), "validation_file": str(reviews[("dev", "csv")]),
+        "tasks": ["sst2", {"train_file": str(reviews[("train", "csv")]),
+                           "validation_file": str(reviews[("dev", "csv")]),
                            "text_columns": "review", "label_column": "sentiment", "metric": "macro_f1"}]}).validate()
     assert spec.tasks == ["sst2", "reviews"]
     t = spec.teacher_config("reviews", 1.0, 42, "out")
@@ -271,7 +272,8 @@ def test_augment_your_own_data_and_train_on_it(reviews, tiny_bert_dir, tmp_path,
     monkeypatch.setenv("MIXKD_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "bt.tsv"
     assert cli_main(["augment", "--train-file", str(reviews[("train", "csv")]), "--text-columns", "review",
-                     "--label-column", "sentiment", "--max-train-samples", "8", "--out", str(out), "--no-progress"]) == 0
+                     "--label-column", "sentiment", "--max-train-samples", "8", "--out", str(out),
+                     "--no-progress"]) == 0
     lines = out.read_text().splitlines()
     assert lines[0] == "review\tsentiment" and len(lines) > 2
     assert {ln.split("\t")[1] for ln in lines[1:]} <= {"negative", "positive"}

@@ -74,15 +74,15 @@ def test_real_missing_task_folder_raises(glue_dir):
 
 def test_real_mrpc_quotes_kept_verbatim(glue_dir):
     lines = (glue_dir / "MRPC" / "train.tsv").read_text(encoding="utf-8-sig").split("\n")
-    data_lines = [l for l in lines[1:] if l]
-    k = next(i for i, l in enumerate(data_lines) if '"' in l)
+    data_lines = [line for line in lines[1:] if line]
+    k = next(i for i, line in enumerate(data_lines) if '"' in line)
     fields = data_lines[k].split("\t")
     ds = train("mrpc", glue_dir)
     assert ds[k]["sentence1"] == fields[3]
     assert ds[k]["sentence2"] == fields[4]
     assert '"' in ds[k]["sentence1"] + ds[k]["sentence2"]
     # every quote character in the file's text columns survives
-    n_file = sum(l.split("\t")[3].count('"') + l.split("\t")[4].count('"') for l in data_lines)
+    n_file = sum(line.split("\t")[3].count('"') + line.split("\t")[4].count('"') for line in data_lines)
     n_ds = sum(s.count('"') for s in ds["sentence1"]) + sum(s.count('"') for s in ds["sentence2"])
     assert n_file == n_ds > 100
 
@@ -258,7 +258,10 @@ def test_fixture_stsb_bounds_inclusive(tmp_path):
 
 def test_fixture_mnli_two_dev_splits(tmp_path):
     hdr = "\t".join(f"c{i}" for i in range(12))
-    row = lambda p, h, y: "\t".join(["0", "1", "2", "g", "x", "x", "x", "x", p, h, y, y])
+
+    def row(p, h, y):
+        return "\t".join(["0", "1", "2", "g", "x", "x", "x", "x", p, h, y, y])
+
     write(tmp_path, "MNLI", "dev_matched.tsv", [hdr, row("p1", "h1", "neutral")])
     write(tmp_path, "MNLI", "dev_mismatched.tsv", [hdr, row("p2", "h2", "contradiction"),
                                                    row("p3", "h3", "entailment")])
@@ -517,7 +520,8 @@ def test_source_order_flag_env_hub_embedded(fresh_hub_status, tmp_path, monkeypa
     flag = tmp_path / "flag"
     flag.mkdir()
     assert D.resolve_data_source(str(flag), sst2) == D.DataSource("dir", flag, f"the GLUE folder {flag} (--data-dir)")
-    assert D.resolve_data_source(None, sst2).path == tmp_path and "$GLUE_DIR" in D.resolve_data_source(None, sst2).description
+    from_env = D.resolve_data_source(None, sst2)
+    assert from_env.path == tmp_path and "$GLUE_DIR" in from_env.description
     monkeypatch.delenv("GLUE_DIR")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     src = D.resolve_data_source(None, sst2)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from pathlib import Path
 
 import yaml
 
@@ -35,10 +34,11 @@ def test_auto_budget_is_half_the_teachers_latency():
     assert resolve_budget(spec, {}, teachers) == 7.0
 
 
-def test_demo_path_end_to_end_on_the_embedded_sample(cli_env, tmp_path, tiny_bert_dir):
+def test_demo_path_end_to_end_on_the_embedded_sample(cli_env, tmp_path, tiny_bert_dir):  # noqa: F811 (test_sweep fixture)
     preset = dict(name="tinydemo", mode="grid", tasks=["sst2"], teacher_model=str(tiny_bert_dir), seeds=[0],
                   student_seeds=[1, 2], data_fractions=[1.0], teacher=dict(KNOBS),
-                  base={**KNOBS, "max_train_samples": 96}, grid={"variant": ["ft", "sm+tmkd"], "student_layers": [1, 2]},
+                  base={**KNOBS, "max_train_samples": 96},
+                  grid={"variant": ["ft", "sm+tmkd"], "student_layers": [1, 2]},
                   latency_budget_ms=1000.0, latency_batch_sizes=[1], latency_protocol=FAST_LATENCY, report=True,
                   select_allow_chance=True,   # tiny random students are at chance: the plumbing is what is tested
                   cpus_per_trial=1)

@@ -47,7 +47,8 @@ def exports(tiny_clf, small_glue_dir, tmp_path_factory) -> dict:
 
 # --- names --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("fmt,q,device,want", [("onnx", None, "cpu", "onnx"), ("onnx", "int8", "cpu", "onnx-int8"),
-                                               ("torch", "int8", "cpu", "torch-int8"), ("torch", "none", "cuda", "torch"),
+                                               ("torch", "int8", "cpu", "torch-int8"),
+                                               ("torch", "none", "cuda", "torch"),
                                                ("ONNX-int8", None, "cpu", "onnx-int8")])
 def test_format_names(fmt, q, device, want):
     assert F.format_name(fmt, q, device) == want
@@ -110,7 +111,8 @@ def test_evaluate_and_latency_accept_an_export(exports, small_glue_dir, capsys, 
     assert cli.main(["evaluate", "--task", "sst2", "--model", out, "--data-dir", str(small_glue_dir)]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["format"] == "onnx-int8"
-    assert "accuracy" in res["chance"] and res["above_chance"] == (res["primary_value"] > res["chance"]["accuracy"] + 0.01)
+    assert "accuracy" in res["chance"]
+    assert res["above_chance"] == (res["primary_value"] > res["chance"]["accuracy"] + 0.01)
     assert res["primary_value"] == pytest.approx(exports["onnx-int8"]["metrics_after"]["accuracy"])
     # the export records its task: no --task needed (the exported folder here is a plain HF model's)
     assert cli.main(["evaluate", "--model", out, "--data-dir", str(small_glue_dir)]) == 0
@@ -153,7 +155,8 @@ def test_latency_cache_is_keyed_by_format_and_runtime(tiny_clf, tmp_path):
 def _point(group, fmt, score, lat, src):
     return {"config_group": f"{group}/{fmt}", "base_config_group": group, "label": f"{group} [{fmt}]", "format": fmt,
             "weight_type": "qint8" if fmt == "onnx-int8" else None, "best_run": {"run_id": f"r-{group}", "seed": 0},
-            "n": 1, "seeds": [0], "score": score, "score_std": float("nan"), "scores": [score], "run_ids": [f"r-{group}"],
+            "n": 1, "seeds": [0], "score": score, "score_std": float("nan"), "scores": [score],
+            "run_ids": [f"r-{group}"],
             "latency_ms": lat, "latency": {"p90_ms": lat}, "latency_source": "measured", "source_dir": str(src)}
 
 
@@ -169,7 +172,8 @@ def test_select_over_formats_prefers_accuracy_within_budget(tiny_clf, small_glue
     assert sel["chosen"]["label"] == "k2 [onnx]" and sel["chosen"]["format"] == "onnx"
     assert [g["label"] for g in sel["front"]] == ["k1 [onnx-int8]", "k2 [onnx-int8]", "k1 [torch]", "k2 [onnx]"]
     out = tmp_path / "ship"
-    assert {"model.onnx", "selection.json", "pareto.png", "README.md", "mixkd_export.json"} <= {p.name for p in out.iterdir()}
+    assert {"model.onnx", "selection.json", "pareto.png", "README.md",
+            "mixkd_export.json"} <= {p.name for p in out.iterdir()}
     assert "Chosen by `mixkd select`" in (out / "README.md").read_text()
 
 
@@ -188,7 +192,8 @@ def test_select_formats_end_to_end(tiny_models, small_glue_dir, tmp_path, capsys
     assert meta["format"] == sel["chosen"]["format"] and "as " + meta["format"] in text
 
 
-def test_select_refuses_an_unmeetable_budget_before_converting_anything(tiny_models, small_glue_dir, tmp_path,
+def test_select_refuses_an_unmeetable_budget_before_converting_anything(tiny_models,  # noqa: F811 (test_selection fixture)
+                                                                        small_glue_dir, tmp_path,
                                                                         monkeypatch, capsys):
     """Latency depends on architecture and format only: a budget nothing meets is refused from the latencies, before
     a single model is converted or scored, naming the fastest point."""

@@ -225,7 +225,7 @@ def test_distill_refuses_a_decoder_teacher_in_one_line_before_writing(tok, tmp_p
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-m", "mixkd", "distill", "--task", "sst2", "--teacher", str(teacher),
                            "--output-dir", str(out)], env=env, capture_output=True, text=True, timeout=180)
-    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert lines[0].startswith("mixkd distill: error: ") and "gpt2: decoder-only" in lines[0], lines[0]
     assert "--student-model" in lines[0] and not out.exists()

@@ -354,7 +354,8 @@ def test_nan_loss_fails_the_trial_with_step_and_term_and_is_not_retried(tmp_path
     # Tune: the trial reported nothing (ASHA never had a score of it); its retries failed at once
     tune_dir = spec.experiment_dir / "tune" / f"search-{TEACHER_KEY}"
     (trial_tune_dir,) = [p for p in tune_dir.glob(f"run_trial_{bad.name}_*") if p.is_dir()]
-    result_rows = (trial_tune_dir / "result.json").read_text().split() if (trial_tune_dir / "result.json").exists() else []
+    result_file = trial_tune_dir / "result.json"
+    result_rows = result_file.read_text().split() if result_file.exists() else []
     assert result_rows == [], result_rows
     storage = f"sqlite:///{spec.experiment_dir / 'optuna.db'}"
     (study,) = [optuna.load_study(study_name=s.study_name, storage=storage)
@@ -592,9 +593,9 @@ def _run_state(out: Path) -> str:
 
 def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_bert_dir, small_glue_dir):
     """`mixkd finetune` is SIGKILLed 4 times, each at a random moment after it made progress (mid-step,
-    mid-eval, mid-checkpoint write), and continued with --resume each time. After every kill the folder is either clearly unfinished with a
-    loadable checkpoint, or empty; never a torn checkpoint or a result. The finished run equals an
-    uninterrupted one bit for bit (weights, metrics, log)."""
+    mid-eval, mid-checkpoint write), and continued with --resume each time. After every kill the folder is either
+    clearly unfinished with a loadable checkpoint, or empty; never a torn checkpoint or a result. The finished run
+    equals an uninterrupted one bit for bit (weights, metrics, log)."""
     import random
     from safetensors.torch import load_file
     from mixkd.jobs.run import finetune
@@ -626,7 +627,8 @@ def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(tmp_
         proc.wait()
         state = _run_state(out)
         assert state in ("resumable", "empty"), state
-        states.append((state, max([r["step"] for r in log_rows(out)], default=0) if (out / "log.jsonl").exists() else 0))
+        last_step = max([r["step"] for r in log_rows(out)], default=0) if (out / "log.jsonl").exists() else 0
+        states.append((state, last_step))
     resume = _run_state(out) == "resumable"
     done = subprocess.run(base + (["--resume"] if resume else []), env={**env, "MIXKD_FAULTS": ""},
                           capture_output=True, text=True, timeout=300)

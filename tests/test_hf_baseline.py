@@ -31,7 +31,8 @@ def test_hf_baseline_trains(variant, grouped, tiny_teacher_run, small_glue_dir, 
     before = student.classifier.weight.detach().clone()
     kw = {"train_sampling_strategy": "group_by_length"} if grouped else {}
     args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=16, max_steps=3, learning_rate=1e-3,
-                             use_cpu=True, report_to="none", disable_tqdm=True, save_strategy="no", logging_steps=1, **kw)
+                             use_cpu=True, report_to="none", disable_tqdm=True, save_strategy="no", logging_steps=1,
+                             **kw)
     trainer = DistillTrainer(model=student, teacher=teacher, variant=variant, args=args, train_dataset=data.train,
                              processing_class=tok)
     calls = []

@@ -45,7 +45,8 @@ def installed(tmp_path_factory) -> dict:
     env_dir = tmp / "venv"
     venv.EnvBuilder(with_pip=False, symlinks=True).create(env_dir)
     python = env_dir / "bin" / "python"
-    site = Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=tmp).stdout.strip())
+    where = _run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=tmp)
+    site = Path(where.stdout.strip())
     deps = dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))   # this venv's: the dependencies
     (site / "_mixkd_test_deps.pth").write_text("".join(f"{d}\n" for d in deps))
     _run(pip + ["--python", python, "install", "--no-deps", "--no-index", "-q", wheel], cwd=tmp)

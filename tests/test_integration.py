@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from conftest import tiny_cfg
 from mixkd.jobs.run import distill, finetune

@@ -147,7 +147,8 @@ def test_cache_hit_and_misses(tmp_path, monkeypatch):
     assert len(files) == 1 and files[0].suffix == ".json"          # no temp file left behind
     second = L.cached_latency(cfg, 1, 16, **kw)
     assert second["cached"] is True and len(calls) == 1 and len(probes) == 1   # checked by a probe, then reused
-    assert second["p50_ms"] == first["p50_ms"] and second["architecture_fingerprint"] == first["architecture_fingerprint"]
+    assert second["p50_ms"] == first["p50_ms"]
+    assert second["architecture_fingerprint"] == first["architecture_fingerprint"]
     # a differently named / differently initialised config of the same shape hits the same entry
     same_arch = tiny_config(layers=3, hidden_dropout_prob=0.0)
     same_arch._name_or_path = "elsewhere"
@@ -211,8 +212,8 @@ def test_a_cached_latency_that_no_longer_holds_is_measured_again(tmp_path, monke
     kw = dict(cache_dir=tmp_path, threads=1, **FAST)
     first = L.cached_latency(tiny_config(layers=2), 1, 8, **kw)
     # the machine is now 3x slower than when the entry was written (or the entry came from a busy one)
-    monkeypatch.setattr(L, "measure", lambda *a, **k: {**(r := real(*a, **k)), "p50_ms": 3 * first["p50_ms"] + 5,
-                                                        "p90_ms": 3 * first["p50_ms"] + 5.5})
+    monkeypatch.setattr(L, "measure", lambda *a, **k: {**real(*a, **k), "p50_ms": 3 * first["p50_ms"] + 5,
+                                                  "p90_ms": 3 * first["p50_ms"] + 5.5})
     again = L.cached_latency(tiny_config(layers=2), 1, 8, **kw)
     assert again["cached"] is False and again["p50_ms"] == 3 * first["p50_ms"] + 5
     assert json.loads(Path(again["cache_file"]).read_text())["p50_ms"] == again["p50_ms"]

@@ -83,14 +83,14 @@ def test_cli_input_file_round_trip_keeps_order(onnx_export, small_glue_dir, sst2
     out = tmp_path / "dev.jsonl"
     assert cli.main(["predict", "--model", str(onnx_export), "--input-file", str(small_glue_dir / "SST-2" / "dev.tsv"),
                      "--output-file", str(out), "--batch-size", "5"]) == 0
-    rows = [json.loads(l) for l in out.read_text().splitlines()]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["text"] for r in rows] == sst2_dev
     check_rows(rows, reference, 1e-4)
     # a plain text file (one example per line), reversed: the output follows the file
     txt = tmp_path / "reviews.txt"
     txt.write_text("\n".join(reversed(sst2_dev)) + "\n\n")
     assert cli.main(["predict", "--model", str(onnx_export), "--input-file", str(txt), "--device", "cpu"]) == 0
-    lines = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["text"] for r in lines] == sst2_dev[::-1]
     assert [r["label"] for r in lines] == [r["label"] for r in rows][::-1]
 
@@ -98,9 +98,9 @@ def test_cli_input_file_round_trip_keeps_order(onnx_export, small_glue_dir, sst2
 def test_cli_texts_to_stdout(tiny_teacher_run, capsys):
     assert cli.main(["predict", "--model", str(tiny_teacher_run), "--text", "a gripping , funny film",
                      "--text", "a dull , lifeless mess", "--device", "cpu"]) == 0
-    lines = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
-    assert [l["text"] for l in lines] == ["a gripping , funny film", "a dull , lifeless mess"]
-    assert all(l["label"] in ("negative", "positive") and len(l["probabilities"]) == 2 for l in lines)
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["text"] for r in lines] == ["a gripping , funny film", "a dull , lifeless mess"]
+    assert all(r["label"] in ("negative", "positive") and len(r["probabilities"]) == 2 for r in lines)
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +125,7 @@ def test_pair_task_matches_evaluate(pair_clf, small_glue_dir, tmp_path):
     out = tmp_path / "pairs.out.jsonl"
     assert cli.main(["predict", "--model", str(pair_clf), "--input-file", str(f), "--text-column", "a",
                      "--text-pair-column", "b", "--output-file", str(out), "--device", "cpu"]) == 0
-    rows = [json.loads(l) for l in out.read_text().splitlines()]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["text_pair"] for r in rows] == cols["sentence2"]
     assert [r["label_id"] for r in rows] == ref[""][0].argmax(-1).tolist()
 

@@ -27,7 +27,8 @@ class Store:
         self.uri = f"sqlite:///{path}"
         self.client = MlflowClient(self.uri)
         self.exp_id = self.client.create_experiment(EXP, tags={"mixkd": "1"})
-        self.parent = self.client.create_run(self.exp_id, tags={"mixkd.role": "sweep", "mixkd.sweep_id": "s1"}).info.run_id
+        self.parent = self.client.create_run(self.exp_id,
+                                             tags={"mixkd.role": "sweep", "mixkd.sweep_id": "s1"}).info.run_id
         self.ids: dict[str, list[str]] = {}
 
     def add(self, name, role, task, seed, metrics, variant="ft", k=None, frac=1.0, aug="none", group=None,

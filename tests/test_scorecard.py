@@ -83,8 +83,7 @@ def test_overlapping_arms_are_inconclusive(card):
 
 def test_unpaired_arms_use_welch(card):
     r = _row(card, "sm+tmkd>ft", 1)
-    a, b = [75.0, 78.0], [70.0, 72.0]
-    va, vb = 4.5, 2.0                                          # sample variances
+    va, vb = 4.5, 2.0                                          # sample variances of [75, 78] and [70, 72]
     se2 = va / 2 + vb / 2
     df = se2 ** 2 / ((va / 2) ** 2 + (vb / 2) ** 2)
     half = student_t.ppf(0.975, df) * math.sqrt(se2)

@@ -372,7 +372,8 @@ def test_identical_ft_runs_are_identical(tiny_teacher_run, small_glue_dir, tmp_p
     m2 = distill(tiny_cfg(output_dir=str(tmp_path / "r2"), **kw))
     assert m1["metrics"] == m2["metrics"]
     assert m1["config_hash"] == m2["config_hash"]
-    assert_same_weights(tmp_path / "r1" / "model" / "model.safetensors", tmp_path / "r2" / "model" / "model.safetensors")
+    assert_same_weights(tmp_path / "r1" / "model" / "model.safetensors",
+                        tmp_path / "r2" / "model" / "model.safetensors")
     assert comparable(read_log(tmp_path / "r1")) == comparable(read_log(tmp_path / "r2"))
     # and training did change the weights (the comparison is not vacuous)
     w0 = load_weights(tiny_teacher_run / "model" / "model.safetensors")

@@ -30,8 +30,10 @@ EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
     "select": ("select", "the most accurate student of a sweep within a latency budget: export, card, plot"),
     "augment": ("augment", "back-translate a task's training rows (+BT data for --augment-file / --augment bt)"),
     "report": ("report", "the paper's tables (1-3, Fig. 1, Fig. 3) rebuilt from MLflow runs, paper numbers beside"),
-    "export": ("export", "a classifier as torch or onnx (--quantize int8), reloaded and checked on the dev set, with a card"),
-    "predict": ("predict", "label names and probabilities of a saved or exported classifier for --text or an --input-file"),
+    "export": ("export", "a classifier as torch or onnx (--quantize int8), reloaded and checked on the dev set, "
+                         "with a card"),
+    "predict": ("predict", "label names and probabilities of a saved or exported classifier for --text or an "
+                           "--input-file"),
 }
 
 

@@ -26,11 +26,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-labels", type=int, help="classifier outputs (default: the model config's)")
     p.add_argument("--batch-size", type=int, nargs="+", default=list(L.DEFAULT_BATCH_SIZES), dest="batch_sizes",
                    help=f"batch sizes (default: {' '.join(map(str, L.DEFAULT_BATCH_SIZES))})")
-    p.add_argument("--seq-len", type=int, default=L.DEFAULT_SEQ_LEN, help=f"tokens per input (default {L.DEFAULT_SEQ_LEN})")
+    p.add_argument("--seq-len", type=int, default=L.DEFAULT_SEQ_LEN,
+                   help=f"tokens per input (default {L.DEFAULT_SEQ_LEN})")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--dtype", default="fp32", choices=L.DTYPES, help="weights and activations (default fp32)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's current count)")
-    p.add_argument("--warmup", type=int, default=L.DEFAULT_WARMUP, help=f"untimed runs first (default {L.DEFAULT_WARMUP})")
+    p.add_argument("--warmup", type=int, default=L.DEFAULT_WARMUP,
+                   help=f"untimed runs first (default {L.DEFAULT_WARMUP})")
     p.add_argument("--min-iters", type=int, default=L.DEFAULT_MIN_ITERS,
                    help=f"at least this many timed runs (default {L.DEFAULT_MIN_ITERS})")
     p.add_argument("--min-seconds", type=float, default=L.DEFAULT_MIN_SECONDS,
@@ -66,7 +68,8 @@ def _format(args: argparse.Namespace) -> tuple[str, str]:
     meta = read_export_meta(args.model) if Path(args.model).expanduser().is_dir() else None
     fmt = getattr(args, "format", None)
     if meta is not None and fmt is None and getattr(args, "quantize", None) is None:
-        return format_name(meta["format"], device=args.device), (meta.get("quantization") or {}).get("weight_type", "qint8")
+        weight_type = (meta.get("quantization") or {}).get("weight_type", "qint8")
+        return format_name(meta["format"], device=args.device), weight_type
     return format_name(fmt or "torch", getattr(args, "quantize", None), device=args.device), "qint8"
 
 
@@ -79,7 +82,8 @@ def run(args: argparse.Namespace) -> dict:
         cfg = L.student_config(cfg, args.student_layers)
     max_pos = getattr(cfg, "max_position_embeddings", None)
     if max_pos is not None and args.seq_len > max_pos:
-        raise UsageError(f"--seq-len {args.seq_len} is longer than the model's {max_pos} positions; use at most {max_pos}")
+        raise UsageError(f"--seq-len {args.seq_len} is longer than the model's {max_pos} positions; "
+                         f"use at most {max_pos}")
     proto = dict(device=args.device, dtype=args.dtype, warmup=args.warmup, min_iters=args.min_iters,
                  min_seconds=args.min_seconds, threads=args.threads)
     label = args.model + (f" k={args.student_layers}" if args.student_layers is not None else "")
@@ -117,7 +121,8 @@ def _row(label: str, args: argparse.Namespace, b: int, rs: list[dict]) -> dict:
     """One batch size's row: the result itself (one measurement) or the medians over repeats with the CV."""
     if len(rs) == 1:
         return {"model": label, **rs[0], "repeats": rs}
-    med = {k: statistics.median(x[k] for x in rs) for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "throughput")}
+    med = {k: statistics.median(x[k] for x in rs)
+           for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "throughput")}
     return {"model": label, "batch_size": b, "seq_len": args.seq_len, **med, "iters": sum(x["iters"] for x in rs),
             "cached": False, "cv_p50": L.coefficient_of_variation([x["p50_ms"] for x in rs]),
             "cv_p90": L.coefficient_of_variation([x["p90_ms"] for x in rs]),

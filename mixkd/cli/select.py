@@ -18,7 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="new folder for the exported student (must not exist)")
     p.add_argument("--percentile", default="p90", choices=L.PERCENTILES, help="latency statistic (default p90)")
     p.add_argument("--batch-size", type=int, default=1, help="batch size of the latency (default 1)")
-    p.add_argument("--seq-len", type=int, default=L.DEFAULT_SEQ_LEN, help=f"sequence length (default {L.DEFAULT_SEQ_LEN})")
+    p.add_argument("--seq-len", type=int, default=L.DEFAULT_SEQ_LEN,
+                   help=f"sequence length (default {L.DEFAULT_SEQ_LEN})")
     p.add_argument("--task", help="GLUE task (needed when the store holds runs of several tasks)")
     p.add_argument("--device", default="cpu", help="device of the latency: cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--dtype", default="fp32", choices=L.DTYPES, help="dtype of the latency (default fp32)")
@@ -33,7 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--formats", default="all",
                    help="deployment formats to choose over, comma-separated: torch, torch-int8, onnx, onnx-int8, or "
                         "all (every one this device has; the default); each is scored on the dev set after conversion")
-    p.add_argument("--data-dir", help="GLUE folder for the after-conversion dev scores (default: $GLUE_DIR, hub, sample)")
+    p.add_argument("--data-dir",
+                   help="GLUE folder for the after-conversion dev scores (default: $GLUE_DIR, hub, sample)")
     p.add_argument("--allow-chance", action="store_true",
                    help="also consider configurations at chance level (no better than a constant predictor on dev; "
                         "left out by default)")
@@ -43,12 +45,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from ..deploy.selection import format_selection, select
     if not (math.isfinite(args.latency_budget_ms) and args.latency_budget_ms > 0):
-        raise UsageError(f"--latency-budget-ms {args.latency_budget_ms:g} is invalid; use a positive number of milliseconds")
+        raise UsageError(f"--latency-budget-ms {args.latency_budget_ms:g} is invalid; "
+                         f"use a positive number of milliseconds")
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads {args.threads} is invalid; use a positive integer")
     if args.warmup < 0 or args.min_iters < 1 or not args.min_seconds >= 0:
         raise UsageError(f"the latency protocol --warmup {args.warmup} --min-iters {args.min_iters} "
-                         f"--min-seconds {args.min_seconds:g} is invalid; use warmup >= 0, min-iters >= 1, min-seconds >= 0")
+                         f"--min-seconds {args.min_seconds:g} is invalid; "
+                         f"use warmup >= 0, min-iters >= 1, min-seconds >= 0")
     from ..deploy.formats import parse_formats
     formats = parse_formats(args.formats, args.device)
     if args.max_eval_samples is not None and args.max_eval_samples < 1:

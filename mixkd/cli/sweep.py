@@ -36,7 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="cap on trials at once (default: what the cluster's current CPUs/GPUs fit; set it on "
                         "autoscaling clusters that start with fewer nodes)")
     p.add_argument("--storage-path", help="experiment storage (local path or a mount shared by all nodes)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite in the experiment folder)")
+    p.add_argument("--tracking-uri",
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite in the experiment folder)")
     p.add_argument("--experiment-name", help="experiment (folder and MLflow experiment) name; default: the preset's")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted sweep of the same name (starts it if there is none yet)")
@@ -72,10 +73,10 @@ def load_spec(args: argparse.Namespace):
     with resources.as_file(path) as file:   # a real file even if the package is not on a filesystem
         spec = SweepSpec.from_yaml(file)
     overrides = {k: getattr(args, k) for k in ("tasks", "teacher_model", "num_samples", "seeds", "data_fractions",
-                                               "workers_per_trial", "gpus_per_trial", "cpus_per_trial", "max_concurrent_trials",
-                                               "storage_path", "tracking_uri", "data_dir",
-                                               "latency_budget_ms", "measure_latency", "searcher", "student_seeds", "select_formats",
-                                               "report")
+                                               "workers_per_trial", "gpus_per_trial", "cpus_per_trial",
+                                               "max_concurrent_trials", "storage_path", "tracking_uri", "data_dir",
+                                               "latency_budget_ms", "measure_latency", "searcher", "student_seeds",
+                                               "select_formats", "report")
                  if getattr(args, k, None) is not None}
     if args.experiment_name:
         overrides["name"] = args.experiment_name

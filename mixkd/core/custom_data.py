@@ -252,7 +252,7 @@ def parse_labels(text: str | None) -> list[str] | None:
     labels = [s.strip() for s in str(text).split(",")]
     if "" in labels:
         raise UsageError(f"--labels {text!r} has an empty name; give every class a name, comma-separated")
-    dup = next((l for i, l in enumerate(labels) if l in labels[:i]), None)
+    dup = next((name for i, name in enumerate(labels) if name in labels[:i]), None)
     if dup is not None:
         raise UsageError(f"--labels {text!r} names {dup!r} twice; give each class once, in id order")
     return labels
@@ -286,7 +286,7 @@ def resolve(cfg, command: str):
                 raise UsageError("evaluate on custom data needs the label set: score a mixkd run dir (its "
                                  "config.yaml has it) or pass --labels in the model's id order")
             labels = [str(v) for v in _sorted_labels(values)]
-            bad = next((l for l in labels if "," in l), None)
+            bad = next((lab for lab in labels if "," in lab), None)
             if bad is not None:
                 raise UsageError(f"{where}: label {bad!r} contains a comma; rename it (labels are recorded "
                                  f"comma-separated)")

@@ -7,9 +7,13 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import UsageError
 from .tasks import TaskSpec
+
+if TYPE_CHECKING:   # annotations only (postponed): torch stays unimported
+    from torch import nn
 
 MINILM_ALIAS = "minilm-l6"
 LAYER_STRATEGIES = ("first", "skip", "last")
@@ -92,7 +96,7 @@ def load_classifier(name: str, task: TaskSpec, new_head: bool, trust_remote_code
         labels = task.label_names or ("score",)
         kw.update(num_labels=task.num_labels, ignore_mismatched_sizes=True,
                   problem_type="regression" if task.regression else "single_label_classification",
-                  id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
+                  id2label=dict(enumerate(labels)), label2id={lab: i for i, lab in enumerate(labels)})
     from .weights import check_weights
     check_weights(path)
     try:
@@ -105,9 +109,9 @@ def load_classifier(name: str, task: TaskSpec, new_head: bool, trust_remote_code
     if task.custom is not None and not task.regression and not new_head:
         names = [str(model.config.id2label.get(i, i)) for i in range(task.num_labels)]
         if names != list(task.label_names):
-            raise UsageError(f"model '{name}' predicts the labels {', '.join(names)} (in id order) but the data's label "
-                             f"set is {', '.join(task.label_names)}; pass --labels in the model's order or use a "
-                             f"model trained on this data")
+            raise UsageError(f"model '{name}' predicts the labels {', '.join(names)} (in id order) but the data's "
+                             f"label set is {', '.join(task.label_names)}; pass --labels in the model's order or use "
+                             f"a model trained on this data")
     return model
 
 

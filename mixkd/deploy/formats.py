@@ -1,12 +1,13 @@
 """Deployment formats of a sequence classifier: names, which ones this device has, conversion of a
 PyTorch model into each, loading an exported folder back, and latency per format (cached).
 
-| format | what runs | int8 how |
-|---|---|---|
-| ``torch`` | the PyTorch model (safetensors weights) | - |
-| ``torch-int8`` | the same weights, ``torch.ao.quantization.quantize_dynamic`` of every ``nn.Linear`` at load time (qint8 weights, activations quantized per batch); CPU only | dynamic |
-| ``onnx`` | ``model.onnx`` under ONNX Runtime (:mod:`.onnx_export`) | - |
-| ``onnx-int8`` | ``model.onnx`` after ONNX Runtime dynamic quantization (weight type qint8 or quint8, measured) | dynamic |
+The formats (what runs; both int8 formats quantize dynamically):
+
+- ``torch``: the PyTorch model (safetensors weights);
+- ``torch-int8``: the same weights, ``torch.ao.quantization.quantize_dynamic`` of every ``nn.Linear`` at load time
+  (qint8 weights, activations quantized per batch); CPU only;
+- ``onnx``: ``model.onnx`` under ONNX Runtime (:mod:`.onnx_export`);
+- ``onnx-int8``: ``model.onnx`` after ONNX Runtime dynamic quantization (weight type qint8 or quint8, measured).
 
 An exported folder (``mixkd export``) holds :data:`EXPORT_META` (``mixkd_export.json``: the format, the
 quantization, the runtime and the checks), ``config.json``, the tokenizer and the weights (``model.safetensors``
@@ -186,7 +187,8 @@ def evaluate_exported(cfg) -> dict[str, Any]:
     cfg, task = task_for(validate(cfg, "evaluate"), "evaluate")
     model, tok, meta = load_exported(cfg.model)
     if meta.get("task") and task_name(meta["task"]) != task.name:
-        raise UsageError(f"{cfg.model} was exported for task {meta['task']}, not {task.name}; use --task {meta['task']}")
+        raise UsageError(f"{cfg.model} was exported for task {meta['task']}, not {task.name}; "
+                         f"use --task {meta['task']}")
     data = load_glue(cfg, task, tok, train=False)
     metrics = evaluate_model(model, data, make_collator(tok), cfg.eval_batch_size, torch.device("cpu"), "fp32")
     return scored(task, cfg.model, metrics, data, format=meta.get("format"))

@@ -118,8 +118,8 @@ class _Latencies:
                 pass
         params = run.get("params") or {}
         teacher, k = params.get("teacher"), _none(run.get("student_layers"))
-        if run.get("role") == "trial" and teacher not in (None, "None") and params.get("student_model") in (None, "None") \
-                and k is not None:
+        if run.get("role") == "trial" and teacher not in (None, "None") \
+                and params.get("student_model") in (None, "None") and k is not None:
             try:
                 return L.student_config(teacher, int(k))
             except UsageError:

@@ -127,7 +127,8 @@ def export_card(meta: Mapping[str, Any], where: str) -> str:
     fmt, task, primary = meta["format"], meta.get("task"), meta.get("primary_metric")
     q, onnx, agree = meta.get("quantization") or {}, meta.get("onnx") or {}, meta.get("agreement") or {}
     before, after = meta.get("metrics_before") or {}, meta.get("metrics_after") or {}
-    front = {"library_name": "onnx" if fmt.startswith("onnx") else "transformers", "pipeline_tag": "text-classification",
+    front = {"library_name": "onnx" if fmt.startswith("onnx") else "transformers",
+             "pipeline_tag": "text-classification",
              "tags": ["mixkd", "knowledge-distillation", "text-classification", "glue", fmt]}
     lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
              f"# GLUE {task} classifier, {fmt}", "",
@@ -146,7 +147,8 @@ def export_card(meta: Mapping[str, Any], where: str) -> str:
                      f"{_fmt(a - v) if isinstance(a, float) else 'n/a'} |")
     lines += ["", f"Same label as PyTorch fp32 on {agree.get('same_label')} of {agree.get('rows')} rows "
               f"({_fmt(100 * agree.get('label_agreement', float('nan')), 2)}%); max |logit difference| "
-              f"{agree.get('max_abs_logit_diff', float('nan')):.2e}, mean {agree.get('mean_abs_logit_diff', float('nan')):.2e}.", ""]
+              f"{agree.get('max_abs_logit_diff', float('nan')):.2e}, "
+              f"mean {agree.get('mean_abs_logit_diff', float('nan')):.2e}.", ""]
     cands = meta.get("weight_type_candidates") or []
     if cands:
         lines += ["Weight types measured (the better primary metric is kept):", "",

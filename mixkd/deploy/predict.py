@@ -177,8 +177,8 @@ class Predictor:
                              f"use --max-length {min(limit, 512)} or less")
         return max_length
 
-    def logits(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-               max_length: int | None = None):
+    def logits(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None,
+               batch_size: int = DEFAULT_BATCH_SIZE, max_length: int | None = None):
         """The model's logits (rows in input order) as a float32 numpy array of shape (len(texts), num_labels)."""
         import numpy as np
         import torch
@@ -277,7 +277,8 @@ def _records(path: Path) -> tuple[list[str], list[dict]]:
                     raise UsageError(f"{path}:{n}: not a JSON object ({e}); write one JSON object per line") from None
     for n, row in lines:
         if not isinstance(row, dict):
-            raise UsageError(f"{path}:{n}: a JSON {type(row).__name__}, not an object; write {{\"text\": ...}} per line")
+            raise UsageError(f"{path}:{n}: a JSON {type(row).__name__}, not an object; "
+                             f"write {{\"text\": ...}} per line")
     columns = list(dict.fromkeys(k for _, r in lines for k in r))
     return columns, [r for _, r in lines]
 

@@ -155,7 +155,8 @@ def select(tracking_uri: str, budget_ms: float, out: str | os.PathLike, *, exper
     task = trials[0].get("task")
     what = f"{percentile}, batch {batch_size}, seq {seq_len}, {device}"
     kw = dict(keep_at_chance=allow_chance, percentile=percentile, batch_size=batch_size, seq_len=seq_len,
-              device=device, dtype=dtype, threads=threads, tracking_uri=uri, remeasure=remeasure, cache_dir=cache_dir, protocol=protocol, log=log)
+              device=device, dtype=dtype, threads=threads, tracking_uri=uri, remeasure=remeasure, cache_dir=cache_dir,
+              protocol=protocol, log=log)
     teacher_rows = [r for r in rows if r.get("role") == "teacher" and r.get("task") == task]
     groups = group_runs(trials, **kw)
     teachers = group_runs(teacher_rows, role="teacher", **kw)
@@ -169,7 +170,8 @@ def select(tracking_uri: str, budget_ms: float, out: str | os.PathLike, *, exper
                                    experiment=experiment, teacher=teachers[0] if teachers else None, data_dir=data_dir,
                                    max_eval_samples=max_eval_samples, percentile=percentile, batch_size=batch_size,
                                    seq_len=seq_len, device=device, threads=threads, cache_dir=cache_dir,
-                                   protocol=protocol, primary_metric=_primary_name(task, trials[0].get("params")), log=log)
+                                   protocol=protocol, primary_metric=_primary_name(task, trials[0].get("params")),
+                                   log=log)
     if len({_kind(g) for g in groups + teachers} - {None}) > 1:
         # latencies from the sweep's hardware and from this machine do not compare: measure all of them here
         log("some latencies were logged by the sweep and others must be measured here; measuring all here so "
@@ -188,7 +190,8 @@ def select(tracking_uri: str, budget_ms: float, out: str | os.PathLike, *, exper
     teacher = _teacher_for(chosen, teachers, trials)
     if teacher is None or teacher.get("latency_ms") is None:
         def measure_cfg(cfg):
-            r = L.cached_latency(cfg, batch_size, seq_len, device, dtype, cache_dir, threads=threads, **(protocol or {}))
+            r = L.cached_latency(cfg, batch_size, seq_len, device, dtype, cache_dir, threads=threads,
+                                 **(protocol or {}))
             return {"stats": {k: r[k] for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "throughput")},
                     "p": r[f"{percentile}_ms"], "source": "cache" if r["cached"] else "measured",
                     "fingerprint": r["fingerprint"]}
@@ -253,7 +256,8 @@ def format_selection(sel: Mapping[str, Any]) -> str:
                  f"{pct} {ch['latency_ms']:.2f} ms (batch {sel['batch_size']}, seq {sel['seq_len']}, {sel['device']}; "
                  f"{ch['latency_source']})" +
                  (f", {sp:.2f}x faster than the teacher ({t.get('latency_ms'):.2f} ms)" if sp else ""))
-    lines.append(f"exported run {ch['best_run_id']} (seed {ch['best_seed']}) " + (f"as {ch['format']} " if ch.get('format') else "")
+    lines.append(f"exported run {ch['best_run_id']} (seed {ch['best_seed']}) "
+                 + (f"as {ch['format']} " if ch.get('format') else "")
                  + f"to {sel['out']}: model, tokenizer, "
                  f"README.md, selection.json, pareto.png")
     return "\n".join(lines)

@@ -136,8 +136,8 @@ def convert_and_score(torch_model, fmt: str, work: Path, data, tok, ref: dict[st
         module, info = F.convert(torch_model, fmt, Path(work) / (wt or fmt), weight_type=wt or "qint8", threads=threads)
         logits = _dev_logits(module, data, tok, eval_batch_size)
         m = _metrics(data.task, data, logits)
-        candidates.append({"module": module, "weight_type": wt, "metrics": m, "agreement": agreement(data.task, ref, logits),
-                           "info": info})
+        candidates.append({"module": module, "weight_type": wt, "metrics": m,
+                           "agreement": agreement(data.task, ref, logits), "info": info})
         if wt:
             log(f"{fmt} weight type {wt}: {primary} {m[primary]:.4f} "
                 f"(label agreement with fp32 {candidates[-1]['agreement']['label_agreement']:.2%})")
@@ -219,7 +219,8 @@ def export_model(model: str, fmt: str, out: str | os.PathLike, *, quantize: str 
                 f"rows ({agree['label_agreement']:.2%}), max |logit diff| {agree['max_abs_logit_diff']:.2e}")
             if not F.is_int8(fmt) and agree["label_agreement"] < min_agreement:
                 raise ExportCheckFailed(
-                    f"the {fmt} export gives PyTorch's label on {agree['label_agreement']:.2%} of {agree['rows']} dev rows "
+                    f"the {fmt} export gives PyTorch's label on {agree['label_agreement']:.2%} "
+                    f"of {agree['rows']} dev rows "
                     f"(< {min_agreement:.1%}; max |logit diff| {agree['max_abs_logit_diff']:.2e}); nothing was written")
             if write_extra is not None:
                 write_extra(tmp)

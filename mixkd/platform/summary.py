@@ -22,7 +22,8 @@ def summarize(exp_dir: Path, tracker=None) -> dict[str, Any]:
         if d.get("above_chance") is False:
             at_chance.append(m.parent.name)
         key = (d["task"], d["variant"], d["layers"], cfg.data_fraction, cfg.augmentation)
-        row = {"task": d["task"], "variant": d["variant"], "augmentation": cfg.augmentation, "student_layers": d["layers"],
+        row = {"task": d["task"], "variant": d["variant"], "augmentation": cfg.augmentation,
+               "student_layers": d["layers"],
                "data_fraction": cfg.data_fraction, "trial": m.parent.name, "primary_metric": d["primary_metric"],
                "primary_value": d["primary_value"], "metrics": d["metrics"], "params": d["params"],
                "run_dir": str(m.parent), "above_chance": d.get("above_chance")}

@@ -38,7 +38,10 @@ def pareto_points(d):
     if d is None or len(d) == 0 or xcol not in d.columns:
         return pts, xcol
     for role in ("trial", "teacher"):
-        sub = d[(d["role"] == role) & d[xcol].notna() & d["final/primary"].notna()] if "final/primary" in d.columns else d.iloc[:0]
+        if "final/primary" in d.columns:
+            sub = d[(d["role"] == role) & d[xcol].notna() & d["final/primary"].notna()]
+        else:
+            sub = d.iloc[:0]
         for (task, grp), g in sub.groupby([sub["task"], sub["config_group"].fillna(sub["run_id"])]):
             s = g["final/primary"].astype(float) * 100
             first = g.iloc[0]
@@ -194,9 +197,11 @@ def _external_pareto(d) -> tuple[dict[str, bytes], str] | None:
                 teachers = [{"latency_ms": p["x"], "score": p["score"], "label": "teacher"}
                             for p in pts if p["task"] == task and p["role"] == "teacher"]
                 path = Path(tmp) / f"pareto_{task}.png"
+                metric = TASKS[task].primary_metric if task in TASKS else "score"
+                versus = "latency" if xcol != "params_count" else "size"
                 sel_plot(groups, path, teachers=teachers, xlabel=xlabel,
-                         ylabel=f"dev {TASKS[task].primary_metric if task in TASKS else 'score'} × 100 (mean over seeds)",
-                         title=f"{TASK_LABEL.get(task, task)}: score vs {'latency' if xcol != 'params_count' else 'size'}")
+                         ylabel=f"dev {metric} × 100 (mean over seeds)",
+                         title=f"{TASK_LABEL.get(task, task)}: score vs {versus}")
                 figs[path.name] = path.read_bytes()
     except Exception:
         return None

@@ -66,8 +66,10 @@ def render_markdown(report: Report, images: bool = True) -> str:
         else:
             out += ["| Model | " + " | ".join(t.columns) + " |", "|---|" + "---|" * len(t.columns)]
             for r in t.rows:
-                label = r.label + (" _(paper only, not run by mixkd)_" if r.paper_only else "") + (" _(ours only)_" if r.ours_only else "")
-                out.append("| " + _md_escape(label) + " | " + " | ".join(_md_cell(c, ui, t, r.paper_only) for c in r.cells) + " |")
+                label = (r.label + (" _(paper only, not run by mixkd)_" if r.paper_only else "")
+                         + (" _(ours only)_" if r.ours_only else ""))
+                out.append("| " + _md_escape(label) + " | "
+                           + " | ".join(_md_cell(c, ui, t, r.paper_only) for c in r.cells) + " |")
         out.append("")
         out += [f"- {n}" for n in t.notes]
         out.append("")
@@ -84,7 +86,8 @@ def render_markdown(report: Report, images: bool = True) -> str:
 
 
 CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em;color:#222;max-width:1600px}
-table{border-collapse:collapse;margin:1em 0;font-size:13px}th,td{border:1px solid #ccc;padding:4px 6px;vertical-align:top}
+table{border-collapse:collapse;margin:1em 0;font-size:13px}
+th,td{border:1px solid #ccc;padding:4px 6px;vertical-align:top}
 th{background:#f0f0f0}td.ours{white-space:nowrap}.paper{color:#555}.delta-pos{color:#1a7f37}.delta-neg{color:#c62828}
 .norun{color:#999;font-style:italic}.note{color:#666;font-size:12px}.runs a{font-family:monospace;font-size:11px}
 tr.ours-only td:first-child{font-style:italic}tr.paper-only{background:#fafafa}img{max-width:100%;border:1px solid #eee}
@@ -121,11 +124,13 @@ def render_html(report: Report) -> str:
     e = html.escape
     ui = report.mlflow_ui_url
     body = ["<h1>MixKD report: the paper's tables with our runs</h1>",
-            f"<p>Paper: {e(P.PAPER)} ({e(P.PAPER_PDF)}); paper numbers from <code>mixkd/report/paper_numbers.py</code>.</p>",
+            f"<p>Paper: {e(P.PAPER)} ({e(P.PAPER_PDF)}); paper numbers from "
+            "<code>mixkd/report/paper_numbers.py</code>.</p>",
             "<ul>" + "".join(f"<li>{_inline_md(s)}</li>" for s in report.summary) + "</ul>",
             "<p>Each cell: <b>ours</b> mean ± std over seeds (n), the paper's value, Δ = ours − paper, and links "
             f"to the runs in the MLflow UI ({e(ui)}). <i>no run</i>: no finished run; —: the paper gives no value.</p>",
-            f"<h2 id=\"scorecard\">Claims scorecard</h2><p>{_inline_md(SCORECARD_INTRO)}</p>", SC.to_html(report.scorecard)]
+            f"<h2 id=\"scorecard\">Claims scorecard</h2><p>{_inline_md(SCORECARD_INTRO)}</p>",
+            SC.to_html(report.scorecard)]
     if "scorecard.png" in report.figures:
         b64 = base64.b64encode(report.figures["scorecard.png"]).decode()
         body.append(f"<img alt=\"scorecard.png\" src=\"data:image/png;base64,{b64}\">")
@@ -138,7 +143,8 @@ def render_html(report: Report) -> str:
             body.append("<tr><th>Model</th>" + "".join(f"<th>{e(c)}</th>" for c in t.columns) + "</tr>")
             for r in t.rows:
                 cls = "ours-only" if r.ours_only else ("paper-only" if r.paper_only else "")
-                tag = " <i>(paper only, not run by mixkd)</i>" if r.paper_only else (" <i>(ours only)</i>" if r.ours_only else "")
+                tag = (" <i>(paper only, not run by mixkd)</i>" if r.paper_only
+                       else (" <i>(ours only)</i>" if r.ours_only else ""))
                 body.append(f'<tr class="{cls}"><td>{e(r.label)}{tag}</td>'
                             + "".join(_html_cell(c, ui, t, r.paper_only) for c in r.cells) + "</tr>")
         body.append("</table><ul class=\"notes\">" + "".join(f"<li>{_inline_md(n)}</li>" for n in t.notes) + "</ul>")
@@ -150,7 +156,8 @@ def render_html(report: Report) -> str:
             if name in report.figure_notes:
                 body.append(f"<p class=\"note\">{e(report.figure_notes[name])}</p>")
         else:
-            body.append(f"<p class=\"note\">{e(name)}: not drawn ({e(report.figure_notes.get(name, 'nothing to plot'))})</p>")
+            why = report.figure_notes.get(name, "nothing to plot")
+            body.append(f"<p class=\"note\">{e(name)}: not drawn ({e(why)})</p>")
     return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>MixKD report</title>"
             f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 

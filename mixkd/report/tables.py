@@ -12,8 +12,8 @@ import re
 
 from . import paper_numbers as P
 from ..core.tasks import TASKS
-from .cells import (TASK_LABEL, Cell, Row, Table, TextTable, _frac, _our_row_keys, _row_label, _select,
-                    _setting_text, best_group_cell, column_label, in_setting, paper_comparable, task_metrics, PAPER_TEACHERS)
+from .cells import (PAPER_TEACHERS, TASK_LABEL, Cell, Row, Table, TextTable, _frac, _our_row_keys, _row_label,
+                    _select, _setting_text, best_group_cell, column_label, in_setting, paper_comparable, task_metrics)
 
 
 def _score_table(key, spec, d, setting, columns: list[tuple[str, tuple[str, ...]]], paper_of, extra_rows=True,
@@ -142,7 +142,10 @@ def table2(d) -> Table:
         if d is None or len(d) == 0:
             return d
         sub = d[d["teacher_model"] == model]
-        sub = sub[sub["role"] == "teacher"] if k is None else sub[(sub["role"] == "trial") & (sub["student_layers"] == k)]
+        if k is None:
+            sub = sub[sub["role"] == "teacher"]
+        else:
+            sub = sub[(sub["role"] == "trial") & (sub["student_layers"] == k)]
         if "sst2" in set(sub["task"]):
             sub = sub[sub["task"] == "sst2"]    # the paper's Table 2 task (heads differ by a few parameters)
         return sub
@@ -162,7 +165,8 @@ def table2(d) -> Table:
             if prow:
                 label = f"{prow['label']} · ours: {label}"
             params = agg(runs, "params_count", fmt="{:,.0f}")
-            params.paper, params.paper_fmt, params.delta_fmt = ([prow["params"]] if prow else None), "{:,.0f}", "{:+,.0f}"
+            params.paper = [prow["params"]] if prow else None
+            params.paper_fmt, params.delta_fmt = "{:,.0f}", "{:+,.0f}"
             sps = Cell(metrics=("samples_per_s",), paper=[prow["samples_per_s"]] if prow else None,
                        note="not measured by mixkd (see the latency columns)", paper_fmt="{:.0f}")
             speed = Cell(metrics=("speedup",), fmt="{:.2f}×", paper_fmt="{:.2f}×",
@@ -205,7 +209,8 @@ def fig1_table(d) -> Table:
             cells = []
             for i, (task, metric) in enumerate(columns):
                 paper = [paper_vals[i]] if paper_vals is not None and i < len(paper_cols) else None
-                cells.append(best_group_cell(_select(fsub, task, (v, bt, k), strat), (metric,), paper, paper_fmt="{:.1f}"))
+                cells.append(best_group_cell(_select(fsub, task, (v, bt, k), strat), (metric,), paper,
+                                             paper_fmt="{:.1f}"))
             if v == "teacher" and not any(c.has_run for c in cells):
                 continue
             name = "teacher" if v == "teacher" else (
@@ -287,7 +292,8 @@ def paper_only_tables() -> list[TextTable]:
     out = []
     for key, spec in (("table4", P.TABLE4_DA), ("table5", P.TABLE5_VARIANCE)):
         out.append(TextTable(key, spec["title"] + " (paper only)", ["Model", *spec["columns"]],
-                             [[name, *[v if isinstance(v, str) else _num(v) for v in vals]] for name, vals in spec["rows"]],
+                             [[name, *[v if isinstance(v, str) else _num(v) for v in vals]]
+                              for name, vals in spec["rows"]],
                              notes=[f"Source: {spec['source']}"]))
     ref = P.REFERENCE
     out.append(TextTable("reference", ref["title"], list(ref["columns"]), [list(r) for r in ref["rows"]],

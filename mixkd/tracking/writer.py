@@ -170,7 +170,8 @@ class SweepTracker:
                         name: str | None = None) -> bool:
         """Make sure a run folder that finished (metrics.json) has a FINISHED child run with its evals;
         repairs what a driver crash between a trial's end and its record left out. True if it wrote."""
-        found = self._runs.get(key) or self._find(f"tags.`{PARENT_TAG}` = '{self.sweep_id}' and tags.`mixkd.key` = '{key}'")
+        found = self._runs.get(key) or self._find(
+            f"tags.`{PARENT_TAG}` = '{self.sweep_id}' and tags.`mixkd.key` = '{key}'")
         if found and self.client.get_run(found).info.status == "FINISHED":
             self._runs[key] = found
             return False
@@ -283,7 +284,8 @@ class BackgroundTracker:
                 if future is not None:
                     future.set_exception(e)
                 else:
-                    msg = f"{getattr(fn, '__name__', fn)}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                    first = str(e).splitlines()[0][:200] if str(e) else ""
+                    msg = f"{getattr(fn, '__name__', fn)}: {type(e).__name__}: {first}"
                     if not any(m.split(':')[0] == msg.split(':')[0] for m in self.errors):
                         import sys
                         print(f"mixkd: MLflow write failed ({msg}); the run folders keep the results", file=sys.stderr)
@@ -346,9 +348,9 @@ class BackgroundTracker:
         if quiet:
             return
         if self._init_error is not None:
-            print(f"mixkd: MLflow store {redact_uri(self.uri)} could not be opened ({self.failed()[:300]}); nothing was "
-                  f"recorded there. The run folders hold every result: fix the store and rerun with --resume "
-                  f"to record them", file=sys.stderr)
+            print(f"mixkd: MLflow store {redact_uri(self.uri)} could not be opened ({self.failed()[:300]}); "
+                  f"nothing was recorded there. The run folders hold every result: fix the store and rerun with "
+                  f"--resume to record them", file=sys.stderr)
         elif self.errors:
             print(f"mixkd: {len(self.errors)} MLflow writes failed (first: {self.errors[0]}); the run folders "
                   f"hold every result: rerun with --resume to record finished runs", file=sys.stderr)
