@@ -1,4 +1,4 @@
-"""The glue-cpu grid (experiments/presets/glue-cpu.yaml), one task at a time, resumable from what is committed.
+"""The glue-cpu grid (mixkd/platform/presets/glue-cpu.yaml), one task at a time, resumable from what is committed.
 
 Per task, two sweeps of the platform itself (``experiments/glue_sweep.py``, local Ray, MLflow):
 
@@ -35,7 +35,7 @@ import yaml
 from mixkd.deploy.latency import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
-PRESET = REPO / "experiments" / "presets" / "glue-cpu.yaml"
+PRESET = REPO / "mixkd" / "platform" / "presets" / "glue-cpu.yaml"
 RESULTS = REPO / "experiments" / "results" / "glue-cpu"
 LR_GRID = (1e-4, 3e-4)
 SELECT_SEED = 0
@@ -112,7 +112,8 @@ def run_task(task: str, base: dict, storage: Path, do_commit: bool, results: Pat
         chosen = {}
         for c in plain:
             key = f"{c['variant']}/{c['student_layers']}"
-            cand = sorted((r for r in rows if (r["variant"], r["student_layers"]) == (c["variant"], c["student_layers"])),
+            arm = (c["variant"], c["student_layers"])
+            cand = sorted((r for r in rows if (r["variant"], r["student_layers"]) == arm),
                           key=lambda r: (-r["primary"], r["lr"]))
             if len(cand) != len(LR_GRID):
                 raise SystemExit(f"{task}: the lr sweep has {len(cand)} finished runs for {key}, not {len(LR_GRID)}")
@@ -156,7 +157,7 @@ def run_task(task: str, base: dict, storage: Path, do_commit: bool, results: Pat
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--preset", default=str(PRESET), help="the grid (default: experiments/presets/glue-cpu.yaml)")
+    ap.add_argument("--preset", default=str(PRESET), help="the grid (default: mixkd/platform/presets/glue-cpu.yaml)")
     ap.add_argument("--results", default=str(RESULTS), help="where each task's results go (committed)")
     ap.add_argument("--tasks", nargs="+", help="tasks to run, in order (default: the preset's)")
     ap.add_argument("--storage-path", default="runs/glue-cpu")

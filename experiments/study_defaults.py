@@ -319,7 +319,7 @@ def main(argv=None) -> int:
     if not a.validate:
         table = readme_table(todo)
         (RESULTS / "readme_table.md").write_text(table)
-        readme = ROOT / "README.md"
+        readme = RESULTS / "README.md"   # the study's page; the top-level README links it
         start, end = "<!-- study-table: written by experiments/study_defaults.py --table -->\n", "<!-- /study-table -->"
         text = readme.read_text()
         if start in text and end in text and not a.only:

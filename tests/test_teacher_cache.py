@@ -14,7 +14,7 @@ from mixkd.core.config import validate
 @pytest.fixture(scope="module")
 def parts(tiny_teacher_run, small_glue_dir):
     from mixkd.core.data import load_glue
-    from mixkd.core.models import load_classifier, load_tokenizer
+    from mixkd.core.models import load_tokenizer
     from mixkd.core.tasks import get_task
     task = get_task("sst2")
     tok = load_tokenizer(str(tiny_teacher_run))

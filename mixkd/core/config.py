@@ -146,17 +146,17 @@ class MixKDConfig:
                                 choices=("mix", "first"), cmds=("distill",))
     # --- training ----------------------------------------------------------------------------
     epochs: Optional[float] = _f(None, "training epochs (default: step-aware: 3, raised until the run makes at "
-                                       "least 300 optimizer steps; see the README's defaults that learn)")
+                                       "least 300 optimizer steps; see docs/variants.md: defaults that learn)")
     max_steps: int = _f(0, "stop after this many optimizer steps (0: run all epochs)")
     batch_size: int = _f(32, "training batch size (original samples per optimizer micro-batch)")
     group_by_length: bool = _f(False, "draw each training batch from rows of similar length (seeded buckets, "
                                       "every row once per epoch; mixup partners then have similar lengths "
                                       "too) and evaluate in length order: less padding, ~2.6x faster "
-                                      "steps on SST-2, ~0.6 points lower accuracy (README: Efficiency)")
+                                      "steps on SST-2, ~0.6 points lower accuracy (docs/efficiency.md)")
     packing: str = _f("auto", "padding-free passes: pack each batch's real tokens into one sequence, attention per "
                               "row (the same math as padded batches, without computing padding); auto: wherever "
-                              "the model family is packed (README: families), else padded; on: refuse a family that "
-                              "is not; off: padded batches", choices=("auto", "on", "off"), cmds=ALL)
+                              "the model family is packed (docs/efficiency.md: families), else padded; on: refuse a "
+                              "family that is not; off: padded batches", choices=("auto", "on", "off"), cmds=ALL)
     teacher_outputs: str = _f("cache", "kd/pkd: the frozen teacher's outputs on the training rows: cache (computed "
                                        "once per teacher, training rows and precision, stored next to the teacher, "
                                        "checked on every read, shared by a sweep's trials) or live (run the teacher "

@@ -3,7 +3,7 @@
 Today's usual defaults (3 epochs, lr 5e-5) come from BERT-base on full GLUE. On small data they give a few dozen
 optimizer steps, and a shallow student cut from the teacher then learns nothing (it predicts one class). The rule,
 chosen from the study in experiments/study_defaults.py (results and table: experiments/results/study_defaults/ and
-the README's "Defaults that learn"):
+docs/variants.md, "Defaults that learn"):
 
 - epochs: at least ``DEFAULT_EPOCHS``, raised until the run makes ``MIN_STEPS`` optimizer steps (at most
   ``MAX_EPOCHS``);

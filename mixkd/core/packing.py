@@ -35,7 +35,7 @@ ATTN_NAME = "mixkd_packed"
 # family (config.model_type) -> the submodule whose output is the final token sequence, before pooling and head
 PACKED_FAMILIES = {"bert": "encoder", "roberta": "encoder", "xlm-roberta": "encoder", "electra": "encoder",
                    "albert": "encoder", "distilbert": "transformer", "modernbert": "final_norm"}
-# families left on the padded path, and why (the README's family table says the same)
+# families left on the padded path, and why (docs/efficiency.md's family table says the same)
 UNPACKED_REASONS = {
     "deberta-v2": "its disentangled attention (relative positions) does not dispatch through transformers' attention "
                   "interface, so a packed row would attend across rows",

@@ -112,7 +112,8 @@ def _data_config(cfg: MixKDConfig) -> MixKDConfig:
 def _environment() -> dict[str, Any]:
     import transformers
     return {"mixkd": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+            "python": platform.python_version(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 def _depth(model) -> int | None:

@@ -209,7 +209,8 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
                 two = spec.latency_budget_ms is not None   # latency becomes the second objective
                 kind = spec.searcher if spec.searcher != "auto" else ("nsga2" if two else "tpe")
                 sampler = SAMPLERS[kind](seed=seed)      # picklable by Tune (Optuna 5.1's NSGA-II holds a lock)
-                common = dict(space=DefineByRun(space, spec.base), metric=["primary", "latency_ms"] if two else "primary",
+                common = dict(space=DefineByRun(space, spec.base),
+                              metric=["primary", "latency_ms"] if two else "primary",
                               mode=["max", "min"] if two else "max", sampler=sampler,
                               study_name=f"{spec.name}-{group}", storage=storage)
                 if two:   # configurations over the budget: told to Optuna as infeasible, never trained (.budget)

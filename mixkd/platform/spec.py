@@ -52,7 +52,7 @@ class SweepSpec:
     #                                           (torch, torch-int8, onnx, onnx-int8; all: what the device runs)
     latency_percentile: str = "p90"           # of the budget and the objective
     latency_batch_size: int = 1               # of the budget and the objective
-    latency_protocol: dict = field(default_factory=dict)   # warmup, min_iters, min_seconds (mixkd.latency)
+    latency_protocol: dict = field(default_factory=dict)   # warmup, min_iters, min_seconds (mixkd.deploy.latency)
     grace_period: int = 1                     # ASHA: evals before a trial can be stopped
     reduction_factor: int = 2
     workers_per_trial: int = 1
@@ -85,7 +85,8 @@ class SweepSpec:
     def experiment_dir(self) -> Path:
         if "://" in self.storage_path:
             raise UsageError(f"--storage-path {self.storage_path}: mixkd keeps teachers and trial folders on a "
-                             f"filesystem shared by all nodes; mount the bucket (e.g. NFS, EFS, s3fs) and pass its path")
+                             f"filesystem shared by all nodes; mount the bucket (e.g. NFS, EFS, s3fs) and pass its "
+                             f"path")
         return Path(self.storage_path).expanduser().resolve() / self.name
 
     def to_dict(self) -> dict:

@@ -134,7 +134,7 @@ def trial_failure_reason(error_file: str | None, out: Path, failures: int, max_f
     if error_file and os.path.exists(error_file):
         text = Path(error_file).read_text()
     last = text.rsplit("Failure # ", 1)[-1]
-    lines = [l.strip() for l in last.splitlines()[1:] if l.strip()]
+    lines = [line.strip() for line in last.splitlines()[1:] if line.strip()]
     low = last.lower()
     if "actor died" in low or "worker process has died" in low or "node" in low and "died" in low:
         import re
