@@ -58,6 +58,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="measure the teacher and each student depth once before the trials (default: on)")
     p.add_argument("--searcher", choices=("auto", "tpe", "nsga2", "random"),
                    help="Optuna sampler (auto: TPE, NSGA-II with --latency-budget-ms)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate the preset, print the plan (teachers, +BT jobs, latency measurements, trials, the "
+                        "concurrency the resources allow) with its estimated wall time and device-hours, and exit "
+                        "without starting Ray (a calibration of a few seconds on this machine; cached)")
+    p.add_argument("--plan-resources", metavar="cpu=N,gpu=M",
+                   help="with --dry-run: plan for this cluster instead of this machine (e.g. cpu=64,gpu=8)")
     p.add_argument("--list-presets", action="store_true",
                    help="print each named preset and the file it is read from, then exit")
     p.add_argument("--print-spec", action="store_true",
@@ -149,6 +155,13 @@ def main(args: argparse.Namespace) -> int:
     if getattr(args, "print_spec", False):
         import yaml
         print(yaml.safe_dump(spec.to_dict(), sort_keys=False), end="")
+        return 0
+    if getattr(args, "plan_resources", None) and not getattr(args, "dry_run", False):
+        raise UsageError("--plan-resources plans a cluster for --dry-run; add --dry-run or drop it")
+    if getattr(args, "dry_run", False):
+        from ..platform.estimate import format_plan, parse_resources, plan
+        resources = parse_resources(args.plan_resources)
+        print(format_plan(spec, plan(spec, resources)))
         return 0
     from ..platform.driver import run_sweep
     from ..platform.spec import preflight
