@@ -447,3 +447,17 @@ def test_report_over_several_stores_counts_a_run_once(store, df, tmp_path, capsy
                  str(tmp_path / "rep2")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "nope" in err and "not found" in err and not (tmp_path / "rep2").exists()
+
+
+def test_a_run_cut_short_in_one_store_and_finished_in_another_counts_as_finished(tmp_path):
+    """A grid that outlives a session: its first store holds a trial the session's end left RUNNING, a later store
+    the same computation finished. Whatever the order of the stores, the merge keeps the finished one."""
+    from mixkd.tracking.runstore import load_runs
+    first, later = Store(tmp_path / "a" / "mlflow.db"), Store(tmp_path / "b" / "mlflow.db")
+    first.add("ft6-rte", "trial", "rte", 1, {}, k=6, status="RUNNING")
+    first.add("ft6-rte", "trial", "rte", 2, {"final/accuracy": 0.6, "final/primary": 0.6}, k=6)
+    later.add("ft6-rte", "trial", "rte", 1, {"final/accuracy": 0.7, "final/primary": 0.7}, k=6)
+    for order in ([tmp_path / "a", tmp_path / "b"], [tmp_path / "b", tmp_path / "a"]):
+        merged = load_runs([str(p) for p in order])
+        rows = merged[merged["task"] == "rte"].sort_values("seed")
+        assert list(rows["seed"]) == [1, 2] and list(rows["status"]) == ["FINISHED", "FINISHED"], rows

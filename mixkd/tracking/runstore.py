@@ -186,7 +186,7 @@ def expand_stores(uris: str | Iterable[str]) -> list[str]:
 def load_runs(tracking_uri: str | Iterable[str], experiment: str | None = None, roles: Iterable[str] = CHILD_ROLES):
     """:func:`load_store`'s rows of one store or of several (``tracking_uri`` a list, or a folder of stores), merged:
     a run found in two stores (the same run id, or the same computation: experiment, role, task, config hash and
-    seed) is counted once. A store that does not exist is a one-line UsageError; ``experiment`` must be in one."""
+    seed) is counted once, its FINISHED copy when it has one. A store that does not exist is a one-line UsageError; ``experiment`` must be in one."""
     import pandas as pd
     uris = expand_stores(tracking_uri)
     if len(uris) == 1:
@@ -204,6 +204,9 @@ def load_runs(tracking_uri: str | Iterable[str], experiment: str | None = None, 
     if not found:
         raise UsageError(f"no mixkd experiment named {experiment!r} in any of {len(uris)} stores")
     df = pd.concat(frames, ignore_index=True)
+    # a computation interrupted in one store (a session that ended mid-run) and finished in another: the finished
+    # copy is the one kept
+    df = df.sort_values("status", key=lambda s: s != "FINISHED", kind="stable")
     df = df.drop_duplicates("run_id", keep="first")
     same = ["experiment", "role", "task", "config_hash", "seed"]
     df = df[~(df[same].notna().all(axis=1) & df.astype({c: str for c in same}).duplicated(same, keep="first"))]
