@@ -18,16 +18,10 @@ from typing import Any, Optional
 import yaml
 
 from .errors import UsageError
+from .terms import VARIANT_TERMS, weight_fields
 
-VARIANTS = ("ft", "kd", "tmkd", "sm+tmkd", "pkd")
-# Which loss terms each variant trains with (the weights a_* multiply the active ones).
-VARIANT_TERMS = {
-    "ft": ("mle",),
-    "kd": ("mle", "kd"),
-    "tmkd": ("mle", "tmkd"),
-    "sm+tmkd": ("mle", "sm", "tmkd"),
-    "pkd": ("mle", "kd", "pt"),        # PKD (Sun et al. 2019): Hinton KD + the patient loss L_PT
-}
+# The loss terms (their weight fields below) and each variant's terms: one table, in terms.py
+VARIANTS = tuple(VARIANT_TERMS)
 # Fields that change where/how a run executes but not what it computes; left out of the hash.
 RUNTIME_FIELDS = {"output_dir", "overwrite", "resume", "progress", "device", "data_dir", "augment_dir", "packing",
                   "teacher_outputs"}
@@ -121,7 +115,7 @@ class MixKDConfig:
     variant: str = _f("sm+tmkd", "ft: labels only; kd: + Hinton KD; tmkd: + teacher-mixup KD; "
                                  "sm+tmkd: + student mixup (the paper's MixKD); pkd: Hinton KD + patient "
                                  "loss on intermediate [CLS] states (Sun et al. 2019)",
-                      choices=VARIANTS, cmds=("distill",))
+                      choices=VARIANT_TERMS.keys(), cmds=("distill",))   # a live view of terms.VARIANT_TERMS
     alpha: float = _f(0.4, "mixup lambda ~ Beta(alpha, alpha)", cmds=("distill",))
     mixup_ratio: int = _f(1, "mixed samples per original sample in each batch", cmds=("distill",))
     w_mle: float = _f(1.0, "weight of L_MLE (labels on original data)", cmds=("distill",))
@@ -358,7 +352,7 @@ def validate(cfg: MixKDConfig, command: str) -> MixKDConfig:
         bad("alpha", cfg.alpha, "Beta(alpha, alpha) needs alpha > 0; the paper uses 0.4")
     if cfg.temperature <= 0:
         bad("temperature", cfg.temperature, "the softmax temperature must be > 0, e.g. 1 or 4")
-    for w in ("w_mle", "a_sm", "a_tmkd", "a_kd", "pkd_beta"):
+    for w in weight_fields():   # every loss term's weight (terms.TERMS)
         if getattr(cfg, w) < 0:
             bad(w.replace("_", "-"), getattr(cfg, w), "loss weights must be >= 0")
     if cfg.mixup_ratio < 1:

@@ -4,7 +4,8 @@ One step of ``sm+tmkd``: draw a mixup plan; run the student *once* over the orig
 mixed copies (concatenated along the batch); run the frozen teacher (eval, no grad) on the mixed
 copies only; combine L_MLE, L_SM and L_TMKD by their weights. ``kd`` queries the teacher on the
 original batch only, ``ft`` never; ``pkd`` is ``kd`` with both models also returning their hidden
-states, for the patient loss L_PT. Checkpoints hold everything needed to resume exactly.
+states, for the patient loss L_PT. Which terms a variant trains, their weights and what each needs (teacher,
+mixup, hidden states) come from the table in ``terms``. Checkpoints hold everything needed to resume exactly.
 
 The step's own code waits for the GPU once: the plan is drawn on the device, loss terms are summed on the
 device (read at logging time), and the one host sync per optimizer step is the NaN check after backward.
@@ -23,7 +24,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import batching, faults, losses, packing
+from . import batching, faults, losses, packing, terms as loss_terms
 from .checkpoints import (append_event, read_checkpoint, repair_checkpoints, rng_state, set_rng_state, truncate_log,
                           write_checkpoint)
 from .data import GlueData
@@ -31,7 +32,7 @@ from .device import autocast_for, distributed_context, resolve_device, resolve_p
 from .errors import NonFiniteLossError, UsageError
 from .evaluation import dev_chance, evaluate_model, make_collator, model_inputs, predict  # noqa: F401 (re-exported)
 from .metrics import above_chance
-from .mixup import embeds_extras, mix_embeddings, mix_labels, sample_plan
+from .mixup import embeds_extras, mix_embeddings, sample_plan
 from .tasks import TaskSpec, metric_key
 
 EvalCallback = Callable[[dict[str, Any], Path], None]
@@ -90,8 +91,11 @@ class Trainer:
         self.model = wrap_model(self.student) if wrap_model else self.student
         if wrap_model:
             self.device = next(self.student.parameters()).device
-        self.terms = cfg.terms
-        self.needs_teacher = any(t in self.terms for t in ("tmkd", "kd"))
+        self.terms = cfg.terms   # what each term needs: its row in mixkd.core.terms.TERMS
+        self.needs_teacher = loss_terms.needs_teacher(self.terms)
+        self.mixup, self.hidden = loss_terms.uses_mixup(self.terms), loss_terms.uses_hidden(self.terms)
+        self.teacher_on_mixed = loss_terms.teacher_on_mixed(self.terms)
+        self.teacher_on_originals = loss_terms.teacher_on_originals(self.terms)
         self.teacher = None
         if self.needs_teacher:
             if teacher is None:
@@ -103,7 +107,7 @@ class Trainer:
                 self.teacher.to(torch.bfloat16)   # frozen: no fp32 master weights, no cast every forward
         # padding-free passes where every model of the run can be packed (--packing; mixkd.core.packing)
         self.packed, self.packing_note = packing.resolve_packing(cfg.packing, [self.student, self.teacher])
-        self.weights = {"mle": cfg.w_mle, "sm": cfg.a_sm, "tmkd": cfg.a_tmkd, "kd": cfg.a_kd, "pt": cfg.pkd_beta}
+        self.weights = loss_terms.weights(cfg)
         # PKD: hidden states are requested (from student and teacher) only when L_PT is trained
         self.pkd_pairs = pkd_pairs(cfg, self.teacher, self.student) if "pt" in self.terms else None
         if self.pkd_pairs == [] and self.is_main:
@@ -113,12 +117,12 @@ class Trainer:
         self.collator = make_collator(tokenizer)
         # kd/pkd: the teacher's outputs on the training rows, computed once (mixkd.core.teacher_cache)
         self.teacher_cache = None
-        if "kd" in self.terms and cfg.teacher_outputs == "cache":
+        if self.teacher_on_originals and cfg.teacher_outputs == "cache":
             from .teacher_cache import teacher_outputs
             self.teacher_cache = teacher_outputs(
                 self.teacher, cfg.teacher, data.train, self.collator, cfg.eval_batch_size, self.device,
                 "bf16" if resolve_precision(self.device, cfg.precision)[0] else "fp32", self.packed,
-                hidden="pt" in self.terms)
+                hidden=self.hidden)
         self.callbacks = list(callbacks or [])
         self.lengths = batching.row_lengths(data.train) if cfg.group_by_length else None
 
@@ -165,15 +169,15 @@ class Trainer:
     # --- one step -----------------------------------------------------------------------------
     def compute_losses(self, batch: dict[str, torch.Tensor], lengths: torch.Tensor | None = None,
                        rows: list[int] | None = None) -> dict[str, torch.Tensor]:
-        """The named loss terms of the variant on one micro-batch (unweighted). ``lengths``: the rows' real-token
-        counts on the host (packed runs: read from the collator's CPU mask before the batch moved); ``rows``: the
-        batch's training-row indices (kd/pkd read the teacher's cached outputs by them)."""
-        cfg, task, s = self.cfg, self.task, self.student
+        """The named loss terms of the variant on one micro-batch (unweighted), in the order of the table
+        (mixkd.core.terms.TERMS): the forward passes the terms need fill an ``Outputs``, then each term's ``loss``
+        reads it. ``lengths``: the rows' real-token counts on the host (packed runs: read from the collator's CPU
+        mask before the batch moved); ``rows``: the batch's training-row indices (the teacher's cached outputs)."""
+        cfg, s = self.cfg, self.student
         labels = batch["labels"]
-        terms: dict[str, torch.Tensor] = {}
+        out = loss_terms.Outputs(cfg, self.task, labels, pkd_pairs=self.pkd_pairs)
         inputs = model_inputs(s, batch)
-        hidden = "pt" in self.terms   # PKD: hidden states from student and teacher
-        if "sm" in self.terms or "tmkd" in self.terms:
+        if self.mixup:
             B = labels.shape[0]
             # shared by both models; a packed run draws it on the host, where the mixed rows' lengths are needed
             plan = sample_plan(B, cfg.alpha, cfg.mixup_ratio, device=None if self.packed else labels.device)
@@ -190,11 +194,8 @@ class Trainer:
                 joint["token_type_ids"] = torch.cat([inputs["token_type_ids"], mixed["token_type_ids"]])
             joint_lengths = None if lengths is None else torch.cat([lengths, mixed_lengths])
             logits_all = self._forward(s, joint, joint_lengths, self.model).logits
-            logits, mixed_logits = logits_all[:B], logits_all[B:]
-            if "sm" in self.terms:
-                targets = mix_labels(labels, plan, task.num_labels, task.regression)
-                terms["sm"] = losses.soft_label_loss(mixed_logits, targets, task.regression)
-            if "tmkd" in self.terms:
+            out.plan, out.logits, out.mixed_logits = plan, logits_all[:B], logits_all[B:]
+            if self.teacher_on_mixed:
                 t = self.teacher
                 with torch.no_grad():
                     t_in = model_inputs(t, batch)
@@ -202,25 +203,18 @@ class Trainer:
                     t_mixed = mix_embeddings(t, t_word.float(), batch["attention_mask"], t_in.get("token_type_ids"),
                                              plan, cfg.mixup_padding, cfg.mixup_token_types)
                     t_mixed["inputs_embeds"] = t_mixed["inputs_embeds"].to(t_word.dtype)   # mixed in fp32
-                    t_logits = self._forward(t, t_mixed, mixed_lengths).logits
-                terms["tmkd"] = losses.tmkd_loss(mixed_logits, t_logits, cfg.distance, cfg.temperature,
-                                                 task.regression)
+                    out.t_mixed_logits = self._forward(t, t_mixed, mixed_lengths).logits
         else:
-            out = self._forward(s, inputs, lengths, self.model, hidden=hidden)
-            logits = out.logits
-        terms["mle"] = losses.mle_loss(logits, labels, task.regression)
-        if "kd" in self.terms:
+            s_out = self._forward(s, inputs, lengths, self.model, hidden=self.hidden)
+            out.logits, out.hidden = s_out.logits, (s_out.hidden_states if self.hidden else None)
+        if self.teacher_on_originals:
             if self.teacher_cache is not None and rows is not None:
-                t_logits, t_hidden = self.teacher_cache.rows(rows, labels.device)
+                out.t_logits, out.t_hidden = self.teacher_cache.rows(rows, labels.device)
             else:
                 with torch.no_grad():
-                    t_out = self._forward(self.teacher, model_inputs(self.teacher, batch), lengths, hidden=hidden)
-                t_logits, t_hidden = t_out.logits, t_out.hidden_states
-            terms["kd"] = losses.kd_loss(logits, t_logits, cfg.temperature, task.regression)
-            if "pt" in self.terms:   # 1-layer student: nothing to match, L_PT is 0 (logged as such)
-                terms["pt"] = (losses.patient_loss(out.hidden_states, t_hidden, self.pkd_pairs)
-                               if self.pkd_pairs else logits.new_zeros(()).float())
-        return {k: terms[k] for k in ("mle", "sm", "tmkd", "kd", "pt") if k in terms}
+                    t_out = self._forward(self.teacher, model_inputs(self.teacher, batch), lengths, hidden=self.hidden)
+                out.t_logits, out.t_hidden = t_out.logits, t_out.hidden_states
+        return {term.name: term.loss(out) for term in loss_terms.rows(self.terms)}
 
     def _forward(self, model: nn.Module, inputs: dict[str, torch.Tensor], lengths: torch.Tensor | None,
                  call: nn.Module | None = None, hidden: bool = False):

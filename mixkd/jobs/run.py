@@ -26,6 +26,7 @@ from ..core.models import (build_student, check_same_vocab, count_parameters, en
                      load_tokenizer)
 from ..core.custom_data import task_for
 from ..core.tasks import TaskSpec, metric_key, task_name
+from ..core.terms import needs_teacher, teacher_on_originals
 from ..core.checkpoints import repair_checkpoints
 from ..core.device import resolve_device, resolve_precision, seed_everything
 from ..core.trainer import EvalCallback, Trainer, dev_chance, evaluate_model, make_collator
@@ -256,7 +257,7 @@ def teacher_outputs(cfg: MixKDConfig) -> dict:
 
     from ..core.trainer import Trainer
     cfg, task, student, tokenizer, data, teacher, _ = _distill_parts(cfg, check_output=False)
-    if teacher is None or "kd" not in cfg.terms:
+    if teacher is None or not teacher_on_originals(cfg.terms):
         return {"cached": False}
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg.replace(output_dir=tmp), task, student, tokenizer, data, Path(tmp), teacher=teacher)
@@ -306,8 +307,7 @@ def _distill_parts(cfg: MixKDConfig, check_output: bool):
     if cfg.variant == "pkd":   # (student layer, teacher layer) pairs of the patient loss, 1-based
         from ..core.trainer import pkd_pairs
         extra["pkd_layer_pairs"] = pkd_pairs(cfg, teacher, student)
-    needs_teacher = any(t in cfg.terms for t in ("tmkd", "kd"))
-    if not needs_teacher:
+    if not needs_teacher(cfg.terms):
         del teacher
         teacher = None
     cfg, extra["defaults_rule"] = _schedule(cfg, data, _depth(student))

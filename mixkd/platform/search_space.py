@@ -4,10 +4,11 @@ Each key is a field of :class:`~mixkd.core.config.MixKDConfig`; each value is a 
 (``uniform``/``loguniform`` with low/high, ``int`` with low/high, ``choice`` with values). A preset's
 YAML ``search_space:`` section overrides entries by key or removes one with ``null``.
 
-Conditional knobs follow the variant: L_SM's weight is searched only for variants with L_SM, the
-temperature only where a temperature is used (``kd``, ``pkd``, or ``distance: kl``), PKD's beta only
-for ``pkd``, ``bt_*`` settings only with ``augment: bt``. The space is turned into
-an Optuna define-by-run function for Tune's OptunaSearch, so conditional knobs never waste trials.
+Conditional knobs follow the variant: a loss term's knobs (its row in :data:`mixkd.core.terms.TERMS`: its weight,
+and e.g. alpha for the mixup terms, the temperature for ``kd`` and for ``tmkd`` with ``distance: kl``, PKD's beta
+and layer map for ``pt``) are searched only for variants that train the term, ``bt_*`` settings only with
+``augment: bt``. The space is turned into an Optuna define-by-run function for Tune's OptunaSearch, so
+conditional knobs never waste trials.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import copy
 from dataclasses import fields
 from typing import Any
 
+from ..core import terms as loss_terms
 from ..core.config import VARIANT_TERMS, MixKDConfig, validate
 from ..core.errors import UsageError
 
@@ -39,18 +41,8 @@ def active(name: str, params: dict[str, Any]) -> bool:
     """Whether knob ``name`` matters given the (already chosen) ``params`` of a trial."""
     variant = params.get("variant", "sm+tmkd")
     terms = VARIANT_TERMS[variant]
-    if name in ("alpha",):
-        return "sm" in terms or "tmkd" in terms
-    if name == "a_sm":
-        return "sm" in terms
-    if name == "a_tmkd":
-        return "tmkd" in terms
-    if name == "a_kd":
-        return "kd" in terms
-    if name == "temperature":
-        return "kd" in terms or ("tmkd" in terms and params.get("distance", "mse") == "kl")
-    if name in ("pkd_beta", "pkd_layer_map"):
-        return "pt" in terms
+    if name in loss_terms.knobs():   # a loss term's knob: searched when the variant trains a term that uses it
+        return name in loss_terms.searched(terms, params, lambda f: getattr(MixKDConfig, f))
     if name.startswith("bt_"):   # back-translation settings matter only with --augment bt
         return params.get("augment", "none") == "bt"
     return True
@@ -84,7 +76,10 @@ def build_space(overrides: dict[str, Any] | None = None, base: dict[str, Any] | 
     return space
 
 
-_DRIVERS = ("variant", "distance", "augment")   # the knobs that decide which others matter (see active)
+def _drivers() -> tuple[str, ...]:
+    """The knobs that decide which others matter (see active): the variant, the fields a loss term's knob depends
+    on (distance), augment."""
+    return ("variant", *loss_terms.condition_fields(), "augment")
 
 
 def _driver_values(name: str, space: dict, base: dict) -> list:
@@ -96,10 +91,11 @@ def _driver_values(name: str, space: dict, base: dict) -> list:
 
 def _ever_active(key: str, space: dict, base: dict) -> bool:
     import itertools
-    if key in _DRIVERS:
+    drivers = _drivers()
+    if key in drivers:
         return True
-    combos = itertools.product(*(_driver_values(d, space, base) for d in _DRIVERS))
-    return any(active(key, {**base, **dict(zip(_DRIVERS, c))}) for c in combos)
+    combos = itertools.product(*(_driver_values(d, space, base) for d in drivers))
+    return any(active(key, {**base, **dict(zip(drivers, c))}) for c in combos)
 
 
 def _never_active_message(key: str, space: dict, base: dict) -> str:
@@ -146,7 +142,8 @@ class DefineByRun:
     def __init__(self, space: dict[str, dict], fixed: dict[str, Any] | None = None):
         self.space = space
         self.fixed = dict(fixed or {})
-        self.order = sorted(space, key=lambda k: (k not in ("variant", "distance", "augment"), k))   # variant first
+        drivers = _drivers()
+        self.order = sorted(space, key=lambda k: (k not in drivers, k))   # variant first
 
     def __call__(self, trial) -> None:
         chosen: dict[str, Any] = {}
