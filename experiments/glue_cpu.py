@@ -21,6 +21,7 @@ The report over every finished task: ``mixkd report --tracking-uri experiments/r
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
 import json
 import os
@@ -39,10 +40,12 @@ PRESET = REPO / "mixkd" / "platform" / "presets" / "glue-cpu.yaml"
 RESULTS = REPO / "experiments" / "results" / "glue-cpu"
 LR_GRID = (1e-4, 3e-4)
 SELECT_SEED = 0
+SESSION = ""   # this start of the driver (teachers.json): set by main
 
 
-def sweep(spec: dict, name: str, storage: Path, log: Path) -> Path:
-    """Run (or continue) the sweep ``spec`` as experiment ``name``; returns its experiment folder."""
+def sweep(spec: dict, name: str, storage: Path, log: Path, snapshot=None) -> Path:
+    """Run (or continue) the sweep ``spec`` as experiment ``name``; returns its experiment folder. ``snapshot(exp)``
+    is called every minute while it runs (each finished trial is kept as it finishes) and once at the end."""
     presets = storage / "presets"
     presets.mkdir(parents=True, exist_ok=True)
     path = presets / f"{name}.yaml"
@@ -52,21 +55,41 @@ def sweep(spec: dict, name: str, storage: Path, log: Path) -> Path:
            "--storage-path", str(storage)] + (["--resume"] if (exp / "sweep.yaml").is_file() else [])
     print("$", " ".join(cmd[1:]), flush=True)
     with open(log, "a") as fh:
-        subprocess.run(cmd, check=True, stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+        while proc.poll() is None:
+            time.sleep(1 if snapshot is None else 60)
+            if snapshot is not None and proc.poll() is None:
+                snapshot(exp)
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd)
+    if snapshot is not None:
+        snapshot(exp)
     return exp
 
 
-def trial_rows(exp: Path, name: str) -> list[dict]:
-    """Finished student runs of a sweep: its cell settings, seed and final dev scores (from MLflow)."""
+def trial_rows(stores: list[Path], name: str) -> list[dict]:
+    """Finished student runs of experiment ``name`` in these stores (counted once): cell settings, seed, dev score."""
+    from mixkd.core.errors import UsageError
     from mixkd.tracking.runstore import load_runs
-    df = load_runs(str(exp), name)
+    if not stores:
+        return []
+    try:
+        df = load_runs([str(p) for p in stores], name)
+    except UsageError:   # no run of the experiment recorded yet
+        return []
     rows = []
     for _, r in df[(df["role"] == "trial") & (df["status"] == "FINISHED")].iterrows():
         p = r["params"]
+        if pd_missing(r.get("final/primary")):
+            continue
         rows.append({"variant": r["variant"], "student_layers": int(r["student_layers"]),
                      "augment": p.get("augment", "none"), "lr": float(p["lr"]), "seed": int(r["seed"]),
                      "primary": float(r["final/primary"]), "run_id": r["run_id"]})
     return rows
+
+
+def pd_missing(v) -> bool:
+    return v is None or (isinstance(v, float) and v != v)
 
 
 def weights_sha(teacher_dir: Path) -> str:
@@ -87,9 +110,66 @@ def commit(paths: list[Path], message: str) -> None:
     print(f"could not commit {', '.join(map(str, paths))}: commit them by hand", flush=True)
 
 
-def keep_store(exp: Path, dest: Path) -> None:
+def copy_store(exp: Path, dest: Path) -> None:
+    """A consistent copy of the sweep's live MLflow store (SQLite's online backup), renamed into place."""
+    import sqlite3
     dest.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(exp / "mlflow.db", dest / "mlflow.db")
+    tmp = dest / "mlflow.db.tmp"
+    src = sqlite3.connect(f"file:{exp / 'mlflow.db'}?mode=ro", uri=True)
+    dst = sqlite3.connect(str(tmp))
+    try:
+        src.backup(dst)
+    finally:
+        dst.close()
+        src.close()
+    os.replace(tmp, dest / "mlflow.db")
+
+
+def store_parts(root: Path, task: str) -> list[Path]:
+    """The committed stores of a task, one per session that ran part of it: ``<task>`` and ``<task>-p<N>``."""
+    return sorted(p for p in root.glob(f"{task}*") if (p / "mlflow.db").is_file()
+                  and (p.name == task or p.name.startswith(f"{task}-p")))
+
+
+def new_part(root: Path, task: str) -> Path:
+    n = len(store_parts(root, task)) + 1
+    return root / (task if n == 1 else f"{task}-p{n}")
+
+
+class Snapshots:
+    """Keeps a running sweep's store under ``dest`` each time more of its trials have finished, and commits it."""
+
+    def __init__(self, dest: Path, out: Path, do_commit: bool, what: str):
+        self.dest, self.out, self.do_commit, self.what, self.kept = dest, out, do_commit, what, -1
+
+    def __call__(self, exp: Path) -> None:
+        n = len(list((exp / "trials").glob("*/metrics.json")))
+        if n == self.kept or not (exp / "mlflow.db").is_file():
+            return
+        copy_store(exp, self.dest)
+        self.kept = n
+        if self.do_commit:
+            commit([self.dest, self.out], f"glue-cpu {self.what}: {n} finished run(s) kept ({self.dest.name})")
+
+
+def note_teacher(out: Path, exp: Path, phase: str) -> dict:
+    """This session's teacher (its weights' SHA-256 and dev score) in ``<task>/teachers.json``, beside every earlier
+    session's: a grid continued on a fresh clone retrains it, and CPU training should repeat it bit for bit."""
+    f = out / "teachers.json"
+    seen = json.loads(f.read_text()) if f.is_file() else []
+    teacher = next((exp / "teachers").iterdir())
+    tm = json.loads((teacher / "metrics.json").read_text())
+    me = {"sha256": weights_sha(teacher), "primary_metric": tm["primary_metric"], "primary_value": tm["primary_value"],
+          "train_time_s": tm["train_time_s"], "precision": tm.get("precision_resolved"), "cpu": cpu_model(),
+          "phase": phase}
+    me["session"] = SESSION
+    if not any(t.get("session") == SESSION and t["phase"] == phase for t in seen):
+        seen.append(me)
+        f.write_text(json.dumps(seen, indent=2) + "\n")
+    if len({t["sha256"] for t in seen}) > 1:
+        print(f"{out.name}: the teacher retrained in this session differs from an earlier session's "
+              f"(teachers.json); runs of different sessions then have different teachers", flush=True)
+    return me
 
 
 def run_task(task: str, base: dict, storage: Path, do_commit: bool, results: Path = RESULTS) -> None:
@@ -100,15 +180,25 @@ def run_task(task: str, base: dict, storage: Path, do_commit: bool, results: Pat
     out.mkdir(parents=True, exist_ok=True)
     log = storage / f"{task}.log"
     cells = base["grid"]
-    spec = {**base, "tasks": [task]}
+    spec = {**base, "tasks": [task], "student_seeds": []}
     t0 = time.time()
     choice_file = out / "lr_choice.json"
-    lr_exp = storage / f"glue-cpu-{task}-lr"
+    lr_name, name = f"glue-cpu-{task}-lr", f"glue-cpu-{task}"
+    lr_exp, exp_dir = storage / lr_name, storage / name
+    plain = [c for c in cells if c.get("augment", "none") == "none"]
     if not choice_file.is_file():
-        plain = [c for c in cells if c.get("augment", "none") == "none"]
-        grid = [{**c, "lr": lr} for c in plain for lr in LR_GRID]
-        exp = sweep({**spec, "grid": grid, "student_seeds": [SELECT_SEED]}, lr_exp.name, storage, log)
-        rows = trial_rows(exp, lr_exp.name)
+        lr_root = results / "stores-lr"
+        done = {(r["variant"], r["student_layers"], f"{r['lr']:g}") for r in trial_rows(store_parts(lr_root, task),
+                                                                                         lr_name)
+                if r["seed"] == SELECT_SEED}
+        todo = [{**c, "lr": lr, "student_seed": SELECT_SEED} for c in plain for lr in LR_GRID
+                if (c["variant"], c["student_layers"], f"{lr:g}") not in done]
+        if todo:
+            print(f"{task}: lr sweep, {len(todo)} run(s) to go ({len(done)} kept from earlier sessions)", flush=True)
+            part = new_part(lr_root, task)
+            sweep({**spec, "grid": todo}, lr_name, storage, log, Snapshots(part, out, do_commit, f"{task} lr"))
+            note_teacher(out, lr_exp, "lr")
+        rows = [r for r in trial_rows(store_parts(lr_root, task), lr_name) if r["seed"] == SELECT_SEED]
         chosen = {}
         for c in plain:
             key = f"{c['variant']}/{c['student_layers']}"
@@ -117,42 +207,47 @@ def run_task(task: str, base: dict, storage: Path, do_commit: bool, results: Pat
                           key=lambda r: (-r["primary"], r["lr"]))
             if len(cand) != len(LR_GRID):
                 raise SystemExit(f"{task}: the lr sweep has {len(cand)} finished runs for {key}, not {len(LR_GRID)}")
-            chosen[key] = {"lr": cand[0]["lr"], "scores": {str(r["lr"]): r["primary"] for r in cand}}
-        teacher = next((lr_exp / "teachers").iterdir())
-        tm = json.loads((teacher / "metrics.json").read_text())
+            chosen[key] = {"lr": cand[0]["lr"], "scores": {f"{r['lr']:g}": r["primary"] for r in cand}}
         choice_file.write_text(json.dumps({
             "task": task, "select_seed": SELECT_SEED, "lr_grid": list(LR_GRID), "chosen": chosen,
-            "teacher": {"primary_metric": tm["primary_metric"], "primary_value": tm["primary_value"],
-                        "weights_sha256": weights_sha(teacher), "precision": tm.get("precision_resolved"),
-                        "train_time_s": tm["train_time_s"]},
-            "cpu": cpu_model(), "wall_time_s": round(time.time() - t0, 1)}, indent=2) + "\n")
-        keep_store(exp, results / "stores-lr" / task)
+            "stores": [p.name for p in store_parts(lr_root, task)], "cpu": cpu_model(),
+            "wall_time_s_this_session": round(time.time() - t0, 1)}, indent=2) + "\n")
         if do_commit:
             picks = ", ".join(f"{k} {v['lr']:g}" for k, v in chosen.items())
-            commit([out, results / "stores-lr" / task], f"glue-cpu {task}: lr chosen on seed {SELECT_SEED} ({picks})")
+            commit([out, lr_root], f"glue-cpu {task}: lr chosen on seed {SELECT_SEED} ({picks})")
     choice = json.loads(choice_file.read_text())
     t1 = time.time()
-    name = f"glue-cpu-{task}"
-    exp_dir = storage / name
+    root = results / "stores"
+    seeds = base["student_seeds"]
     grid = [{**c, "lr": choice["chosen"][f"{c['variant']}/{c['student_layers']}"]["lr"]} for c in cells]
-    if lr_exp.is_dir() and not (exp_dir / "teachers").exists():   # the same teacher, not fine-tuned again
-        src = next((lr_exp / "teachers").iterdir())
-        shutil.copytree(src, exp_dir / "teachers" / src.name)
-    exp = sweep({**spec, "grid": grid}, name, storage, log)
-    teacher = next((exp / "teachers").iterdir())
-    same = weights_sha(teacher) == choice["teacher"]["weights_sha256"]
-    rows = trial_rows(exp, name)
-    import csv
+    done = {(r["variant"], r["student_layers"], r["augment"], r["seed"]) for r in trial_rows(store_parts(root, task),
+                                                                                               name)}
+    todo = [{**c, "student_seed": s} for c in grid for s in seeds
+            if (c["variant"], c["student_layers"], c.get("augment", "none"), s) not in done]
+    if todo:
+        print(f"{task}: {len(todo)} reported run(s) to go ({len(done)} kept from earlier sessions)", flush=True)
+        if lr_exp.is_dir() and (lr_exp / "teachers").is_dir() and not (exp_dir / "teachers").exists():
+            src = next((lr_exp / "teachers").iterdir())   # this session's teacher, not fine-tuned again
+            shutil.copytree(src, exp_dir / "teachers" / src.name)
+        part = new_part(root, task)
+        sweep({**spec, "grid": todo}, name, storage, log, Snapshots(part, out, do_commit, task))
+        note_teacher(out, exp_dir, "reported")
+    rows = trial_rows(store_parts(root, task), name)
+    missing = len(grid) * len(seeds) - len(rows)
+    if missing:
+        raise SystemExit(f"{task}: {missing} reported run(s) did not finish; run the driver again to continue")
     with open(out / "runs.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(sorted(rows, key=lambda r: (r["student_layers"], r["variant"], r["augment"], r["seed"])))
-    keep_store(exp, results / "stores" / task)
+    teachers = json.loads((out / "teachers.json").read_text()) if (out / "teachers.json").is_file() else []
     (out / "done.json").write_text(json.dumps({
-        "task": task, "runs": len(rows), "teacher_weights_identical_to_lr_sweep": same, "cpu": cpu_model(),
-        "wall_time_s": round(time.time() - t1, 1)}, indent=2) + "\n")
+        "task": task, "runs": len(rows), "stores": [p.name for p in store_parts(root, task)],
+        "teacher_weights_identical_in_every_session": len({t["sha256"] for t in teachers}) <= 1,
+        "sessions_teachers": len(teachers), "cpu": cpu_model(),
+        "wall_time_s_this_session": round(time.time() - t1, 1)}, indent=2) + "\n")
     if do_commit:
-        commit([out, results / "stores" / task], f"glue-cpu {task}: {len(rows)} reported runs (seeds 1-3)")
+        commit([out, root], f"glue-cpu {task}: all {len(rows)} reported runs (seeds {seeds})")
 
 
 def main(argv=None) -> int:
@@ -163,6 +258,8 @@ def main(argv=None) -> int:
     ap.add_argument("--storage-path", default="runs/glue-cpu")
     ap.add_argument("--commit", action="store_true", help="git commit each task's results as each phase finishes")
     a = ap.parse_args(argv)
+    global SESSION
+    SESSION = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {Path(a.storage_path).resolve()}"
     base = yaml.safe_load(Path(a.preset).read_text())
     results = Path(a.results).resolve()
     os.environ.setdefault("GLUE_DIR", str(REPO.parent / "shared" / "glue_data"))

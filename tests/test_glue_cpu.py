@@ -42,10 +42,30 @@ def test_glue_cpu_driver_end_to_end(tmp_path, tiny_bert_dir, small_glue_dir, mon
     for r in rows:   # every reported run used its arm's chosen lr
         assert float(r["lr"]) == choice["chosen"][f"{r['variant']}/1"]["lr"]
     done = json.loads((results / "mrpc" / "done.json").read_text())
-    assert done["runs"] == 4 and done["teacher_weights_identical_to_lr_sweep"] is True
+    assert done["runs"] == 4 and done["teacher_weights_identical_in_every_session"] is True
     assert (results / "stores" / "mrpc" / "mlflow.db").is_file()
     assert (results / "stores-lr" / "mrpc" / "mlflow.db").is_file()
     assert (results / "report" / "report.md").is_file()   # every task of the preset done: the report
     # a later start (a fresh clone with these files committed) skips the finished task and runs nothing
     os.rename(tmp_path / "s", tmp_path / "s-old")
     assert glue_cpu.main(args) == 0 and not (tmp_path / "s" / "glue-cpu-mrpc").exists()
+
+    # a grid that outlives a session: the task's committed store holds seeds 1-2 only (as if the session ended
+    # there); a fresh clone (no runs/) retrains the teacher, runs only seed 3, and keeps it in a second store
+    preset["student_seeds"] = [1, 2, 3]
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(preset))
+    for f in ("done.json", "runs.csv"):
+        (results / "mrpc" / f).unlink()
+    assert glue_cpu.main(args[:-1] + [str(tmp_path / "s2")]) == 0
+    assert not (tmp_path / "s2" / "glue-cpu-mrpc-lr").exists()       # the lr choice was committed: not redone
+    trials = list((tmp_path / "s2" / "glue-cpu-mrpc" / "trials").glob("*/metrics.json"))
+    assert len(trials) == 2                                          # seed 3 of both arms, nothing else
+    assert (results / "stores" / "mrpc-p2" / "mlflow.db").is_file()
+    rows = list(csv.DictReader(open(results / "mrpc" / "runs.csv")))
+    assert sorted(int(r["seed"]) for r in rows) == [1, 1, 2, 2, 3, 3]
+    teachers = json.loads((results / "mrpc" / "teachers.json").read_text())
+    assert len(teachers) == 3   # lr sweep, reported sweep, and the retrained one of the second session
+    done = json.loads((results / "mrpc" / "done.json").read_text())
+    assert done["stores"] == ["mrpc", "mrpc-p2"] and done["runs"] == 6
+    # CPU training repeats the teacher bit for bit on one CPU model
+    assert done["teacher_weights_identical_in_every_session"] is True, teachers

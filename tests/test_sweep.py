@@ -577,3 +577,17 @@ def test_address_local_never_attaches_to_the_cluster_in_ray_address(two_node_clu
     assert where and "local Ray instance" in where[0], proc.stdout
     assert "node_a" not in where[0] and "node_b" not in where[0], \
         f"--address local attached to the cluster in RAY_ADDRESS={two_node_cluster.address}: {where[0]}"
+
+
+def test_a_grid_cell_may_name_its_student_seed(tmp_path, tiny_bert_dir, small_glue_dir):
+    """The cells a grid that outlived a session still owes: each with its own seed (experiments/glue_cpu.py)."""
+    from mixkd.core.errors import UsageError
+    cells = [{"variant": "ft", "student_layers": 1, "student_seed": 3}, {"variant": "ft", "student_layers": 2,
+                                                                         "student_seed": 1}]
+    spec = make_spec("seeded", tmp_path, tiny_bert_dir, small_glue_dir, mode="grid", grid=cells,
+                     search_space={}).validate()
+    cfgs = [spec.student_config("sst2", 1.0, 0, "t", "o", **c) for c in cells]
+    assert [(c.student_layers, c.seed, c.data_seed) for c in cfgs] == [(1, 3, 0), (2, 1, 0)]
+    with pytest.raises(UsageError, match="student_seed must be an integer, and not given with student_seeds"):
+        make_spec("seeded", tmp_path, tiny_bert_dir, small_glue_dir, mode="grid", grid=cells, search_space={},
+                  student_seeds=[1, 2]).validate()

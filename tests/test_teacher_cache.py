@@ -34,10 +34,18 @@ def make_trainer(parts, teacher_dir, out, **kw):
     return Trainer(cfg, task, student, tok, data, out, teacher=teacher)
 
 
+def fresh_teacher(copy_run, run):
+    """A copy of the session's teacher without the entries other tests' kd/pkd runs left in it."""
+    import shutil
+    teacher_dir = copy_run(run)
+    shutil.rmtree(teacher_dir / "teacher_outputs", ignore_errors=True)
+    return teacher_dir
+
+
 @pytest.mark.parametrize("variant, packing", [("kd", "auto"), ("kd", "off"), ("pkd", "auto"), ("pkd", "off")])
 def test_cached_outputs_equal_the_teacher_run_live(parts, tiny_teacher_run, copy_run, tmp_path, variant, packing):
-    teacher_dir = copy_run(tiny_teacher_run)
-    tr = make_trainer(parts, teacher_dir, tmp_path / "run", variant=variant, packing=packing)
+    teacher_dir = fresh_teacher(copy_run, tiny_teacher_run)
+    tr = make_trainer(parts, teacher_dir, tmp_path / "student", variant=variant, packing=packing)
     cache = tr.teacher_cache
     assert cache is not None and not cache.reused and cache.path.parent == teacher_dir / "teacher_outputs"
     assert (cache.hidden is not None) == (variant == "pkd")
@@ -59,7 +67,7 @@ def test_cached_outputs_equal_the_teacher_run_live(parts, tiny_teacher_run, copy
 
 @pytest.mark.parametrize("variant", ["kd", "pkd"])
 def test_a_step_with_the_cache_equals_a_live_step(parts, tiny_teacher_run, copy_run, tmp_path, variant):
-    teacher_dir = copy_run(tiny_teacher_run)
+    teacher_dir = fresh_teacher(copy_run, tiny_teacher_run)
     results = {}
     for mode in ("cache", "live"):
         tr = make_trainer(parts, teacher_dir, tmp_path / mode, variant=variant, teacher_outputs=mode, batch_size=8)
@@ -82,7 +90,7 @@ def test_a_step_with_the_cache_equals_a_live_step(parts, tiny_teacher_run, copy_
 def test_a_later_run_reuses_the_entry_and_a_damaged_one_is_recomputed(parts, tiny_teacher_run, copy_run, tmp_path,
                                                                       capsys, monkeypatch):
     from mixkd.core import teacher_cache
-    teacher_dir = copy_run(tiny_teacher_run)
+    teacher_dir = fresh_teacher(copy_run, tiny_teacher_run)
     first = make_trainer(parts, teacher_dir, tmp_path / "a", variant="kd").teacher_cache
     computed = []
     real = teacher_cache.compute
@@ -136,7 +144,7 @@ def test_distill_records_the_cache_and_a_run_without_teacher_outputs_is_unchange
     """End to end through mixkd distill: kd with the cache reaches the same dev score as kd live; the config hash
     does not depend on the runtime field."""
     from mixkd.jobs.run import distill
-    teacher_dir = copy_run(tiny_teacher_run)
+    teacher_dir = fresh_teacher(copy_run, tiny_teacher_run)
     scores, hashes = {}, {}
     for mode in ("cache", "live"):
         cfg = tiny_cfg(teacher=str(teacher_dir), data_dir=str(small_glue_dir), variant="kd", student_layers=2,

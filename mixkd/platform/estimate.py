@@ -272,17 +272,18 @@ def run_seconds(cfg: MixKDConfig, cal: Calibration, d: DataStats, layers: int, t
                 train_rows: int, cached_teacher: bool = True) -> tuple[float, dict]:
     """A fine-tune (``teacher_layers`` None) or a student run of ``cfg``: (seconds, what they are made of)."""
     from ..core.defaults import resolve_schedule
+    from ..core.terms import teacher_on_originals, uses_mixup
     cfg = resolve_schedule(cfg, train_rows, layers)
     steps_per_epoch = math.ceil(math.ceil(train_rows / cfg.batch_size) / cfg.grad_accum)
     steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * steps_per_epoch))
     rows_seen = steps * cfg.batch_size * cfg.grad_accum
     tokens = rows_seen * d.mean_tokens
     terms = cfg.terms if teacher_layers is not None else ("mle",)
-    if "sm" in terms or "tmkd" in terms:   # calibrated on sm+tmkd under this teacher; the teacher's depth scales
+    if uses_mixup(terms):   # calibrated on sm+tmkd under this teacher
         parts = {"steps": steps, "student": cal.mixkd(tokens * cfg.mixup_ratio, layers)}
     else:
         parts = {"steps": steps, "student": cal.train(tokens, layers)}
-    if "kd" in terms and not (cached_teacher and cfg.teacher_outputs == "cache"):
+    if teacher_on_originals(terms) and not (cached_teacher and cfg.teacher_outputs == "cache"):
         parts["teacher"] = cal.forward(tokens, teacher_layers)
     evals = math.ceil(steps / cfg.eval_steps) if cfg.eval_steps > 0 else max(1, math.ceil(steps / steps_per_epoch))
     parts["eval"] = (evals + 1) * cal.forward(d.dev_rows * d.dev_mean_tokens, layers)   # + the labels report

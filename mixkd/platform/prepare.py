@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core.config import MixKDConfig
+from ..core.terms import teacher_on_originals, uses_hidden
 from ..core.atomic import write_json_atomic
 from ..core.errors import SweepFailed, UsageError
 from .search_space import build_space, grid_cells
@@ -154,7 +155,8 @@ def _kd_cells(spec: SweepSpec) -> list[dict]:
         space = build_space(spec.search_space, spec.base)
         variants = (space.get("variant") or {}).get("values") or [spec.base.get("variant", MixKDConfig.variant)]
         cells = [{"variant": v, **bt} for v in variants for bt in _bt_cells(spec)]
-    return [c for c in cells if "kd" in MixKDConfig.from_dict({**spec.base, **c}).terms]
+    plain = [{k: v for k, v in c.items() if k != "student_seed"} for c in cells]   # a cell's seed is no config field
+    return [c for c, p in zip(cells, plain) if teacher_on_originals(MixKDConfig.from_dict({**spec.base, **p}).terms)]
 
 
 def prepare_teacher_outputs(spec: SweepSpec, teachers: dict[str, str]) -> dict[str, dict]:
@@ -167,7 +169,7 @@ def prepare_teacher_outputs(spec: SweepSpec, teachers: dict[str, str]) -> dict[s
         tdir = teachers[spec.teacher_key(task, fraction, seed)]
         for cell in _kd_cells(spec):
             cfg = spec.student_config(task, fraction, seed, tdir, "out", **cell)
-            what = (tdir, cfg.augmentation, cfg.max_seq_length, "pt" in cfg.terms, cfg.precision, cfg.packing)
+            what = (tdir, cfg.augmentation, cfg.max_seq_length, uses_hidden(cfg.terms), cfg.precision, cfg.packing)
             label = f"{spec.teacher_key(task, fraction, seed)}/{cfg.augmentation}" + ("/hidden" if what[3] else "")
             wanted.setdefault(what, (label, cfg))
     if not wanted:

@@ -164,14 +164,15 @@ class DefineByRun:
 
 def grid_cells(grid: dict[str, list] | list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Cartesian product of a grid spec ``{field: [values]}``, in a stable order; or a list of cells as given
-    (``[{variant: ft, lr: 3e-4}, {variant: sm+tmkd, lr: 1e-4}]``: settings that differ per cell)."""
+    (``[{variant: ft, lr: 3e-4}, {variant: sm+tmkd, lr: 1e-4}]``: settings that differ per cell; a cell may also
+    name its ``student_seed``, e.g. the cells a grid that outlived a session has not finished yet)."""
     import itertools
     names = {f.name for f in fields(MixKDConfig)}
     if isinstance(grid, list):
         for i, cell in enumerate(grid):
             if not isinstance(cell, dict) or not cell:
                 raise UsageError(f"grid[{i}]: give a mapping of config fields to values")
-            bad = [k for k in cell if k not in names]
+            bad = [k for k in cell if k not in names | {"student_seed"}]   # a cell may name its student seed
             if bad:
                 raise UsageError(f"grid[{i}]: '{bad[0]}' is not a config field")
         return [dict(c) for c in grid]

@@ -154,7 +154,9 @@ class SweepSpec:
             if not self.grid:
                 bad("grid mode needs a grid: section, e.g. {variant: [ft, sm+tmkd], student_layers: [2, 3]}")
             for cell in grid_cells(self.grid):
-                validate(probe.replace(**cell), "distill")
+                if "student_seed" in cell and (self.student_seeds or not isinstance(cell["student_seed"], int)):
+                    bad(f"grid cell {cell}: student_seed must be an integer, and not given with student_seeds")
+                validate(probe.replace(**{k: v for k, v in cell.items() if k != "student_seed"}), "distill")
         return self
 
     def _task_entry(self, t) -> str:
