@@ -163,20 +163,13 @@ def main(args: argparse.Namespace) -> int:
         resources = parse_resources(args.plan_resources)
         print(format_plan(spec, plan(spec, resources)))
         return 0
-    from ..platform.driver import run_sweep
-    from ..platform.spec import preflight
+    from ..platform.driver import check_sweep, run_sweep
     from ..platform.summary import format_summary
-    preflight(spec)   # storage, GLUE files, student depth: before Ray starts
-    if (spec.experiment_dir / "sweep.yaml").is_file() and not args.resume:   # before Ray starts
-        raise UsageError(f"experiment '{spec.experiment_dir}' exists; pass --resume to continue it or choose "
-                         f"another --experiment-name")
-    from ..tracking.store import check_tracking_uri, default_tracking_uri
-    check_tracking_uri(spec.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-                       or default_tracking_uri(spec.experiment_dir))   # one line now, not after the sweep
+    checked = check_sweep(spec, resume=args.resume)   # storage, data, depth, the experiment, MLflow: before Ray
     where = connect(args.address)
     print(f"mixkd sweep '{spec.name}' ({spec.mode}) on {where}", file=sys.stderr)
     try:
-        summary = run_sweep(spec, resume=args.resume)
+        summary = run_sweep(checked)
     finally:
         import ray
         ray.shutdown()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -111,12 +112,22 @@ def _tuner(spec: SweepSpec, exp_dir: Path, group: str, fixed: dict, callbacks, r
     )
 
 
-def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
-    """Teachers first, then the trials of every group; returns the summary (also summary.json)."""
-    from ..tracking.store import check_tracking_uri, default_tracking_uri
-    from ..tracking.writer import BackgroundTracker
+@dataclass(frozen=True)
+class CheckedSweep:
+    """A sweep that passed every check that needs no Ray (:func:`check_sweep`): what ``run_sweep`` starts from."""
+    spec: SweepSpec
+    resume: bool
+    sources: list            # (data source, task) pairs, announced when the sweep starts
+    tracking_uri: str
 
-    spec.validate()
+
+def check_sweep(spec: SweepSpec, resume: bool = False) -> CheckedSweep:
+    """Every check a sweep can make before Ray starts, once: the spec (validated), storage, data and student depth
+    (``preflight``), an existing experiment (``--resume`` with the same spec), the MLflow store. One UsageError,
+    nothing written."""
+    from ..tracking.store import check_tracking_uri, default_tracking_uri
+    if not getattr(spec, "validated", False):   # the CLI's load_spec has
+        spec.validate()
     sources = preflight(spec)
     exp_dir = spec.experiment_dir
     spec_file = exp_dir / "sweep.yaml"
@@ -130,14 +141,26 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict[str, Any]:
             changed = sorted(k for k in saved if saved.get(k) != now.get(k))
             raise UsageError(f"--resume: the sweep differs from the saved one in {', '.join(changed)}; resume "
                              f"with the same preset and flags")
+    uri = spec.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(exp_dir)
+    check_tracking_uri(uri)   # one line now, not after the sweep
+    return CheckedSweep(spec, resume, sources, uri)
+
+
+def run_sweep(spec: SweepSpec | CheckedSweep, resume: bool = False) -> dict[str, Any]:
+    """Teachers first, then the trials of every group; returns the summary (also summary.json). ``spec``: a
+    :class:`CheckedSweep` (the CLI checks before it connects to Ray), or a spec, checked here."""
+    from ..tracking.writer import BackgroundTracker
+
+    checked = spec if isinstance(spec, CheckedSweep) else check_sweep(spec, resume)
+    spec, resume, uri = checked.spec, checked.resume, checked.tracking_uri
+    exp_dir = spec.experiment_dir
+    spec_file = exp_dir / "sweep.yaml"
     from ..core.data import announce_data_source
-    for source, task in sources:
+    for source, task in checked.sources:
         announce_data_source(source, task)
     exp_dir.mkdir(parents=True, exist_ok=True)
     if not spec_file.is_file():
         spec_file.write_text(yaml.safe_dump(saved_spec(spec), sort_keys=False))
-    uri = spec.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(exp_dir)
-    check_tracking_uri(uri)
     tracker = BackgroundTracker(uri, spec.experiment_name or spec.name, sweep_id=str(exp_dir),
                                 artifact_dir=exp_dir / "mlartifacts", sweep_params=sweep_params(spec))
     prepare_augmentations(spec, exp_dir, tracker)   # +BT files first (sets base.augment_dir); no-op without BT

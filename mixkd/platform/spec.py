@@ -157,6 +157,7 @@ class SweepSpec:
                 if "student_seed" in cell and (self.student_seeds or not isinstance(cell["student_seed"], int)):
                     bad(f"grid cell {cell}: student_seed must be an integer, and not given with student_seeds")
                 validate(probe.replace(**{k: v for k, v in cell.items() if k != "student_seed"}), "distill")
+        self.validated = True   # not a field: check_sweep does not validate (and read custom data) twice
         return self
 
     def _task_entry(self, t) -> str:
