@@ -8,7 +8,7 @@
 For each model and each format (torch, torch-int8, onnx, onnx-int8): p50/p90 at batch 1 and 32, seq 128 (mixkd's
 latency protocol, mixkd.deploy.formats.format_latencies: a random-weight model of the architecture converted to
 the format, cached by format and runtime), and the SST-2 dev accuracy **of the real model after conversion**
-(mixkd.deploy.ship.convert_and_score; for onnx-int8 the better of the QInt8 and QUInt8 weight types, both shown).
+(mixkd.deploy.export.convert_and_score; for onnx-int8 the better of the QInt8 and QUInt8 weight types, both shown).
 Then the issue's targets: the onnx-int8 2-layer student's p90 at batch 1 against the fp32 PyTorch student's
 (target <= 0.5x) and its accuracy loss (target <= 1.0 point). Run it on a quiet machine.
 """
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mixkd.deploy import formats as F  # noqa: E402
 from mixkd.deploy import latency as L  # noqa: E402
-from mixkd.deploy.ship import convert_and_score, load_reference  # noqa: E402
+from mixkd.deploy.export import convert_and_score, load_reference  # noqa: E402
 
 
 def _best_per_depth(sweep: Path) -> tuple[Path, dict[int, Path]]:

@@ -5,7 +5,12 @@ lazy ones inside functions), not by grepping for names:
   imports only modules of its own layer or of layers before it;
 - the core (and every layer below platform) imports neither ray nor optuna; the core imports no mlflow;
 - no import cycles between modules through top-level imports;
-- no module over MAX_LINES lines.
+- no module imports another module's private name (one leading underscore; ``__dunder__`` names are public), nor
+  reaches it as ``module._name``: a name two modules share is public, or lives in the module that uses it;
+- no function over MAX_FUNCTION_LINES lines (nested ones counted on their own too), outside LONG_FUNCTIONS.
+
+Each allow-list below names what is left and why; an entry that no longer applies fails the test, so the lists
+only shrink. tests/ and experiments/ are not checked.
 """
 from __future__ import annotations
 
@@ -15,9 +20,42 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "mixkd"
 LAYERS = ("core", "augment", "jobs", "tracking", "deploy", "platform", "report", "cli")
-MAX_LINES = 450
+MAX_FUNCTION_LINES = 60
 # third-party frameworks and the first layer allowed to import them
 FRAMEWORKS = {"ray": "platform", "optuna": "platform", "mlflow": "tracking"}
+
+# functions over MAX_FUNCTION_LINES lines that stay for now, each with why (path::qualified name: reason)
+LONG_FUNCTIONS = {
+    "mixkd/platform/driver.py::run_sweep": "the sweep's whole lifecycle; the lead is changing driver.py now",
+    "mixkd/core/config.py::validate": "one check per user-facing value in field order; core/ is being changed now",
+    "mixkd/platform/estimate.py::calibrate": "the dry run's calibration, new in issue 27; the lead is changing it now",
+    "mixkd/platform/estimate.py::plan": "the dry run's plan, new in issue 27; the lead is changing it now",
+    "mixkd/platform/trial.py::run_trial": "one Tune trial end to end; waits for the loss-terms work in core/ and jobs/",
+    "mixkd/core/trainer.py::Trainer.__init__": "sets up every loss term; core/ is being changed by the loss-terms work",
+    "mixkd/report/tables.py::table2": "Table 2's rows and latency columns; report/ may change with the loss terms",
+    "mixkd/platform/spec.py::SweepSpec.validate": "one check per spec field; spec.py is being changed now",
+}
+
+# imports of another module's private name that wait for their owners (importing module: {module.name, ...}); the
+# fix is to drop the underscore at the definition and in every user, or to move the helper to its one user
+PRIVATE_IMPORTS_PENDING = {
+    # core/ is being changed by the loss-terms work
+    "mixkd/core/evaluation.py": {"mixkd.core.mixup._token_type_table"},
+    # platform/ and report/: import lines only until the owners' changes land
+    "mixkd/platform/estimate.py": {"mixkd.platform.prepare._bt_cells", "mixkd.platform.prepare._kd_cells",
+                                   "mixkd.platform.spec._student_knobs"},
+    "mixkd/platform/prepare.py": {"mixkd.platform.spec._student_knobs"},
+    "mixkd/report/build.py": {"mixkd.report.cells._setting_text", "mixkd.report.cells._settings",
+                              "mixkd.report.figures._external_pareto"},
+    "mixkd/report/custom.py": {"mixkd.report.cells._our_row_keys", "mixkd.report.cells._row_label",
+                               "mixkd.report.cells._select", "mixkd.report.cells._setting_text",
+                               "mixkd.report.cells._settings"},
+    "mixkd/report/figures.py": {"mixkd.report.cells._row_label", "mixkd.report.tables._latency_cols",
+                                "mixkd.report.tables._preferred_latency"},
+    "mixkd/report/tables.py": {"mixkd.report.cells._frac", "mixkd.report.cells._our_row_keys",
+                               "mixkd.report.cells._row_label", "mixkd.report.cells._select",
+                               "mixkd.report.cells._setting_text"},
+}
 
 
 def _modules() -> dict[str, Path]:
@@ -25,12 +63,20 @@ def _modules() -> dict[str, Path]:
             for p in sorted(PKG.rglob("*.py"))}
 
 
+def _from_target(name: str, path: Path, node: ast.ImportFrom) -> str:
+    """The module ``from X import ...`` reads, relative imports resolved against module ``name`` at ``path``."""
+    if not node.level:
+        return node.module or ""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    base = package.split(".")
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
 def _imports(name: str, path: Path, top_level_only: bool = False) -> list[tuple[str, int]]:
     """(imported module, line) of every import in the file; relative imports resolved; ``from X import
     y`` counts as X, or as X.y when that is a module."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    is_pkg = path.name == "__init__.py"
-    package = name if is_pkg else name.rpartition(".")[0]
     mods = _modules()
     nodes = tree.body if top_level_only else ast.walk(tree)
     out = []
@@ -38,14 +84,57 @@ def _imports(name: str, path: Path, top_level_only: bool = False) -> list[tuple[
         if isinstance(node, ast.Import):
             out += [(a.name, node.lineno) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")
-                base = base[: len(base) - (node.level - 1)]
-                target = ".".join(base + ([node.module] if node.module else []))
-            else:
-                target = node.module or ""
+            target = _from_target(name, path, node)
             subs = [f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in mods]
             out += [(s, node.lineno) for s in subs] or [(target, node.lineno)]
+    return out
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def _private_imports(name: str, path: Path) -> list[tuple[str, int]]:
+    """(module.name, line) of every private name of another mixkd module that the file imports (``from X import
+    _y``) or reaches through an imported module (``X._y`` after ``from . import X`` or ``import mixkd.X as X``)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    mods = _modules()
+    aliases: dict[str, str] = {}          # local name -> the mixkd module it is bound to
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            aliases.update({a.asname: a.name for a in node.names if a.asname and a.name in mods})
+        elif isinstance(node, ast.ImportFrom):
+            target = _from_target(name, path, node)
+            if target.split(".")[0] != "mixkd":
+                continue
+            for a in node.names:
+                if f"{target}.{a.name}" in mods:
+                    aliases[a.asname or a.name] = f"{target}.{a.name}"
+                if _private(a.name) and target != name:
+                    out.append((f"{target}.{a.name}", node.lineno))
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
+                and _private(node.attr) and aliases[node.value.id] != name):
+            out.append((f"{aliases[node.value.id]}.{node.attr}", node.lineno))
+    return out
+
+
+def _functions(path: Path) -> list[tuple[str, int, int]]:
+    """(qualified name, first line, lines) of every function and method in the file, nested ones included."""
+    out = []
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                out.append((prefix + child.name, child.lineno, child.end_lineno - child.lineno + 1))
+                visit(child, f"{prefix}{child.name}.")
+            elif isinstance(child, ast.ClassDef):
+                visit(child, f"{prefix}{child.name}.")
+            else:
+                visit(child, prefix)
+
+    visit(ast.parse(path.read_text(encoding="utf-8")), "")
     return out
 
 
@@ -98,10 +187,29 @@ def test_no_import_cycles_at_module_level():
     assert cycles == [], f"import cycles: {cycles}"
 
 
-def test_no_module_over_the_size_limit():
-    big = {str(p.relative_to(PKG.parent)): n for p in PKG.rglob("*.py")
-           if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
-    assert big == {}, f"modules over {MAX_LINES} lines (split them along their seams): {big}"
+def _rel(path: Path) -> str:
+    return str(path.relative_to(PKG.parent))
+
+
+def test_no_module_imports_another_modules_private_name():
+    found = {_rel(p): {(t, line) for t, line in _private_imports(n, p)} for n, p in _modules().items()}
+    bad = [f"{f}:{line} imports {t}" for f, hits in sorted(found.items()) for t, line in sorted(hits, key=str)
+           if t not in PRIVATE_IMPORTS_PENDING.get(f, set())]
+    assert bad == [], ("private names used outside their module (make the name public where it is shared, or move "
+                       "the helper to its user):\n" + "\n".join(bad))
+    stale = [f"{f}: {t}" for f, names in PRIVATE_IMPORTS_PENDING.items() for t in sorted(names)
+             if t not in {t_ for t_, _ in found.get(f, set())}]
+    assert stale == [], "PRIVATE_IMPORTS_PENDING entries that no longer occur (remove them):\n" + "\n".join(stale)
+
+
+def test_no_function_over_the_length_limit():
+    lengths = {f"{_rel(p)}::{q}": n for p in PKG.rglob("*.py") for q, _, n in _functions(p)}
+    long = {k: n for k, n in sorted(lengths.items(), key=lambda kv: -kv[1]) if n > MAX_FUNCTION_LINES}
+    bad = [f"{k}: {n} lines" for k, n in long.items() if k not in LONG_FUNCTIONS]
+    assert bad == [], (f"functions over {MAX_FUNCTION_LINES} lines (split them into named steps):\n"
+                       + "\n".join(bad))
+    stale = [k for k in LONG_FUNCTIONS if k not in long]
+    assert stale == [], f"LONG_FUNCTIONS entries now within {MAX_FUNCTION_LINES} lines or gone (remove them): {stale}"
 
 
 def test_the_checker_sees_lazy_and_relative_imports(tmp_path):
@@ -110,6 +218,33 @@ def test_the_checker_sees_lazy_and_relative_imports(tmp_path):
     f.write_text("def f():\n    from ..platform import driver\n    import ray\n")
     found = _imports("mixkd.core.x", f)
     assert ("mixkd.platform.driver", 2) in found and ("ray", 3) in found
+
+
+def test_the_checker_sees_private_imports_and_long_functions(tmp_path):
+    """The rule checkers themselves: a private name imported from another module (directly or reached through an
+    imported module) is found, a dunder or the module's own name is not; a function one line over the limit (also
+    a nested one) is found, one at the limit is not."""
+    f = tmp_path / "x.py"
+    f.write_text("from .cells import _select, __doc__, table_cells\n"
+                 "from . import tables as T\n"
+                 "import mixkd.deploy.latency as L\n"
+                 "from .x import _own\n"
+                 "def g():\n"
+                 "    from ..core.mixup import _token_type_table\n"
+                 "    return T._latency_cols, L._hash, T.__name__\n")
+    found = sorted(_private_imports("mixkd.report.x", f))
+    assert found == [("mixkd.core.mixup._token_type_table", 6), ("mixkd.deploy.latency._hash", 7),
+                     ("mixkd.report.cells._select", 1), ("mixkd.report.tables._latency_cols", 7)]
+
+    def lines(indent: int, n: int) -> str:
+        return "".join(f"{' ' * indent}x{i} = {i}\n" for i in range(n))
+    f.write_text("def at_limit():\n" + lines(4, MAX_FUNCTION_LINES - 1)
+                 + "class C:\n    def over(self):\n" + lines(8, 1)
+                 + "        def inner():\n" + lines(12, MAX_FUNCTION_LINES) + "        return inner\n")
+    lengths = {q: n for q, _, n in _functions(f)}
+    assert lengths["at_limit"] == MAX_FUNCTION_LINES
+    assert lengths["C.over.inner"] == MAX_FUNCTION_LINES + 1
+    assert lengths["C.over"] > MAX_FUNCTION_LINES
 
 
 def test_core_import_loads_no_framework():

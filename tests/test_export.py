@@ -15,7 +15,7 @@ import pytest
 from mixkd.cli import app as cli
 from mixkd.core.errors import UsageError
 from mixkd.deploy import formats as F
-from mixkd.deploy import ship
+from mixkd.deploy import export as ship
 
 from conftest import make_tiny_bert
 from test_selection import build_store, tiny_models  # noqa: F401  (module fixture reused)
@@ -197,7 +197,7 @@ def test_select_refuses_an_unmeetable_budget_before_converting_anything(tiny_mod
                                                                         monkeypatch, capsys):
     """Latency depends on architecture and format only: a budget nothing meets is refused from the latencies, before
     a single model is converted or scored, naming the fastest point."""
-    from mixkd.deploy import ship
+    from mixkd.deploy import export as ship
     store = build_store(tmp_path / "store", tiny_models)
     converted = []
     monkeypatch.setattr(ship, "convert_and_score", lambda *a, **k: converted.append(1) or (_ for _ in ()).throw(

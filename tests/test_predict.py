@@ -13,7 +13,7 @@ from mixkd.cli import app as cli
 from mixkd.core.data import read_glue_tsv
 from mixkd.core.errors import UsageError
 from mixkd.core.tasks import get_task
-from mixkd.deploy import ship
+from mixkd.deploy import export as ship
 from mixkd.deploy.predict import Predictor, predict, read_inputs
 
 from conftest import make_tiny_bert

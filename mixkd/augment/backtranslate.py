@@ -43,7 +43,7 @@ from ..core.data import load_split, read_glue_tsv, resolve_data_dir, subset_indi
 from ..core.atomic import write_json_atomic
 from ..core.errors import UsageError
 from ..core.tasks import TaskSpec, get_task
-from .cache import FAST, BTSettings, _copy_atomic, _locked, cache_path, meta_path
+from .cache import FAST, BTSettings, cache_path, copy_atomic, locked, meta_path
 from .hf import MarianRoundTrip
 
 # a round trip: (texts, batch index) -> one back-translated string per text
@@ -167,7 +167,7 @@ def backtranslate(task: str | TaskSpec, data_dir: str | None = None, data_fracti
 
     def finish(result: AugmentResult) -> AugmentResult:
         if out is not None and Path(out).expanduser().resolve() != final.resolve():
-            _copy_atomic(final, Path(out).expanduser())
+            copy_atomic(final, Path(out).expanduser())
             result.path = Path(out).expanduser()
         result.seconds = round(time.time() - t0, 2)
         return result
@@ -183,7 +183,7 @@ def backtranslate(task: str | TaskSpec, data_dir: str | None = None, data_fracti
 
     if final.is_file():
         return from_cache()
-    with _locked(final.with_name(final.name + ".lock")):
+    with locked(final.with_name(final.name + ".lock")):
         if final.is_file():                      # another process finished it while we waited
             return from_cache()
         result = _generate(task, source, fraction, data_seed, settings, final, key, device, translator,

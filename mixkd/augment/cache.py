@@ -136,7 +136,7 @@ def cache_path(task: TaskSpec, source: SourceRows, fraction: float, data_seed: i
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     """An exclusive lock on ``path`` (two processes never append to the same partial file)."""
     import fcntl
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -148,7 +148,8 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _copy_atomic(src: Path, dst: Path) -> None:
+def copy_atomic(src: Path, dst: Path) -> None:
+    """``src`` copied to ``dst`` through a temporary sibling, so ``dst`` is complete or untouched."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.tmp")
     tmp.write_bytes(src.read_bytes())

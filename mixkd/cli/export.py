@@ -1,6 +1,6 @@
 """``mixkd export``: a fine-tuned classifier in a deployment format (torch, onnx; ``--quantize int8``), with its
 tokenizer and a model card, reloaded and checked on the task's dev set before it is declared done (see
-:mod:`mixkd.deploy.ship`)."""
+:mod:`mixkd.deploy.export`)."""
 from __future__ import annotations
 
 import argparse
@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..deploy.ship import ExportCheckFailed, export_model
+    from ..deploy.export import ExportCheckFailed, export_model
     if args.max_eval_samples is not None and args.max_eval_samples < 1:
         raise UsageError(f"--max-eval-samples {args.max_eval_samples} is invalid; use a positive number of rows")
     if args.threads is not None and args.threads < 1:

@@ -14,7 +14,8 @@ from ..core.errors import UsageError
 from ..core.metrics import above_chance
 from ..core.tasks import primary_metric_of
 from . import latency as L
-from .pareto import _finite
+from .pareto import is_finite
+from .records import NO_LATENCY, LatencyRecord
 
 PERCENTILES = L.PERCENTILES
 PRIMARY = "final/primary"
@@ -45,7 +46,7 @@ def group_label(g: Mapping[str, Any]) -> str:
     else:
         parts = [str(g.get("variant")), f"k={g.get('student_layers')}", str(g.get("layer_strategy") or "")]
     frac = g.get("data_fraction")
-    if _finite(frac) and float(frac) != 1.0:
+    if is_finite(frac) and float(frac) != 1.0:
         parts.append(f"frac={float(frac):g}")
     if g.get("augmentation") not in (None, "none"):
         parts.append(f"aug={g['augmentation']}")
@@ -80,11 +81,11 @@ class _Latencies:
         except Exception:
             return {}
 
-    def logged(self, run: Mapping[str, Any]) -> dict | None:
+    def logged(self, run: Mapping[str, Any]) -> LatencyRecord | None:
         """The sweep's latency metrics of this run, when present and measured on the requested device kind."""
         stats = {st: _none(run.get(L.metric_name(self.b, self.s, st))) for st in (*PERCENTILES, "mean", "std",
                                                                                    "throughput")}
-        if not _finite(stats[self.pct]):
+        if not is_finite(stats[self.pct]):
             return None
         tags = self._tags(run["run_id"])
         dev = tags.get(L.LATENCY_DEVICE_TAG)
@@ -95,8 +96,7 @@ class _Latencies:
             fp = json.loads(fp) if fp else None
         except ValueError:
             fp = None
-        return {"stats": {f"{k}_ms" if k != "throughput" else k: v for k, v in stats.items()},
-                "source": "sweep", "fingerprint": fp, "run_id": run["run_id"]}
+        return LatencyRecord({f"{k}_ms" if k != "throughput" else k: v for k, v in stats.items()}, "sweep", fp)
 
     def model_config(self, run: Mapping[str, Any]) -> Any:
         """The run's model config: ``<run_dir>/model/config.json``, else the MLflow ``model/config.json``
@@ -126,7 +126,7 @@ class _Latencies:
                 pass
         return None
 
-    def measured(self, run: Mapping[str, Any]) -> dict | None:
+    def measured(self, run: Mapping[str, Any]) -> LatencyRecord | None:
         cfg = self.model_config(run)
         if cfg is None:
             return None
@@ -135,11 +135,11 @@ class _Latencies:
         if not res["cached"]:
             self.log(f"measured {run.get('_label', run['run_id'])}: {self.pct} {res[self.pct + '_ms']:.2f} ms "
                      f"(batch {self.b}, seq {self.s}, {res['iters']} iterations)")
-        return {"stats": {k: res[k] for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "throughput")},
-                "source": "cache" if res["cached"] else "measured", "fingerprint": res["fingerprint"],
-                "architecture_fingerprint": res["architecture_fingerprint"], "run_id": run["run_id"]}
+        return LatencyRecord.of_measurement(res)
 
-    def __call__(self, runs: Sequence[Mapping[str, Any]]) -> dict | None:
+    def __call__(self, runs: Sequence[Mapping[str, Any]]) -> LatencyRecord | None:
+        """The latency of the first run (best seed first) the sweep logged one for, else of the first whose model
+        config is found (measured here); None when neither."""
         if not self.remeasure:
             for r in runs:
                 got = self.logged(r)
@@ -152,9 +152,57 @@ class _Latencies:
         return None
 
 
-def _records(df) -> list[dict]:
+def run_records(df) -> list[dict]:
+    """The rows of a run store DataFrame as dicts, missing values (NaN) as None."""
     return [{k: _none(v) if not isinstance(v, (dict, list)) else v for k, v in row.items()}
             for row in df.to_dict("records")]
+
+
+def _best_first(r: Mapping[str, Any]) -> tuple:
+    """Sort key of a group's runs: the highest score first; ties: the lowest seed, then the run id."""
+    return -float(r[PRIMARY]), r.get("seed") if r.get("seed") is not None else 1 << 62, r["run_id"]
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample std (NaN for one value)."""
+    n = len(values)
+    mean = sum(values) / n
+    return mean, (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else math.nan
+
+
+def _metric_summaries(rs: list[dict]) -> dict[str, list]:
+    """{final/x: [mean, sample std, runs]} over the runs that logged a finite final/x."""
+    metrics = {}
+    for k in sorted({k for r in rs for k in r if k.startswith("final/")}):
+        vals = [float(r[k]) for r in rs if is_finite(r.get(k))]
+        if vals:
+            metrics[k] = [*_mean_std(vals), len(vals)]
+    return metrics
+
+
+def _new_group(key: str, rs: list[dict], role: str) -> dict:
+    """A group's configuration (from its best run ``rs[0]``), label and scores over seeds; no latency yet."""
+    first = rs[0]
+    g = {"config_group": key, "role": role}
+    for col in ("task", "variant", "student_layers", "layer_strategy", "data_fraction", "augmentation",
+                "experiment"):
+        g[col] = first.get(col)
+    if is_finite(g["student_layers"]):            # 3, not 3.0 (a float column next to missing values)
+        g["student_layers"] = int(g["student_layers"])
+    g["label"] = group_label(g)
+    scores = [float(r[PRIMARY]) for r in rs]
+    mean, std = _mean_std(scores)
+    g.update(n=len(scores), seeds=[r.get("seed") for r in rs], run_ids=[r["run_id"] for r in rs], scores=scores,
+             score=mean, score_std=std, score_ci95=_ci95(scores))
+    g["metrics"] = _metric_summaries(rs)
+    return g
+
+
+def _chance_level(g: Mapping[str, Any], params: Mapping[str, Any] | None) -> float | None:
+    """The mean chance level of the group's primary metric (``final/chance_<metric>``), when the runs logged it."""
+    primary = primary_metric_of(g["task"], params) if g["task"] else None
+    chance = g["metrics"].get(f"final/chance_{primary}") if primary else None
+    return None if chance is None else chance[0]
 
 
 def group_runs(runs, *, percentile: str = "p90", batch_size: int = 1, seq_len: int = L.DEFAULT_SEQ_LEN,
@@ -179,9 +227,9 @@ def group_runs(runs, *, percentile: str = "p90", batch_size: int = 1, seq_len: i
     if percentile not in PERCENTILES:
         raise UsageError(f"--percentile {percentile!r} is invalid; use one of {', '.join(PERCENTILES)}")
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
-    rows = runs if isinstance(runs, list) else _records(runs)
+    rows = runs if isinstance(runs, list) else run_records(runs)
     rows = [r for r in rows if r.get("role") == role and r.get("status", "FINISHED") == "FINISHED"
-            and _finite(r.get(PRIMARY))]
+            and is_finite(r.get(PRIMARY))]
     by: dict[str, list[dict]] = {}
     for r in rows:
         by.setdefault(r.get("config_group") or r.get("config_hash") or r["run_id"], []).append(r)
@@ -190,50 +238,23 @@ def group_runs(runs, *, percentile: str = "p90", batch_size: int = 1, seq_len: i
     groups = []
     try:
         for key, rs in by.items():
-            rs.sort(key=lambda r: (-float(r[PRIMARY]), r.get("seed") if r.get("seed") is not None else 1 << 62,
-                                   r["run_id"]))
-            first = rs[0]
-            g = {"config_group": key, "role": role}
-            for col in ("task", "variant", "student_layers", "layer_strategy", "data_fraction", "augmentation",
-                        "experiment"):
-                g[col] = first.get(col)
-            if _finite(g["student_layers"]):            # 3, not 3.0 (a float column next to missing values)
-                g["student_layers"] = int(g["student_layers"])
-            g["label"] = group_label(g)
-            scores = [float(r[PRIMARY]) for r in rs]
-            n = len(scores)
-            mean = sum(scores) / n
-            g.update(n=n, seeds=[r.get("seed") for r in rs], run_ids=[r["run_id"] for r in rs], scores=scores,
-                     score=mean,
-                     score_std=(sum((s - mean) ** 2 for s in scores) / (n - 1)) ** 0.5 if n > 1 else math.nan,
-                     score_ci95=_ci95(scores))
-            metrics = {}
-            for k in sorted({k for r in rs for k in r if k.startswith("final/")}):
-                vals = [float(r[k]) for r in rs if _finite(r.get(k))]
-                if vals:
-                    m = sum(vals) / len(vals)
-                    sd = (sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else math.nan
-                    metrics[k] = [m, sd, len(vals)]
-            g["metrics"] = metrics
-            primary = primary_metric_of(g["task"], first.get("params")) if g["task"] else None
-            chance = metrics.get(f"final/chance_{primary}") if primary else None
-            g["at_chance"] = chance is not None and not above_chance(mean, chance[0])
+            rs.sort(key=_best_first)
+            g = _new_group(key, rs, role)
+            chance = _chance_level(g, rs[0].get("params"))
+            g["at_chance"] = chance is not None and not above_chance(g["score"], chance)
             if g["at_chance"] and role == "trial" and not keep_at_chance:
-                log(f"skipped {g['label']}: at chance level (mean {mean:.4f}, a constant predictor scores "
-                    f"{chance[0]:.4f}); it learned nothing")
+                log(f"skipped {g['label']}: at chance level (mean {g['score']:.4f}, a constant predictor scores "
+                    f"{chance:.4f}); it learned nothing")
                 continue
-            g["best_run"] = first
-            g["params_count"] = int(first["params_count"]) if _finite(first.get("params_count")) else None
+            g["best_run"] = rs[0]
+            g["params_count"] = int(rs[0]["params_count"]) if is_finite(rs[0].get("params_count")) else None
             for r in rs:
                 r["_label"] = g["label"]
-            got = lat(rs)
-            if got is None:
+            latency = lat(rs)
+            if latency is None:
                 log(f"no latency for {g['label']}: no logged latency/b{batch_size}_s{seq_len}_{percentile}_ms and "
                     f"no model config found (run_dir or MLflow model/ artifact); left out")
-            g["latency"] = got["stats"] if got else None
-            g["latency_ms"] = got["stats"][f"{percentile}_ms"] if got else None
-            g["latency_source"] = got["source"] if got else None
-            g["latency_fingerprint"] = got.get("fingerprint") if got else None
+            g.update(latency.group_fields(percentile) if latency else NO_LATENCY)
             groups.append(g)
     finally:
         lat.close()

@@ -28,7 +28,7 @@ from typing import Any, Iterable, Mapping
 
 from ..core.atomic import write_json_atomic
 from ..core.errors import UsageError
-from .protocol import (_check_positive, _hash, check_protocol, coefficient_of_variation, protocol_result,
+from .protocol import (check_positive, check_protocol, coefficient_of_variation, protocol_result, short_hash,
                        summarize, timed_loop)
 
 DEFAULT_BATCH_SIZES = (1, 32)
@@ -120,7 +120,7 @@ def architecture_fields(model_config: Any) -> dict[str, Any]:
 def architecture_fingerprint(model_config: Any) -> str:
     """16-hex hash of :func:`architecture_fields`: equal for a teacher's k-layer students of any
     weights or layer strategy, different when depth, width, heads, vocab, labels or type differ."""
-    return _hash(architecture_fields(model_config))
+    return short_hash(architecture_fields(model_config))
 
 
 def cpu_model() -> str:
@@ -170,7 +170,7 @@ def device_info(device: str = "cpu", dtype: str = "fp32", threads: int | None = 
 
 def device_fingerprint(device: str = "cpu", dtype: str = "fp32", threads: int | None = None) -> str:
     """16-hex hash of :func:`device_info`."""
-    return _hash(device_info(device, dtype, threads))
+    return short_hash(device_info(device, dtype, threads))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -253,7 +253,7 @@ def default_cache_dir() -> Path:
 def cache_key(arch_fp: str, dev_fp: str, dtype: str, batch_size: int, seq_len: int, fmt: str = "torch") -> str:
     key = {"v": CACHE_VERSION, "arch": arch_fp, "device": dev_fp, "dtype": dtype, "batch": int(batch_size),
            "seq": int(seq_len)}
-    return _hash(key if fmt == "torch" else {**key, "format": fmt}, n=24)
+    return short_hash(key if fmt == "torch" else {**key, "format": fmt}, n=24)
 
 
 # a measurement whose p90 is this many times its p50 was taken on a busy machine (the demo's teacher once showed
@@ -300,11 +300,11 @@ def cached_latencies(model_config_or_dir: Any, batch_sizes: Iterable[int] = DEFA
         cfg = student_config(cfg, student_layers)
     batch_sizes = list(dict.fromkeys(int(b) for b in batch_sizes))
     for b in batch_sizes:
-        _check_positive("--batch-size", b)
+        check_positive("--batch-size", b)
     arch = architecture_fields(cfg)
-    arch_fp = _hash(arch)
+    arch_fp = short_hash(arch)
     dev = device_info(device, dtype, threads)
-    dev_fp = _hash({**dev, **(runtime or {})})
+    dev_fp = short_hash({**dev, **(runtime or {})})
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     out: dict[int, dict[str, Any]] = {}
     model = None

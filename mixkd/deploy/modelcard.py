@@ -25,38 +25,47 @@ def _pm(mean: Any, std: Any, n: Any, nd: int = 4) -> str:
 def model_card(sel: Mapping[str, Any]) -> str:
     """Markdown with YAML front matter: task, dev metrics mean ± std over seeds, latency statistics and
     the hardware/software fingerprint, parameters, speed-up vs the teacher, the config, MLflow run ids."""
-    ch = sel["chosen"]
+    ch, t = sel["chosen"], sel.get("teacher") or {}
+    lines = (_card_model(sel, ch) + _card_metrics(sel, ch, t) + _card_latency(sel, ch, t)
+             + _card_provenance(sel, ch, t))
+    return "\n".join(lines)
+
+
+def _card_model(sel: Mapping[str, Any], ch: Mapping[str, Any]) -> list[str]:
+    """Front matter, how the student was chosen, how to load it, and the model's table."""
     task = sel.get("task")
-    t = sel.get("teacher") or {}
     front = {"library_name": "transformers", "pipeline_tag": "text-classification",
              "tags": ["mixkd", "knowledge-distillation", "text-classification", "glue"],
              "datasets": ["nyu-mll/glue"]}
-    lat = ch.get("latency") or {}
     where = sel.get("out") or "PATH"
     b, s, pct = sel["batch_size"], sel["seq_len"], sel["percentile"]
-    lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
-             f"# MixKD student for GLUE {task}: {ch.get('label')}", "",
-             f"Chosen by `mixkd select` as the most accurate configuration whose **{pct} latency at batch {b}, "
-             f"sequence length {s} on {sel.get('device')}** is within **{sel['budget_ms']:g} ms** "
-             f"({_fmt(ch.get('latency_ms'), 2)} ms). The weights are those of the best seed "
-             f"(seed {ch.get('best_seed')}, run `{ch.get('best_run_id')}`) of that configuration; the scores "
-             f"below are the mean ± sample std over its {ch.get('n')} seed(s).", "",
-             "```python", "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
-             f"model = AutoModelForSequenceClassification.from_pretrained({where!r})",
-             f"tokenizer = AutoTokenizer.from_pretrained({where!r})", "```", "",
-             "## Model", "",
-             "| | |", "|---|---|",
-             f"| task | {task} |",
-             f"| variant | {ch.get('variant')} |",
-             f"| student layers | {ch.get('student_layers')} (layer strategy: {ch.get('layer_strategy')}) |",
-             f"| training data fraction | {ch.get('data_fraction')} |",
-             f"| augmentation | {ch.get('augmentation')} |",
-             f"| parameters | {sel.get('params'):,} |" if isinstance(sel.get("params"), int) else
-             f"| parameters | {_fmt(sel.get('params'))} |",
-             f"| teacher parameters | {sel['teacher_params']:,} |" if isinstance(sel.get("teacher_params"), int) else
-             "| teacher parameters | n/a |",
-             f"| config group | `{ch.get('config_group')}` |", "",
-             "## Dev metrics (mean ± std over seeds)", "",
+    return ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
+            f"# MixKD student for GLUE {task}: {ch.get('label')}", "",
+            f"Chosen by `mixkd select` as the most accurate configuration whose **{pct} latency at batch {b}, "
+            f"sequence length {s} on {sel.get('device')}** is within **{sel['budget_ms']:g} ms** "
+            f"({_fmt(ch.get('latency_ms'), 2)} ms). The weights are those of the best seed "
+            f"(seed {ch.get('best_seed')}, run `{ch.get('best_run_id')}`) of that configuration; the scores "
+            f"below are the mean ± sample std over its {ch.get('n')} seed(s).", "",
+            "```python", "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+            f"model = AutoModelForSequenceClassification.from_pretrained({where!r})",
+            f"tokenizer = AutoTokenizer.from_pretrained({where!r})", "```", "",
+            "## Model", "",
+            "| | |", "|---|---|",
+            f"| task | {task} |",
+            f"| variant | {ch.get('variant')} |",
+            f"| student layers | {ch.get('student_layers')} (layer strategy: {ch.get('layer_strategy')}) |",
+            f"| training data fraction | {ch.get('data_fraction')} |",
+            f"| augmentation | {ch.get('augmentation')} |",
+            f"| parameters | {sel.get('params'):,} |" if isinstance(sel.get("params"), int) else
+            f"| parameters | {_fmt(sel.get('params'))} |",
+            f"| teacher parameters | {sel['teacher_params']:,} |" if isinstance(sel.get("teacher_params"), int) else
+            "| teacher parameters | n/a |",
+            f"| config group | `{ch.get('config_group')}` |", ""]
+
+
+def _card_metrics(sel: Mapping[str, Any], ch: Mapping[str, Any], t: Mapping[str, Any]) -> list[str]:
+    """Dev metrics, mean ± std over seeds, every seed's primary score, and the teacher's."""
+    lines = ["## Dev metrics (mean ± std over seeds)", "",
              f"Primary metric: {sel.get('primary_metric')}.", "",
              "| metric | value |", "|---|---|"]
     ci = ch.get("score_ci95")
@@ -69,9 +78,15 @@ def model_card(sel: Mapping[str, Any]) -> str:
     lines.append(f"| per seed (primary) | {', '.join(_fmt(x) for x in ch.get('scores') or [])} |")
     if t:
         lines += ["", f"Teacher ({t.get('label')}): primary {_pm(t.get('score'), t.get('score_std'), t.get('n'))}."]
-    lines += ["", f"## Latency (batch {b}, sequence length {s})", "",
-              "| | student | teacher |", "|---|---|---|"]
-    tl = t.get("latency") or {}
+    return lines
+
+
+def _card_latency(sel: Mapping[str, Any], ch: Mapping[str, Any], t: Mapping[str, Any]) -> list[str]:
+    """Latency statistics of student and teacher, the speed-up, where the latency came from, the fingerprint."""
+    b, s, pct = sel["batch_size"], sel["seq_len"], sel["percentile"]
+    lines = ["", f"## Latency (batch {b}, sequence length {s})", "",
+             "| | student | teacher |", "|---|---|---|"]
+    lat, tl = ch.get("latency") or {}, t.get("latency") or {}
     for k, name in (("p50_ms", "p50 (ms)"), ("p90_ms", "p90 (ms)"), ("p99_ms", "p99 (ms)"), ("mean_ms", "mean (ms)"),
                     ("std_ms", "std (ms)"), ("throughput", "throughput (samples/s)")):
         lines.append(f"| {name} | {_fmt(lat.get(k), 2)} | {_fmt(tl.get(k), 2)} |")
@@ -88,16 +103,20 @@ def model_card(sel: Mapping[str, Any]) -> str:
                   "(tag `latency.fingerprint`); re-run with `--remeasure` to measure here.", ""]
     if sel.get("plot"):
         lines += [f"![accuracy vs latency]({sel['plot']})", ""]
-    lines += ["## Config", "", "The training config of the exported run (MLflow params):", "", "```yaml",
-              yaml.safe_dump(dict(sel.get("config") or {}), sort_keys=True).strip(), "```", "",
-              "## Provenance", "",
-              f"- MLflow tracking URI: `{sel.get('tracking_uri')}`, experiment `{sel.get('experiment')}`",
-              f"- exported run: `{ch.get('best_run_id')}`",
-              f"- runs of this configuration (seeds {ch.get('seeds')}): "
-              + ", ".join(f"`{r}`" for r in ch.get("run_ids") or []),
-              "- teacher runs: " + (", ".join(f"`{r}`" for r in t.get("run_ids") or []) or "none in the store"),
-              f"- selected at {sel.get('created')}; `selection.json` holds the front and every configuration.", ""]
-    return "\n".join(lines)
+    return lines
+
+
+def _card_provenance(sel: Mapping[str, Any], ch: Mapping[str, Any], t: Mapping[str, Any]) -> list[str]:
+    """The training config of the exported run and where everything came from (MLflow store, run ids)."""
+    return ["## Config", "", "The training config of the exported run (MLflow params):", "", "```yaml",
+            yaml.safe_dump(dict(sel.get("config") or {}), sort_keys=True).strip(), "```", "",
+            "## Provenance", "",
+            f"- MLflow tracking URI: `{sel.get('tracking_uri')}`, experiment `{sel.get('experiment')}`",
+            f"- exported run: `{ch.get('best_run_id')}`",
+            f"- runs of this configuration (seeds {ch.get('seeds')}): "
+            + ", ".join(f"`{r}`" for r in ch.get("run_ids") or []),
+            "- teacher runs: " + (", ".join(f"`{r}`" for r in t.get("run_ids") or []) or "none in the store"),
+            f"- selected at {sel.get('created')}; `selection.json` holds the front and every configuration.", ""]
 
 
 def onnx_snippet(path: str) -> str:

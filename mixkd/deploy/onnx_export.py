@@ -5,14 +5,14 @@
   ``onnxscript``), exports MiniLM in about 1 s (the dynamo exporter: several), and reproduces PyTorch's
   logits to about 1e-7 at any batch size and sequence length, padded or not.
 - :func:`quantize_onnx`: ONNX Runtime dynamic quantization (int8 weights, activations quantized at run time)
-  with weight type ``qint8`` or ``quint8``; :mod:`.ship` picks one by measuring both on the dev set.
+  with weight type ``qint8`` or ``quint8``; :mod:`.export` picks one by measuring both on the dev set.
 - :func:`session`: a CPU ``InferenceSession`` with explicit thread settings (recorded by :func:`runtime_info`,
   part of the latency fingerprint).
 - :class:`OnnxClassifier`: a torch-module facade over a session, so mixkd's dev-set evaluation
   (:func:`mixkd.core.trainer.evaluate_model`) runs an ONNX model unchanged.
 - :func:`measure_onnx`: the latency protocol of :mod:`.protocol` under ONNX Runtime.
 
-Imported lazily (it imports torch): by :mod:`.formats` and :mod:`.ship` when an onnx format is asked for.
+Imported lazily (it imports torch): by :mod:`.formats` and :mod:`.export` when an onnx format is asked for.
 """
 from __future__ import annotations
 
@@ -44,8 +44,9 @@ def require_onnxruntime():
 
 
 def _has_token_types(model) -> bool:
-    from ..core.mixup import _token_type_table
-    return _token_type_table(model) is not None
+    """Does ``model`` take ``token_type_ids`` (segment embeddings of more than one row)? The evaluation's answer."""
+    from ..core.evaluation import model_inputs
+    return "token_type_ids" in model_inputs(model, dict.fromkeys(INPUTS))
 
 
 def export_onnx(model, path: str | os.PathLike, opset: int = OPSET) -> dict[str, Any]:

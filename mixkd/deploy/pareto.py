@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ..core.errors import UsageError
 
@@ -18,7 +18,8 @@ def _get(p: Any, key: str) -> Any:
     return p[key] if isinstance(p, Mapping) else getattr(p, key)
 
 
-def _finite(v: Any) -> bool:
+def is_finite(v: Any) -> bool:
+    """Is ``v`` a finite number (None, NaN, inf and non-numbers are not)?"""
     try:
         return v is not None and math.isfinite(float(v))
     except (TypeError, ValueError):
@@ -37,7 +38,7 @@ def pareto_front(points: Iterable[Any], score: str = "score", latency: str = "la
     ``points`` are mappings or objects with the two fields. Returns them ordered by latency ascending,
     then by score descending, then by input order (deterministic).
     """
-    pts = [(i, p) for i, p in enumerate(points) if _finite(_get(p, score)) and _finite(_get(p, latency))]
+    pts = [(i, p) for i, p in enumerate(points) if is_finite(_get(p, score)) and is_finite(_get(p, latency))]
     pts.sort(key=lambda ip: (float(_get(ip[1], latency)), -float(_get(ip[1], score)), ip[0]))
     front: list = []
     best_faster = -math.inf          # best score among points strictly faster than the current latency
@@ -68,10 +69,10 @@ def choose(groups: Iterable[Any], budget_ms: float, score: str = "score", latenc
     score and a latency, or when none meets the budget; then the message names the fastest
     configuration and its latency. ``what`` describes the latency in messages (e.g. "p90, batch 1").
     """
-    if not _finite(budget_ms) or float(budget_ms) <= 0:
+    if not is_finite(budget_ms) or float(budget_ms) <= 0:
         raise UsageError(f"--latency-budget-ms {budget_ms} is invalid; use a positive number of milliseconds")
     budget_ms = float(budget_ms)
-    pts = [p for p in groups if _finite(_get(p, score)) and _finite(_get(p, latency))]
+    pts = [p for p in groups if is_finite(_get(p, score)) and is_finite(_get(p, latency))]
     if not pts:
         raise UsageError("no configuration has both a dev score and a latency; check that the sweep finished")
     feasible = [p for p in pts if float(_get(p, latency)) <= budget_ms]
@@ -109,42 +110,17 @@ def plot_pareto(groups: Sequence[Mapping[str, Any]], path: str | os.PathLike, *,
     def feasible(p) -> bool:
         return budget_ms is None or float(p["latency_ms"]) <= float(budget_ms)
 
-    pts = [g for g in groups if _finite(g.get("latency_ms")) and _finite(g.get("score"))]
+    pts = [g for g in groups if is_finite(g.get("latency_ms")) and is_finite(g.get("score"))]
     if trials is None:
         trials = [{"latency_ms": g["latency_ms"], "score": s} for g in pts for s in g.get("scores", [])]
     fig = Figure(figsize=(7.5, 5), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    ok_c, bad_c = "tab:blue", "tab:gray"
-    for flag, colour, marker, name in ((True, ok_c, "o", "trial (within budget)"),
-                                       (False, bad_c, "x", "trial (over budget)")):
-        sel = [t for t in trials if _finite(t.get("latency_ms")) and _finite(t.get("score")) and feasible(t) == flag]
-        if sel:
-            ax.scatter([t["latency_ms"] for t in sel], [t["score"] for t in sel], s=14, c=colour, marker=marker,
-                       alpha=0.45, label=name, zorder=2)
-    for flag, colour, marker, name in ((True, ok_c, "o", "configuration mean ± std (within budget)"),
-                                       (False, bad_c, "s", "configuration mean ± std (over budget)")):
-        sel = [g for g in pts if feasible(g) == flag]
-        if sel:
-            ax.errorbar([g["latency_ms"] for g in sel], [g["score"] for g in sel],
-                        yerr=[g["score_std"] if _finite(g.get("score_std")) else 0.0 for g in sel],
-                        fmt=marker, color=colour, ms=7, mfc="white" if not flag else colour, capsize=3,
-                        label=name, zorder=3)
-    front = pareto_front(pts)
-    if front:
-        xs = [f["latency_ms"] for f in front]
-        ys = [f["score"] for f in front]
-        ax.plot(xs, ys, drawstyle="steps-post", color="tab:orange", lw=1.8, label="Pareto front", zorder=4)
-        for f in front:
-            ax.annotate(str(f.get("label", ""))[:40], (f["latency_ms"], f["score"]), textcoords="offset points",
-                        xytext=(5, 5), fontsize=7, color="0.25")
-    tpts = [t for t in teachers if _finite(t.get("latency_ms")) and _finite(t.get("score"))]
-    for i, t in enumerate(tpts):
-        ax.scatter([t["latency_ms"]], [t["score"]], marker="*", s=220, c="tab:red", edgecolors="black",
-                   label="teacher" if i == 0 else None, zorder=5)
-        ax.annotate(str(t.get("label", "teacher"))[:40], (t["latency_ms"], t["score"]), textcoords="offset points",
-                    xytext=(6, -12), fontsize=7, color="tab:red")
-    if chosen is not None and _finite(chosen.get("latency_ms")):
+    _draw_trials(ax, trials, feasible)
+    _draw_groups(ax, pts, feasible)
+    _draw_front(ax, pts)
+    tpts = _draw_teachers(ax, teachers)
+    if chosen is not None and is_finite(chosen.get("latency_ms")):
         ax.scatter([chosen["latency_ms"]], [chosen["score"]], s=260, facecolors="none", edgecolors="tab:green",
                    linewidths=2.2, label="chosen", zorder=6)
     if budget_ms is not None:
@@ -159,7 +135,60 @@ def plot_pareto(groups: Sequence[Mapping[str, Any]], path: str | os.PathLike, *,
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    path = Path(path)
+    return _save_png(fig, Path(path))
+
+
+_WITHIN, _OVER = "tab:blue", "tab:gray"   # colours of points within and over the budget
+
+
+def _draw_trials(ax, trials: Sequence[Mapping[str, Any]], feasible: Callable[[Any], bool]) -> None:
+    """Each trial (one seed) as a small point: blue circles within the budget, grey crosses over it."""
+    for flag, colour, marker, name in ((True, _WITHIN, "o", "trial (within budget)"),
+                                       (False, _OVER, "x", "trial (over budget)")):
+        sel = [t for t in trials
+               if is_finite(t.get("latency_ms")) and is_finite(t.get("score")) and feasible(t) == flag]
+        if sel:
+            ax.scatter([t["latency_ms"] for t in sel], [t["score"] for t in sel], s=14, c=colour, marker=marker,
+                       alpha=0.45, label=name, zorder=2)
+
+
+def _draw_groups(ax, pts: Sequence[Mapping[str, Any]], feasible: Callable[[Any], bool]) -> None:
+    """Each configuration's mean ± std: filled circles within the budget, hollow squares over it."""
+    for flag, colour, marker, name in ((True, _WITHIN, "o", "configuration mean ± std (within budget)"),
+                                       (False, _OVER, "s", "configuration mean ± std (over budget)")):
+        sel = [g for g in pts if feasible(g) == flag]
+        if sel:
+            ax.errorbar([g["latency_ms"] for g in sel], [g["score"] for g in sel],
+                        yerr=[g["score_std"] if is_finite(g.get("score_std")) else 0.0 for g in sel],
+                        fmt=marker, color=colour, ms=7, mfc="white" if not flag else colour, capsize=3,
+                        label=name, zorder=3)
+
+
+def _draw_front(ax, pts: Sequence[Mapping[str, Any]]) -> None:
+    """The Pareto front of the configurations as a staircase, each point on it labelled."""
+    front = pareto_front(pts)
+    if front:
+        xs = [f["latency_ms"] for f in front]
+        ys = [f["score"] for f in front]
+        ax.plot(xs, ys, drawstyle="steps-post", color="tab:orange", lw=1.8, label="Pareto front", zorder=4)
+        for f in front:
+            ax.annotate(str(f.get("label", ""))[:40], (f["latency_ms"], f["score"]), textcoords="offset points",
+                        xytext=(5, 5), fontsize=7, color="0.25")
+
+
+def _draw_teachers(ax, teachers: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The teachers with a score and a latency as labelled red stars; returns them."""
+    tpts = [t for t in teachers if is_finite(t.get("latency_ms")) and is_finite(t.get("score"))]
+    for i, t in enumerate(tpts):
+        ax.scatter([t["latency_ms"]], [t["score"]], marker="*", s=220, c="tab:red", edgecolors="black",
+                   label="teacher" if i == 0 else None, zorder=5)
+        ax.annotate(str(t.get("label", "teacher"))[:40], (t["latency_ms"], t["score"]), textcoords="offset points",
+                    xytext=(6, -12), fontsize=7, color="tab:red")
+    return tpts
+
+
+def _save_png(fig, path: Path) -> Path:
+    """``fig`` as a PNG at ``path``, through a temporary sibling (complete or absent)."""
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, format="png")
     os.replace(tmp, path)

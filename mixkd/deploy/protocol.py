@@ -11,7 +11,8 @@ from typing import Any, Mapping
 from ..core.errors import UsageError
 
 
-def _hash(obj: Any, n: int = 16) -> str:
+def short_hash(obj: Any, n: int = 16) -> str:
+    """The first ``n`` hex digits of the SHA-256 of ``obj`` as sorted-key JSON (fingerprints, cache keys)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
 
 
@@ -36,7 +37,9 @@ def summarize(times_s: list[float], batch_size: int) -> dict[str, float]:
             "throughput": batch_size * n / (sum(ms) / 1000.0)}
 
 
-def _check_positive(name: str, value, kind=int, allow_zero: bool = False) -> None:
+def check_positive(name: str, value, kind=int, allow_zero: bool = False) -> None:
+    """UsageError naming the flag ``name`` unless ``value`` is a positive (or, with ``allow_zero``, non-negative)
+    integer, or any such number for ``kind=float``."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
         value >= 0 if allow_zero else value > 0) and (kind is float or float(value).is_integer())
     if not ok:
@@ -46,11 +49,11 @@ def _check_positive(name: str, value, kind=int, allow_zero: bool = False) -> Non
 
 def check_protocol(batch_size: int, seq_len: int, warmup: int, min_iters: int, min_seconds: float) -> None:
     """UsageError for a non-positive batch size / seq len / min iters or a negative warm-up / min seconds."""
-    _check_positive("--batch-size", batch_size)
-    _check_positive("--seq-len", seq_len)
-    _check_positive("--warmup", warmup, allow_zero=True)
-    _check_positive("--min-iters", min_iters)
-    _check_positive("--min-seconds", min_seconds, kind=float, allow_zero=True)
+    check_positive("--batch-size", batch_size)
+    check_positive("--seq-len", seq_len)
+    check_positive("--warmup", warmup, allow_zero=True)
+    check_positive("--min-iters", min_iters)
+    check_positive("--min-seconds", min_seconds, kind=float, allow_zero=True)
 
 
 def timed_loop(call, warmup: int, min_iters: int, min_seconds: float, timed=None, after_warmup=None) -> dict:
@@ -89,7 +92,7 @@ def protocol_result(loop: Mapping[str, Any], batch_size: int, seq_len: int, warm
     return {"batch_size": int(batch_size), "seq_len": int(seq_len), **summarize(loop["times"], batch_size),
             "iters": len(loop["times"]), "warmup": int(warmup), "min_iters": int(min_iters),
             "min_seconds": float(min_seconds), "elapsed_s": loop["elapsed_s"], **extra,
-            "fingerprint": dict(fingerprint), "device_fingerprint": _hash(fingerprint)}
+            "fingerprint": dict(fingerprint), "device_fingerprint": short_hash(fingerprint)}
 
 
 def coefficient_of_variation(values: list[float]) -> float:

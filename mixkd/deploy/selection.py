@@ -12,7 +12,7 @@
    complete or absent.
 
 :func:`select` runs all four (``mixkd select``). Step 1 lives in :mod:`.groups`, steps 2 and 3 and the plot in
-:mod:`.pareto`, step 4 in :mod:`.export`; their public names are importable from here too.
+:mod:`.pareto`, step 4 in :mod:`.select_export`; their public names are importable from here too.
 """
 from __future__ import annotations
 
@@ -21,20 +21,38 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..core.errors import UsageError
 from . import latency as L
-from .export import _group_summary, _jsonable, export_student
-from .groups import PERCENTILES, PRIMARY, _records, group_label, group_runs
-from .pareto import _finite, choose, pareto_front, plot_pareto
+from .groups import PRIMARY, group_label, group_runs, run_records
+from .pareto import choose, is_finite, pareto_front, plot_pareto
+from .records import LatencyQuery
+from .select_export import export_student, group_summary, json_safe
 
 
 # --------------------------------------------------------------------------------------------------
 # the whole selection
 # --------------------------------------------------------------------------------------------------
-def _teacher_for(chosen: Mapping[str, Any], teachers: list[dict], trial_rows: list[dict]) -> dict | None:
+@dataclass(frozen=True)
+class SweepRuns:
+    """The runs a selection chooses from: the finished trials of one task, with a final/primary metric, and the
+    teacher runs of that task."""
+    stores: list[str]
+    uri: str | None               # the store's URI; None for several stores (each run then carries its own)
+    where: str                    # the store(s) or experiment, for messages
+    task: str
+    trials: list[dict]
+    teacher_rows: list[dict]
+
+    @property
+    def primary_metric(self) -> str:
+        return _primary_name(self.task, self.trials[0].get("params"))
+
+
+def _teacher_for(chosen: Mapping[str, Any], teachers: list[dict], teacher_rows: list[dict]) -> dict | None:
     """The teacher group of the chosen student's sweep: the one whose run dir is the student's
     ``teacher`` param; else the teacher of the same task and data fraction; else of the same task."""
     params = (chosen.get("best_run") or {}).get("params") or {}
@@ -43,7 +61,7 @@ def _teacher_for(chosen: Mapping[str, Any], teachers: list[dict], trial_rows: li
         tp = os.path.realpath(os.path.expanduser(tpath))
         for t in teachers:
             for rid in t["run_ids"]:
-                rd = next((r.get("run_dir") for r in t.get("_rows", []) if r["run_id"] == rid), None)
+                rd = next((r.get("run_dir") for r in teacher_rows if r["run_id"] == rid), None)
                 if rd and os.path.realpath(os.path.expanduser(rd)) == tp:
                     return t
     same = [t for t in teachers if t.get("task") == chosen.get("task")]
@@ -51,7 +69,7 @@ def _teacher_for(chosen: Mapping[str, Any], teachers: list[dict], trial_rows: li
     return (frac or same or [None])[0]
 
 
-def _teacher_from_dir(chosen: Mapping[str, Any], lat: Callable[[Any], dict], log) -> dict | None:
+def _teacher_from_dir(chosen: Mapping[str, Any], query: LatencyQuery) -> dict | None:
     """No teacher run in the store: measure the student's ``teacher`` dir from its params, if it is here."""
     params = (chosen.get("best_run") or {}).get("params") or {}
     tpath = params.get("teacher")
@@ -61,7 +79,7 @@ def _teacher_from_dir(chosen: Mapping[str, Any], lat: Callable[[Any], dict], log
         cfg = L.load_config(tpath)
     except UsageError:
         return None
-    res = lat(cfg)
+    latency = query.measure(cfg)
     score = None
     mfile = Path(tpath).expanduser() / "metrics.json"
     if mfile.is_file():
@@ -70,9 +88,8 @@ def _teacher_from_dir(chosen: Mapping[str, Any], lat: Callable[[Any], dict], log
         except ValueError:
             pass
     return {"role": "teacher", "label": f"teacher {Path(tpath).name}", "task": chosen.get("task"), "score": score,
-            "score_std": math.nan, "n": 1 if score is not None else 0, "run_ids": [], "latency": res["stats"],
-            "latency_ms": res["p"], "latency_source": res["source"], "latency_fingerprint": res["fingerprint"],
-            "path": str(tpath)}
+            "score_std": math.nan, "n": 1 if score is not None else 0, "run_ids": [],
+            **latency.group_fields(query.percentile), "path": str(tpath)}
 
 
 def _kind(g: Mapping[str, Any]) -> str | None:
@@ -105,6 +122,108 @@ def _primary_name(task: str | None, params: dict | None = None) -> str:
         return "primary"
 
 
+def _log_to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def load_sweep_runs(tracking_uri: str | list[str], experiment: str | None, task: str | None) -> SweepRuns:
+    """The finished trials (and teacher runs) of the one task in the store(s), or of ``task``; UsageError when there
+    are none, or when several tasks have runs and none is named."""
+    from ..tracking.runstore import expand_stores, load_runs, resolve_tracking_uri
+    stores = expand_stores(tracking_uri)
+    uri = resolve_tracking_uri(stores[0]) if len(stores) == 1 else None   # several: each run carries its store
+    rows = run_records(load_runs(stores, experiment))
+    where = f"experiment {experiment!r}" if experiment else f"tracking store {', '.join(stores)}"
+    trials = [r for r in rows
+              if r.get("role") == "trial" and r.get("status") == "FINISHED" and is_finite(r.get(PRIMARY))]
+    if not trials:
+        raise UsageError(f"no finished trial runs with a final/primary metric in {where}; run or finish a sweep first")
+    tasks = sorted({str(r.get("task")) for r in trials})
+    if task is not None:
+        from ..core.tasks import task_name
+        task = task_name(task)
+        trials = [r for r in trials if r.get("task") == task]
+        if not trials:
+            raise UsageError(f"no finished trial runs of task {task!r} in {where}; tasks with runs: {', '.join(tasks)}")
+    elif len(tasks) > 1:
+        raise UsageError(f"{where} holds trial runs of several tasks ({', '.join(tasks)}); pick one with --task")
+    task = trials[0].get("task")
+    teacher_rows = [r for r in rows if r.get("role") == "teacher" and r.get("task") == task]
+    return SweepRuns(stores, uri, where, task, trials, teacher_rows)
+
+
+def _grouped(runs: SweepRuns, query: LatencyQuery, *, remeasure: bool, allow_chance: bool,
+             log: Callable[[str], None]) -> tuple[list[dict], list[dict]]:
+    """(student groups, teacher groups) of ``runs``, each with its latency (:func:`group_runs`)."""
+    kw = dict(keep_at_chance=allow_chance, tracking_uri=runs.uri, remeasure=remeasure, log=log, **query.group_args())
+    return group_runs(runs.trials, **kw), group_runs(runs.teacher_rows, role="teacher", **kw)
+
+
+def _refuse_all_at_chance(groups: list[dict], runs: SweepRuns, query: LatencyQuery) -> None:
+    if not groups:
+        raise UsageError(f"every configuration in {runs.where} ({query.describe()}) is at chance level (see the lines "
+                         f"above); nothing worth exporting: train the students longer, with another --lr or deeper "
+                         f"(--allow-chance considers them anyway)")
+
+
+def _mixed_sources(groups: list[dict], teachers: list[dict]) -> bool:
+    """Were some latencies logged by the sweep and others measured here? (The two machines do not compare.)"""
+    return len({_kind(g) for g in groups + teachers} - {None}) > 1
+
+
+def _teacher(chosen: Mapping[str, Any], teachers: list[dict], runs: SweepRuns, query: LatencyQuery) -> dict | None:
+    """The chosen student's teacher group; without a latency, its ``teacher`` dir measured here instead (if any)."""
+    teacher = _teacher_for(chosen, teachers, runs.teacher_rows)
+    if teacher is None or teacher.get("latency_ms") is None:
+        teacher = _teacher_from_dir(chosen, query) or teacher
+    return teacher
+
+
+def _speedup(teacher: Mapping[str, Any] | None, chosen: Mapping[str, Any], log: Callable[[str], None]) -> float | None:
+    """The teacher's latency over the chosen student's, when both come from the same place."""
+    if teacher is None or not is_finite(teacher.get("latency_ms")) or not float(chosen["latency_ms"]) > 0:
+        return None
+    if _kind(teacher) == _kind(chosen):    # both from the sweep or both measured here
+        return float(teacher["latency_ms"]) / float(chosen["latency_ms"])
+    log("the teacher's latency was measured here but the students' were logged by the sweep; "
+        "no speed-up reported (use --remeasure to measure all here)")
+    return None
+
+
+def _selection_record(runs: SweepRuns, query: LatencyQuery, budget_ms: float, out: Path, experiment: str | None, *,
+                      chosen: dict, teacher: dict | None, groups: list[dict], usable: list[dict],
+                      front: list[dict], speedup: float | None) -> dict:
+    """The selection dict (``selection.json`` before export adds the model's fields)."""
+    teacher_params = None
+    if teacher is not None and teacher.get("best_run") and is_finite(teacher["best_run"].get("params_count")):
+        teacher_params = int(teacher["best_run"]["params_count"])
+    return {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "tracking_uri": runs.uri or runs.stores, "experiment": experiment or chosen.get("experiment"),
+        "task": runs.task, "budget_ms": float(budget_ms), "percentile": query.percentile,
+        "batch_size": query.batch_size, "seq_len": query.seq_len, "device": query.device, "dtype": query.dtype,
+        "primary_metric": runs.primary_metric, "chosen": group_summary(chosen),
+        "config": _typed_params((chosen.get("best_run") or {}).get("params") or {}), "out": str(out),
+        "teacher": group_summary(teacher) if teacher and "best_run" in teacher else json_safe(teacher),
+        "teacher_params": teacher_params, "speedup_vs_teacher": speedup,
+        "front": [group_summary(g) for g in front],
+        "groups": [group_summary(g) for g in groups],
+        "feasible": [g["label"] for g in usable if g["latency_ms"] <= float(budget_ms)],
+        "no_latency": [g["label"] for g in groups if g["latency_ms"] is None],
+    }
+
+
+def _draw_choice(path: Path, runs: SweepRuns, query: LatencyQuery, budget_ms: float, usable: list[dict],
+                 chosen: dict, teacher: dict | None) -> Path:
+    """pareto.png of a selection: every seed, every configuration, the front, the teacher, the budget, the choice."""
+    where = f"batch {query.batch_size}, seq {query.seq_len}, {query.device}"
+    return plot_pareto(usable, path, trials=[{"latency_ms": g["latency_ms"], "score": s} for g in usable
+                                             for s in g["scores"]],
+                       teachers=[teacher] if teacher is not None else [], budget_ms=float(budget_ms), chosen=chosen,
+                       title=f"{runs.task}: dev {runs.primary_metric} vs {query.percentile} latency ({where})",
+                       xlabel=f"{query.percentile} latency (ms), {where}")
+
+
 def select(tracking_uri: str, budget_ms: float, out: str | os.PathLike, *, experiment: str | None = None,
            percentile: str = "p90", batch_size: int = 1, seq_len: int = L.DEFAULT_SEQ_LEN, task: str | None = None,
            device: str = "cpu", dtype: str = "fp32", threads: int | None = None, remeasure: bool = False,
@@ -122,116 +241,40 @@ def select(tracking_uri: str, budget_ms: float, out: str | os.PathLike, *, exper
     (configuration × format) instead, each score measured after conversion on the dev set of ``data_dir``
     (:mod:`mixkd.deploy.format_select`); the chosen pair is exported in its format.
     """
-    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
-    if not _finite(budget_ms) or float(budget_ms) <= 0:
+    log = log or _log_to_stderr
+    query = LatencyQuery(percentile, batch_size, seq_len, device, dtype, threads, cache_dir, protocol)
+    if not is_finite(budget_ms) or float(budget_ms) <= 0:
         raise UsageError(f"--latency-budget-ms {budget_ms} is invalid; use a positive number of milliseconds")
-    if percentile not in PERCENTILES:
-        raise UsageError(f"--percentile {percentile!r} is invalid; use one of {', '.join(PERCENTILES)}")
-    for flag, v in (("--batch-size", batch_size), ("--seq-len", seq_len)):
-        if not isinstance(v, int) or v < 1:
-            raise UsageError(f"{flag} {v} is invalid; use a positive integer")
+    query.check_statistic()
     outp = Path(out).expanduser()
     if outp.exists():
         raise UsageError(f"--out {out} already exists; choose a new folder or remove it")
-    L.device_info(device, dtype, threads)            # bad device / dtype / threads fail before any work
-    from ..tracking.runstore import expand_stores, load_runs, resolve_tracking_uri
-    stores = expand_stores(tracking_uri)
-    uri = resolve_tracking_uri(stores[0]) if len(stores) == 1 else None   # several: each run carries its store
-    df = load_runs(stores, experiment)
-    rows = _records(df)
-    where = f"experiment {experiment!r}" if experiment else f"tracking store {', '.join(stores)}"
-    trials = [r for r in rows if r.get("role") == "trial" and r.get("status") == "FINISHED" and _finite(r.get(PRIMARY))]
-    if not trials:
-        raise UsageError(f"no finished trial runs with a final/primary metric in {where}; run or finish a sweep first")
-    tasks = sorted({str(r.get("task")) for r in trials})
-    if task is not None:
-        from ..core.tasks import task_name
-        task = task_name(task)
-        trials = [r for r in trials if r.get("task") == task]
-        if not trials:
-            raise UsageError(f"no finished trial runs of task {task!r} in {where}; tasks with runs: {', '.join(tasks)}")
-    elif len(tasks) > 1:
-        raise UsageError(f"{where} holds trial runs of several tasks ({', '.join(tasks)}); pick one with --task")
-    task = trials[0].get("task")
-    what = f"{percentile}, batch {batch_size}, seq {seq_len}, {device}"
-    kw = dict(keep_at_chance=allow_chance, percentile=percentile, batch_size=batch_size, seq_len=seq_len,
-              device=device, dtype=dtype, threads=threads, tracking_uri=uri, remeasure=remeasure, cache_dir=cache_dir,
-              protocol=protocol, log=log)
-    teacher_rows = [r for r in rows if r.get("role") == "teacher" and r.get("task") == task]
-    groups = group_runs(trials, **kw)
-    teachers = group_runs(teacher_rows, role="teacher", **kw)
-    if not groups:
-        raise UsageError(f"every configuration in {where} ({what}) is at chance level (see the lines above); "
-                         f"nothing worth exporting: train the students longer, with another --lr or deeper "
-                         f"(--allow-chance considers them anyway)")
+    query.check_device()                        # bad device / dtype / threads fail before any work
+    runs = load_sweep_runs(tracking_uri, experiment, task)
+    groups, teachers = _grouped(runs, query, remeasure=remeasure, allow_chance=allow_chance, log=log)
+    _refuse_all_at_chance(groups, runs, query)
     if formats and list(formats) != ["torch"]:
         from .format_select import select_over_formats
-        return select_over_formats(groups, list(formats), float(budget_ms), outp, task=task, tracking_uri=uri,
-                                   experiment=experiment, teacher=teachers[0] if teachers else None, data_dir=data_dir,
-                                   max_eval_samples=max_eval_samples, percentile=percentile, batch_size=batch_size,
-                                   seq_len=seq_len, device=device, threads=threads, cache_dir=cache_dir,
-                                   protocol=protocol, primary_metric=_primary_name(task, trials[0].get("params")),
-                                   log=log)
-    if len({_kind(g) for g in groups + teachers} - {None}) > 1:
-        # latencies from the sweep's hardware and from this machine do not compare: measure all of them here
+        return select_over_formats(groups, list(formats), float(budget_ms), outp, task=runs.task, query=query,
+                                   tracking_uri=runs.uri, experiment=experiment,
+                                   teacher=teachers[0] if teachers else None, data_dir=data_dir,
+                                   max_eval_samples=max_eval_samples, primary_metric=runs.primary_metric, log=log)
+    if _mixed_sources(groups, teachers):
         log("some latencies were logged by the sweep and others must be measured here; measuring all here so "
             "they compare (once per architecture)")
-        kw["remeasure"] = True
-        groups = group_runs(trials, **kw)
-        teachers = group_runs(teacher_rows, role="teacher", **kw)
+        groups, teachers = _grouped(runs, query, remeasure=True, allow_chance=allow_chance, log=log)
     usable = [g for g in groups if g["latency_ms"] is not None]
     if not usable:
-        raise UsageError(f"no latency for any configuration in {where} ({what}): no logged latency metrics and "
-                         f"no model configs found; check that the runs' run_dir or model/ artifacts exist")
-    for t in teachers:
-        t["_rows"] = [r for r in teacher_rows if r["run_id"] in t["run_ids"]]
-    chosen = choose(usable, budget_ms, what=what)
-    front = pareto_front(usable)
-    teacher = _teacher_for(chosen, teachers, trials)
-    if teacher is None or teacher.get("latency_ms") is None:
-        def measure_cfg(cfg):
-            r = L.cached_latency(cfg, batch_size, seq_len, device, dtype, cache_dir, threads=threads,
-                                 **(protocol or {}))
-            return {"stats": {k: r[k] for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "throughput")},
-                    "p": r[f"{percentile}_ms"], "source": "cache" if r["cached"] else "measured",
-                    "fingerprint": r["fingerprint"]}
-        teacher = _teacher_from_dir(chosen, measure_cfg, log) or teacher
-    speedup = None
-    if teacher is not None and _finite(teacher.get("latency_ms")) and float(chosen["latency_ms"]) > 0:
-        if _kind(teacher) == _kind(chosen):    # both from the sweep or both measured here
-            speedup = float(teacher["latency_ms"]) / float(chosen["latency_ms"])
-        else:
-            log("the teacher's latency was measured here but the students' were logged by the sweep; "
-                "no speed-up reported (use --remeasure to measure all here)")
-    teacher_params = None
-    br = chosen.get("best_run") or {}
-    if teacher is not None and teacher.get("best_run") and _finite(teacher["best_run"].get("params_count")):
-        teacher_params = int(teacher["best_run"]["params_count"])
-    selection = {
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "tracking_uri": uri or stores, "experiment": experiment or chosen.get("experiment"), "task": task,
-        "budget_ms": float(budget_ms), "percentile": percentile, "batch_size": batch_size, "seq_len": seq_len,
-        "device": device, "dtype": dtype, "primary_metric": _primary_name(task, trials[0].get("params")),
-        "chosen": _group_summary(chosen), "config": _typed_params(br.get("params") or {}),
-        "out": str(outp),
-        "teacher": _group_summary(teacher) if teacher and "best_run" in teacher else _jsonable(teacher),
-        "teacher_params": teacher_params, "speedup_vs_teacher": speedup,
-        "front": [_group_summary(g) for g in front],
-        "groups": [_group_summary(g) for g in groups],
-        "feasible": [g["label"] for g in usable if g["latency_ms"] <= float(budget_ms)],
-        "no_latency": [g["label"] for g in groups if g["latency_ms"] is None],
-    }
-
-    def draw(path: Path):
-        tlist = [teacher] if teacher is not None else []
-        trial_pts = [{"latency_ms": g["latency_ms"], "score": s} for g in usable for s in g["scores"]]
-        return plot_pareto(usable, path, trials=trial_pts, teachers=tlist, budget_ms=float(budget_ms), chosen=chosen,
-                           title=f"{task}: dev {_primary_name(task, trials[0].get('params'))} vs {percentile} latency "
-                                 f"(batch {batch_size}, seq {seq_len}, {device})",
-                           xlabel=f"{percentile} latency (ms), batch {batch_size}, seq {seq_len}, {device}")
-    export_student(chosen, outp, selection, tracking_uri=uri, plot=draw)
-    selection = json.loads((outp / "selection.json").read_text())
-    return selection
+        raise UsageError(f"no latency for any configuration in {runs.where} ({query.describe()}): no logged latency "
+                         f"metrics and no model configs found; check that the runs' run_dir or model/ artifacts exist")
+    chosen = choose(usable, budget_ms, what=query.describe())
+    teacher = _teacher(chosen, teachers, runs, query)
+    selection = _selection_record(runs, query, budget_ms, outp, experiment, chosen=chosen, teacher=teacher,
+                                  groups=groups, usable=usable, front=pareto_front(usable),
+                                  speedup=_speedup(teacher, chosen, log))
+    export_student(chosen, outp, selection, tracking_uri=runs.uri,
+                   plot=lambda path: _draw_choice(path, runs, query, budget_ms, usable, chosen, teacher))
+    return json.loads((outp / "selection.json").read_text())
 
 
 def format_selection(sel: Mapping[str, Any]) -> str:

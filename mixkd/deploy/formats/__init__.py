@@ -9,6 +9,13 @@ The formats (what runs; both int8 formats quantize dynamically):
 - ``onnx``: ``model.onnx`` under ONNX Runtime (:mod:`.onnx_export`);
 - ``onnx-int8``: ``model.onnx`` after ONNX Runtime dynamic quantization (weight type qint8 or quint8, measured).
 
+Each format is one module of this package with the same small interface (:data:`IMPLEMENTATIONS`):
+``NAME``; ``runtime(threads, weight_type)``, what a latency in the format adds to the device fingerprint;
+``convert(model, workdir, weight_type=, threads=)``, the PyTorch model as a module computing the format, and
+what the conversion records; ``load(folder, threads)``, an exported folder of the format as such a module; and
+``measure(module, batch_size, seq_len, threads=, fingerprint=, runtime=, **protocol)``, one latency of a
+converted module under the protocol of :mod:`mixkd.deploy.latency`. A new format is a new module listed there.
+
 An exported folder (``mixkd export``) holds :data:`EXPORT_META` (``mixkd_export.json``: the format, the
 quantization, the runtime and the checks), ``config.json``, the tokenizer and the weights (``model.safetensors``
 or ``model.onnx``). :func:`load_exported` loads any of them as a torch module whose ``(...).logits`` is what
@@ -20,19 +27,21 @@ import json
 import os
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Iterable
 
-from ..core.errors import UsageError
-from . import latency as L
+from ...core.errors import UsageError
+from .. import latency as L
+from . import onnx_fp32, onnx_int8, torch_fp32, torch_int8
+from .torch_int8 import TORCH_INT8, quantize_torch, torch_int8_info  # noqa: F401  (their names here, as before)
 
-FORMATS = ("torch", "torch-int8", "onnx", "onnx-int8")
+# every format's module, by name, in the order of FORMATS
+IMPLEMENTATIONS: dict[str, ModuleType] = {m.NAME: m for m in (torch_fp32, torch_int8, onnx_fp32, onnx_int8)}
+FORMATS = tuple(IMPLEMENTATIONS)           # torch, torch-int8, onnx, onnx-int8
 BASE_FORMATS = ("torch", "onnx")
 QUANTIZE = ("none", "int8")
 EXPORT_META = "mixkd_export.json"
-TORCH_INT8 = {"method": "torch.ao.quantization.quantize_dynamic", "modules": "nn.Linear", "weight_type": "qint8",
-              "activations": "quint8, dynamic", "engine": None}
 
 
 def format_name(fmt: str, quantize: str | None = None, device: str = "cpu") -> str:
@@ -92,44 +101,23 @@ def is_int8(fmt: str) -> bool:
     return fmt.endswith("-int8")
 
 
+def implementation(fmt: str) -> ModuleType:
+    """The module of format ``fmt`` (:data:`IMPLEMENTATIONS`); UsageError for a name that is none of them."""
+    try:
+        return IMPLEMENTATIONS[fmt]
+    except KeyError:
+        raise UsageError(f"format {fmt!r} is unknown; use one of {', '.join(FORMATS)}") from None
+
+
 # --------------------------------------------------------------------------------------------------
 # conversion and loading
 # --------------------------------------------------------------------------------------------------
-def quantize_torch(model):
-    """``torch.ao.quantization.quantize_dynamic`` of every ``nn.Linear`` to qint8 (CPU; returns a copy).
-    torch 2.13 marks torch.ao.quantization deprecated (for torchao); it still works and needs no extra package."""
-    import copy
-    import torch
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).to("cpu", dtype=torch.float32).eval(),
-                                                      {torch.nn.Linear}, dtype=torch.qint8)
-
-
-def torch_int8_info() -> dict[str, Any]:
-    import torch
-    return {**TORCH_INT8, "engine": torch.backends.quantized.engine}
-
-
 def convert(model, fmt: str, workdir: str | os.PathLike, *, weight_type: str = "qint8",
             threads: int | None = None) -> tuple[Any, dict[str, Any]]:
     """``model`` (a PyTorch classifier) as a module computing ``fmt``: itself (torch), its dynamic-int8
     copy (torch-int8), or an :class:`~.onnx_export.OnnxClassifier` over ``workdir/model.onnx`` (onnx,
     onnx-int8 with ``weight_type``; ``workdir`` must outlive the module). Returns (module, info)."""
-    if fmt == "torch":
-        return model, {}
-    if fmt == "torch-int8":
-        return quantize_torch(model), {"quantization": torch_int8_info()}
-    if not is_onnx(fmt):
-        raise UsageError(f"format {fmt!r} is unknown; use one of {', '.join(FORMATS)}")
-    from . import onnx_export as O
-    wd = Path(workdir)
-    wd.mkdir(parents=True, exist_ok=True)
-    fp32 = wd / ("model-fp32.onnx" if is_int8(fmt) else "model.onnx")
-    info = {"onnx": O.export_onnx(model, fp32)}
-    if is_int8(fmt):
-        info["quantization"] = O.quantize_onnx(fp32, wd / "model.onnx", weight_type)
-    return O.OnnxClassifier(wd / "model.onnx", model.config, threads), info
+    return implementation(fmt).convert(model, Path(workdir), weight_type=weight_type, threads=threads)
 
 
 def read_export_meta(folder: str | os.PathLike) -> dict[str, Any] | None:
@@ -146,8 +134,8 @@ def read_export_meta(folder: str | os.PathLike) -> dict[str, Any] | None:
 def load_exported(folder: str | os.PathLike, threads: int | None = None):
     """(module, tokenizer, meta) of a ``mixkd export`` folder in any format (no remote code, safetensors
     weights or an ONNX file)."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-    from ..core.models import quiet_transformers
+    from transformers import AutoTokenizer
+    from ...core.models import quiet_transformers
     quiet_transformers()
     folder = Path(folder).expanduser()
     meta = read_export_meta(folder)
@@ -156,18 +144,9 @@ def load_exported(folder: str | os.PathLike, threads: int | None = None):
     fmt = meta.get("format")
     try:
         tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
-        if is_onnx(str(fmt)):
-            from .onnx_export import OnnxClassifier
-            model = OnnxClassifier(folder / "model.onnx", AutoConfig.from_pretrained(str(folder)), threads)
-        else:
-            from ..core.weights import check_weights
-            check_weights(folder)
-            model = AutoModelForSequenceClassification.from_pretrained(str(folder), trust_remote_code=False,
-                                                                       use_safetensors=True).eval()
-            if fmt == "torch-int8":
-                model = quantize_torch(model)
-            elif fmt != "torch":
-                raise UsageError(f"{folder}/{EXPORT_META} names format {fmt!r}; this mixkd knows {', '.join(FORMATS)}")
+        if fmt not in IMPLEMENTATIONS:
+            raise UsageError(f"{folder}/{EXPORT_META} names format {fmt!r}; this mixkd knows {', '.join(FORMATS)}")
+        model = IMPLEMENTATIONS[fmt].load(folder, threads)
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot load the exported model in {folder} ({type(e).__name__}: "
                          f"{str(e).splitlines()[0][:160]})") from None
@@ -177,14 +156,14 @@ def load_exported(folder: str | os.PathLike, threads: int | None = None):
 def evaluate_exported(cfg) -> dict[str, Any]:
     """``mixkd evaluate --model EXPORTED_DIR``: GLUE dev metrics of an exported model in its own format
     (ONNX Runtime for onnx folders, the dynamic-int8 model for torch-int8)."""
-    from ..core.config import validate
-    from ..core.data import load_glue
-    from ..core.trainer import evaluate_model, make_collator
-    from ..jobs.run import scored
+    from ...core.custom_data import resolve_config
+    from ...core.data import load_glue
+    from ...core.trainer import evaluate_model, make_collator
+    from ...jobs.run import scored
     import torch
-    from ..core.custom_data import task_for
-    from ..core.tasks import task_name
-    cfg, task = task_for(validate(cfg, "evaluate"), "evaluate")
+    from ...core.custom_data import task_for
+    from ...core.tasks import task_name
+    cfg, task = task_for(resolve_config(cfg, "evaluate"), "evaluate")
     model, tok, meta = load_exported(cfg.model)
     if meta.get("task") and task_name(meta["task"]) != task.name:
         raise UsageError(f"{cfg.model} was exported for task {meta['task']}, not {task.name}; "
@@ -200,15 +179,7 @@ def evaluate_exported(cfg) -> dict[str, Any]:
 def runtime_fingerprint(fmt: str, threads: int | None = None, weight_type: str = "qint8") -> dict[str, Any]:
     """What is added to the device fingerprint of a latency in ``fmt``: the format, and the runtime with its
     version and thread settings (ONNX Runtime) or the quantized engine (torch-int8)."""
-    if fmt == "torch":
-        return {}
-    if fmt == "torch-int8":
-        return {"format": fmt, "quantization": torch_int8_info()}
-    from .onnx_export import runtime_info
-    out = {"format": fmt, **runtime_info(threads)}
-    if is_int8(fmt):
-        out["weight_type"] = weight_type
-    return out
+    return implementation(fmt).runtime(threads, weight_type)
 
 
 def format_latencies(model_config_or_dir: Any, fmt: str = "torch", batch_sizes: Iterable[int] = L.DEFAULT_BATCH_SIZES,
@@ -222,26 +193,23 @@ def format_latencies(model_config_or_dir: Any, fmt: str = "torch", batch_sizes: 
     ``session.run`` per iteration, intra-op threads = ``threads``); the cache key adds the format and the
     runtime fingerprint (:func:`runtime_fingerprint`). {batch_size: result}."""
     fmt = format_name(fmt, device=device)
+    impl = implementation(fmt)
     common = dict(student_layers=student_layers, num_labels=num_labels, threads=threads, warmup=warmup,
                   min_iters=min_iters, min_seconds=min_seconds, use_cache=use_cache)
-    if fmt == "torch":
+    if fmt == "torch":   # the reference: latency.py's own protocol, on any device and in any dtype
         return L.cached_latencies(model_config_or_dir, batch_sizes, seq_len, device, dtype, cache_dir, **common)
     if dtype != "fp32":
         raise UsageError(f"--dtype {dtype} applies to --format torch only; {fmt} runs fp32 (int8 weights for int8)")
     threads = L.device_info(device, dtype, threads)["threads"]
     common["threads"] = threads
-    runtime = runtime_fingerprint(fmt, threads, weight_type)
+    runtime = impl.runtime(threads, weight_type)
     fingerprint = {**L.device_info(device, dtype, threads), **runtime}
     work = Path(tempfile.mkdtemp(prefix="mixkd-latency-"))
 
     def make_measure(cfg):
-        module, _ = convert(L.build_random_model(cfg), fmt, work, weight_type=weight_type, threads=threads)
-        if is_onnx(fmt):
-            from .onnx_export import measure_onnx
-            return lambda b, s, **proto: measure_onnx(module.path, int(cfg.vocab_size), b, s, threads=threads,
-                                                      fingerprint=fingerprint, sess=module.session, **proto)
-        return lambda b, s, **proto: L.measure(module, b, s, device="cpu", dtype="fp32", threads=threads,
-                                               fingerprint_extra=runtime, **proto)
+        module, _ = impl.convert(L.build_random_model(cfg), work, weight_type=weight_type, threads=threads)
+        return lambda b, s, **proto: impl.measure(module, b, s, threads=threads, fingerprint=fingerprint,
+                                                  runtime=runtime, **proto)
     try:
         return L.cached_latencies(model_config_or_dir, batch_sizes, seq_len, device, dtype, cache_dir, fmt=fmt,
                                   runtime=runtime, make_measure=make_measure, **common)
