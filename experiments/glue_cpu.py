@@ -99,15 +99,21 @@ def weights_sha(teacher_dir: Path) -> str:
 def commit(paths: list[Path], message: str) -> None:
     """Commit these paths only (never whatever else is staged), retrying while another git holds the index."""
     repo = str(paths[0] if paths[0].is_dir() else paths[0].parent)   # the results' repository (a worktree may run)
+    err = ""
     for attempt in range(30):
         add = subprocess.run(["git", "-C", repo, "add", *map(str, paths)], capture_output=True, text=True)
-        done = add.returncode == 0 and subprocess.run(
-            ["git", "-C", repo, "commit", "-q", "-m", message, "--", *map(str, paths)],
-            capture_output=True, text=True).returncode == 0
-        if done:
+        # a folder with nothing in it yet is no pathspec git knows: commit the paths that hold something
+        known = [str(p) for p in paths if subprocess.run(["git", "-C", repo, "ls-files", "--", str(p)],
+                                                         capture_output=True, text=True).stdout.strip()]
+        done = add.returncode == 0 and known and subprocess.run(
+            ["git", "-C", repo, "commit", "-q", "-m", message, "--", *known], capture_output=True, text=True)
+        if done and done.returncode == 0:
             return
+        err = (add.stderr or (done.stderr if done else "nothing to commit")).strip().splitlines()[-1:] or [""]
+        if "index.lock" not in err[0]:   # only another git at work is worth waiting for
+            break
         time.sleep(10)
-    print(f"could not commit {', '.join(map(str, paths))}: commit them by hand", flush=True)
+    print(f"could not commit {', '.join(map(str, paths))} ({err[0] if err else ''}): commit them by hand", flush=True)
 
 
 def copy_store(exp: Path, dest: Path) -> None:
@@ -144,7 +150,7 @@ class Snapshots:
 
     def __call__(self, exp: Path) -> None:
         n = len(list((exp / "trials").glob("*/metrics.json")))
-        if n == self.kept or not (exp / "mlflow.db").is_file():
+        if n == self.kept or n == 0 or not (exp / "mlflow.db").is_file():
             return
         copy_store(exp, self.dest)
         self.kept = n
