@@ -442,8 +442,8 @@ def test_following_the_advice_leads_elsewhere(case, places, tmp_path):
         except SystemExit:
             pytest.fail(f"{name}: following the advice {advice!r} still fails to parse: {err.getvalue()}")
     if parsed.command in ("finetune", "distill", "evaluate"):
-        from mixkd.core.config import validate
-        validate(config_from_args(parsed), parsed.command)   # raises UsageError if the advice led nowhere
+        from mixkd.core.custom_data import resolve_config
+        resolve_config(config_from_args(parsed), parsed.command)   # raises UsageError if the advice led nowhere
     elif parsed.command == "sweep" and parsed.preset.endswith(".yaml"):
         from mixkd.platform.spec import SweepSpec
         SweepSpec.from_yaml(parsed.preset)                     # the preset's keys now load

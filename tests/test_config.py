@@ -307,3 +307,23 @@ def test_validate_rejects_non_finite_numbers(distill_cfg):
         else:
             accepted.append(f"{field}={value}")
     assert not accepted, f"validate() accepted non-finite values: {', '.join(accepted)}"
+
+
+def test_a_config_is_resolved_once_and_validate_reads_no_file(tiny_teacher_run, monkeypatch):
+    """distill inherits the teacher's task and data: resolve_config reads the teacher's run files once; the job that
+    receives the resolved config (the CLI resolves first) does not read them again, and validate reads none."""
+    from mixkd.core import custom_data
+    from mixkd.core.config import MixKDConfig, validate
+    reads = []
+    real = custom_data.run_data
+    monkeypatch.setattr(custom_data, "run_data", lambda d: reads.append(d) or real(d))
+    cfg = MixKDConfig(teacher=str(tiny_teacher_run), output_dir="o")          # no --task: the teacher's
+    resolved = custom_data.resolve_config(cfg, "distill")
+    assert resolved.task == "sst2" and len(reads) == 1
+    assert custom_data.resolve_config(resolved, "distill") is resolved and len(reads) == 1
+    n = len(reads)
+    custom_data.resolve_config(resolved.replace(teacher=str(tiny_teacher_run)), "distill")   # a changed config: anew
+    assert len(reads) == n + 1
+    reads.clear()
+    validate(resolved.replace(), "distill")
+    assert reads == []

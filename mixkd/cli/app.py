@@ -121,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run_builtin(args: argparse.Namespace) -> int:
     """finetune / distill / evaluate."""
     cfg = config_from_args(args)
-    from ..core.config import validate
-    validate(cfg, args.command)          # fail fast, before importing torch and transformers
+    from ..core.custom_data import resolve_config
+    cfg = resolve_config(cfg, args.command)     # once, failing fast, before importing torch and transformers
     import warnings
     from ..core.metrics import ChanceLevelWarning
     warnings.simplefilter("ignore", ChanceLevelWarning)   # the CLI says it in its own line, below

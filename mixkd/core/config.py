@@ -309,15 +309,14 @@ def check_writable_dir(path, flag: str) -> None:
 
 
 def validate(cfg: MixKDConfig, command: str) -> MixKDConfig:
-    """Check every value the user can get wrong; raise UsageError with the fix. Returns cfg."""
+    """Check every value the user can get wrong; raise UsageError with the fix. Returns cfg. Pure: reads no file
+    (:func:`mixkd.core.custom_data.resolve_config` fills in what a distill or evaluation inherits, then calls this)."""
     from .tasks import get_task
 
     def bad(flag, value, fix):
         raise UsageError(f"--{flag} {value!r} is invalid: {fix}")
 
-    from .custom_data import inherit_data, is_custom
-    if command in ("distill", "evaluate"):   # the teacher's / scored run's task and data unless given
-        cfg = inherit_data(cfg, cfg.teacher if command == "distill" else cfg.model)
+    from .custom_data import is_custom
     custom = is_custom(cfg)
     if cfg.task is None and not custom:
         raise UsageError("--task is required; choose one of: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli, "

@@ -388,6 +388,20 @@ def dev_config(cfg, model_dir: str):
     return task_for(cfg, "evaluate")
 
 
+def resolve_config(cfg, command: str):
+    """The config ``command`` runs, resolved once: for distill and evaluate the teacher's (or the scored model's)
+    task and data where not given (its run files are read here, not in ``validate``), then validated. A config
+    already resolved for ``command`` passes through untouched (the CLI resolves, the job does not again)."""
+    if getattr(cfg, "resolved_for", None) == command:
+        return cfg
+    from .config import validate
+    if command in ("distill", "evaluate"):   # the teacher's / scored run's task and data unless given
+        cfg = inherit_data(cfg, cfg.teacher if command == "distill" else cfg.model)
+    cfg = validate(cfg, command)
+    cfg.resolved_for = command   # not a field: a replace() makes a config that is resolved again
+    return cfg
+
+
 def inherit_data(cfg, run_dir: str | None):
     """The data a student or an evaluation inherits from its teacher's (or the scored model's) run: the task name
     when none is given; for a custom task, its files and columns when none are given, and in any case its label set

@@ -18,7 +18,8 @@ import torch
 
 from .. import __version__
 from ..core.atomic import write_json_atomic
-from ..core.config import MixKDConfig, check_writable_dir, validate
+from ..core.config import MixKDConfig, check_writable_dir
+from ..core.custom_data import resolve_config
 from ..core.data import GlueData, announce_data_source, check_subset, load_glue
 from ..core.errors import UsageError
 from ..core.metrics import above_chance, warn_if_at_chance
@@ -219,7 +220,7 @@ def _labels_report(task: TaskSpec, model_dir: Path, data: GlueData, cfg: MixKDCo
 def finetune(cfg: MixKDConfig, callbacks: list[EvalCallback] | None = None, wrap_model=None,
              resume_from: Path | None = None) -> dict:
     """Fine-tune ``cfg.model`` on ``cfg.task`` (the teacher step)."""
-    cfg = _resolve_subset(validate(cfg, "finetune"), None)
+    cfg = _resolve_subset(resolve_config(cfg, "finetune"), None)
     resolve_device(cfg.device)   # a device that is not there: refused before any data is read or file written
     if resume_from is None:
         check_writable_dir(cfg.output_dir, "--output-dir")   # before loading anything
@@ -268,7 +269,7 @@ def teacher_outputs(cfg: MixKDConfig) -> dict:
 
 def _distill_parts(cfg: MixKDConfig, check_output: bool):
     """What a distill trains with, checked: (resolved cfg, task, student, tokenizer, data, teacher or None, extra)."""
-    cfg = validate(cfg, "distill")
+    cfg = resolve_config(cfg, "distill")
     resolve_device(cfg.device)   # a device that is not there: refused before any data is read or file written
     if check_output:
         check_writable_dir(cfg.output_dir, "--output-dir")   # before loading anything
@@ -316,7 +317,7 @@ def _distill_parts(cfg: MixKDConfig, check_output: bool):
 
 def evaluate(cfg: MixKDConfig) -> dict:
     """GLUE dev metrics of a saved model (a run dir, an HF dir, a hub id or the alias)."""
-    cfg = validate(cfg, "evaluate")
+    cfg = resolve_config(cfg, "evaluate")
     resolve_device(cfg.device)
     cfg, task = task_for(cfg, "evaluate")
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)

@@ -186,7 +186,8 @@ def expand_stores(uris: str | Iterable[str]) -> list[str]:
 def load_runs(tracking_uri: str | Iterable[str], experiment: str | None = None, roles: Iterable[str] = CHILD_ROLES):
     """:func:`load_store`'s rows of one store or of several (``tracking_uri`` a list, or a folder of stores), merged:
     a run found in two stores (the same run id, or the same computation: experiment, role, task, config hash and
-    seed) is counted once, its FINISHED copy when it has one. A store that does not exist is a one-line UsageError; ``experiment`` must be in one."""
+    seed) is counted once, its FINISHED copy when it has one. A store that does not exist is a one-line UsageError;
+    ``experiment`` must be in one."""
     import pandas as pd
     uris = expand_stores(tracking_uri)
     if len(uris) == 1:
