@@ -32,7 +32,6 @@ LONG_FUNCTIONS = {
     "mixkd/platform/estimate.py::plan": "the dry run's plan, new in issue 27; the lead is changing it now",
     "mixkd/platform/trial.py::run_trial": "one Tune trial end to end; waits for the loss-terms work in core/ and jobs/",
     "mixkd/core/trainer.py::Trainer.__init__": "sets up every loss term; core/ is being changed by the loss-terms work",
-    "mixkd/report/tables.py::table2": "Table 2's rows and latency columns; report/ may change with the loss terms",
     "mixkd/platform/spec.py::SweepSpec.validate": "one check per spec field; spec.py is being changed now",
 }
 
@@ -45,16 +44,6 @@ PRIVATE_IMPORTS_PENDING = {
     "mixkd/platform/estimate.py": {"mixkd.platform.prepare._bt_cells", "mixkd.platform.prepare._kd_cells",
                                    "mixkd.platform.spec._student_knobs"},
     "mixkd/platform/prepare.py": {"mixkd.platform.spec._student_knobs"},
-    "mixkd/report/build.py": {"mixkd.report.cells._setting_text", "mixkd.report.cells._settings",
-                              "mixkd.report.figures._external_pareto"},
-    "mixkd/report/custom.py": {"mixkd.report.cells._our_row_keys", "mixkd.report.cells._row_label",
-                               "mixkd.report.cells._select", "mixkd.report.cells._setting_text",
-                               "mixkd.report.cells._settings"},
-    "mixkd/report/figures.py": {"mixkd.report.cells._row_label", "mixkd.report.tables._latency_cols",
-                                "mixkd.report.tables._preferred_latency"},
-    "mixkd/report/tables.py": {"mixkd.report.cells._frac", "mixkd.report.cells._our_row_keys",
-                               "mixkd.report.cells._row_label", "mixkd.report.cells._select",
-                               "mixkd.report.cells._setting_text"},
 }
 
 

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import UsageError
-from .cells import DEFAULT_UI, Report, _setting_text, _settings, prepare
-from .figures import _external_pareto, plot_fig1, plot_fig3, plot_pareto, plot_table2
+from .cells import DEFAULT_UI, Report, prepare, setting_keys, setting_text
+from .figures import external_pareto, plot_fig1, plot_fig3, plot_pareto, plot_table2
 from .render import render_html, render_markdown, report_json
 from .scorecard import build_scorecard, plot as plot_scorecard
 from .custom import custom_tables
@@ -42,7 +42,7 @@ def build_report(df, mlflow_ui_url: str = DEFAULT_UI, figures: bool = True) -> R
     """The report of the runs in ``df`` (a :func:`mixkd.tracking.runstore.load_runs` frame)."""
     total = 0 if df is None else len(df)
     d = prepare(df)
-    settings = _settings(d)
+    settings = setting_keys(d)
     tables: list[Any] = []
     for s in settings or [None]:
         tables.append(table1(d, s))
@@ -61,7 +61,7 @@ def build_report(df, mlflow_ui_url: str = DEFAULT_UI, figures: bool = True) -> R
     used = 0 if d is None else len(d)
     summary = [f"{total} mixkd runs in the store; {used} FINISHED with final metrics are used.",
                "Settings (teacher backbone, training-data fraction, row cap): "
-               + ("; ".join(_setting_text(s) for s in settings) if settings else "none")]
+               + ("; ".join(setting_text(s) for s in settings) if settings else "none")]
     if d is not None and len(d):
         exps = sorted(set(zip(d["experiment"], d["experiment_id"])))
         summary.append("Experiments: " + ", ".join(f"{n} (id {i})" for n, i in exps))
@@ -92,7 +92,7 @@ def _quiet_matplotlib():
 
 def _draw(d, f1, f3, t2, card, figs: dict, notes: dict) -> None:
     """The report's PNGs into ``figs`` (name -> bytes), what each shows into ``notes``."""
-    ext = _external_pareto(d) if d is not None and len(d) else None
+    ext = external_pareto(d) if d is not None and len(d) else None
     if ext:
         for name, png in ext[0].items():
             figs[name] = png

@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from .scorecard import ScoreRow
 
 DEFAULT_UI = "http://127.0.0.1:5000"
 TASK_LABEL = {"sst2": "SST-2", "mrpc": "MRPC", "qqp": "QQP", "mnli": "MNLI-m", "qnli": "QNLI", "rte": "RTE",
@@ -157,7 +160,7 @@ class Report:
     figure_notes: dict[str, str]
     summary: list[str]
     mlflow_ui_url: str = DEFAULT_UI
-    scorecard: list = field(default_factory=list)   # mixkd.report.scorecard.ScoreRow, one per claim and setting
+    scorecard: list[ScoreRow] = field(default_factory=list)   # one per claim and setting
 
     def table(self, key: str) -> Table:
         found = [t for t in self.tables if t.key == key]
@@ -196,8 +199,8 @@ def train_cap(params: dict | None) -> int | None:
         return None
 
 
-def in_setting(d, setting) -> Any:
-    """Row mask of the runs of ``setting`` = (teacher backbone, data fraction, row cap)."""
+def in_setting(d, setting: Setting) -> Any:
+    """Row mask of the runs of ``setting``."""
     teacher, fraction, cap = setting
     return (d["teacher_model"] == teacher) & (d["data_fraction"] == fraction) & d["train_cap"].map(lambda c: c == cap)
 
@@ -246,22 +249,31 @@ def best_group_cell(runs, metrics: tuple[str, ...], paper: list | None, primary:
     return cell
 
 
-def _settings(d) -> list[tuple[str, float, int | None]]:
-    """(teacher backbone, data fraction, row cap) with trial or teacher runs, full data first."""
+class Setting(NamedTuple):
+    """The runs one Table 1 / Table 3 shows: teacher backbone, training-data fraction, row cap (None: no cap)."""
+    teacher: str
+    fraction: float
+    cap: int | None
+
+
+def setting_keys(d) -> list[Setting]:
+    """The settings with trial or teacher runs, full data first."""
     if d is None or len(d) == 0:
         return []
-    keys = {(str(t), float(f), c) for t, f, c in zip(d["teacher_model"], d["data_fraction"], d["train_cap"])}
-    return sorted(keys, key=lambda p: (-p[1], p[2] is not None, -(p[2] or 0), p[0]))
+    keys = {Setting(str(t), float(f), c) for t, f, c in zip(d["teacher_model"], d["data_fraction"], d["train_cap"])}
+    return sorted(keys, key=lambda p: (-p.fraction, p.cap is not None, -(p.cap or 0), p.teacher))
 
 
-def _row_label(variant: str, bt: bool, k: int | None, strategy: str = "first") -> str:
+def row_label(variant: str, bt: bool, k: int | None, strategy: str = "first") -> str:
+    """A row's name: "teacher", or BERTk-VARIANT(+BT), with the layer strategy when it is not "first"."""
     if variant == "teacher":
         return "teacher"
     name = f"BERT{k}-{VARIANT_LABEL.get(variant, variant.upper())}{'+BT' if bt else ''}"
     return name if strategy in ("first", None) else f"{name} ({strategy} layers)"
 
 
-def _select(d, task, key, strategy="first"):
+def select_runs(d, task, key, strategy="first"):
+    """The runs of ``task`` in the row ``key`` = (variant, +BT, depth k) with ``strategy`` (teacher: its runs)."""
     variant, bt, k = key
     if d is None or len(d) == 0:
         return d
@@ -271,7 +283,8 @@ def _select(d, task, key, strategy="first"):
              & (d["student_layers"] == k) & (d["layer_strategy"] == strategy)]
 
 
-def _our_row_keys(d) -> list[tuple[str, bool, int, str]]:
+def our_row_keys(d) -> list[tuple[str, bool, int, str]]:
+    """(variant, +BT, depth k, layer strategy) of the trial runs in ``d``: deepest first, then by variant."""
     if d is None or len(d) == 0:
         return []
     t = d[d["role"] == "trial"]
@@ -291,15 +304,18 @@ def paper_comparable(teacher: str | None, fraction: float | None, cap: int | Non
     return teacher in PAPER_TEACHERS and fraction == paper_fraction and cap is None
 
 
-def _setting_text(setting: tuple | None) -> str:
+def setting_text(setting: Setting | None) -> str:
+    """A setting (teacher backbone, data fraction, row cap) in words."""
     if setting is None:
         return "no runs"
     teacher, frac, cap = setting
-    return f"teacher {teacher}, {_frac(frac)} of the training data" + (f", at most {cap:,} rows" if cap else "")
+    return f"teacher {teacher}, {fraction_text(frac)} of the training data" + (f", at most {cap:,} rows" if cap else "")
 
 
-def _frac(f: float) -> str:
+def fraction_text(f: float) -> str:
+    """A data fraction as a percentage: 0.1 -> "10%"."""
     return f"{f * 100:g}%"
 
 
-__all__ = ["Cell", "Row", "Table", "TextTable", "Report", "prepare", "best_group_cell"]
+__all__ = ["Cell", "Row", "Table", "TextTable", "Report", "Setting", "prepare", "best_group_cell", "setting_keys",
+           "row_label", "select_runs", "our_row_keys", "setting_text", "fraction_text"]

@@ -4,8 +4,8 @@ the claims scorecard compares the variants with each other."""
 from __future__ import annotations
 
 from ..core.tasks import is_glue
-from .cells import (Row, Table, _our_row_keys, _row_label, _select, _setting_text, _settings, best_group_cell,
-                    in_setting)
+from .cells import (Row, Table, best_group_cell, in_setting, our_row_keys, row_label, select_runs, setting_keys,
+                    setting_text)
 
 _CLASSIFICATION, _REGRESSION = ("accuracy", "macro_f1"), ("pearson", "spearman")
 
@@ -29,16 +29,16 @@ def custom_tables(d) -> list[Table]:
     tables = []
     for task in custom_task_names(d):
         td = d[d["task"] == task]
-        for setting in _settings(td):
+        for setting in setting_keys(td):
             sub = td[in_setting(td, setting)]
             metrics = _metrics_of(sub)
-            rows = [Row("teacher", [best_group_cell(_select(sub, task, ("teacher", False, None)), metrics, None)])]
-            for v, bt, k, strat in _our_row_keys(sub):
-                cell = best_group_cell(_select(sub, task, (v, bt, k), strat), metrics, None)
+            rows = [Row("teacher", [best_group_cell(select_runs(sub, task, ("teacher", False, None)), metrics, None)])]
+            for v, bt, k, strat in our_row_keys(sub):
+                cell = best_group_cell(select_runs(sub, task, (v, bt, k), strat), metrics, None)
                 if cell.has_run:
-                    rows.append(Row(_row_label(v, bt, k, strat), [cell], ours_only=True))
+                    rows.append(Row(row_label(v, bt, k, strat), [cell], ours_only=True))
             key = f"custom_{task}" + (f"_{len(tables)}" if any(t.key == f"custom_{task}" for t in tables) else "")
-            tables.append(Table(key, f"Your task {task} — ours: {_setting_text(setting)}",
+            tables.append(Table(key, f"Your task {task} — ours: {setting_text(setting)}",
                                 [f"{task} ({'/'.join(metrics)})"], rows,
                                 notes=[f"{task} is your own data (not GLUE): no paper numbers. Mean ± std over seeds "
                                        f"of the best configuration per row, × 100; the scorecard compares variants."]))

@@ -7,12 +7,13 @@ from __future__ import annotations
 import io
 import math
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import paper_numbers as P
 from ..core.tasks import TASKS
-from .cells import TASK_LABEL, Table, _row_label
-from .tables import _latency_cols, _preferred_latency
+from .cells import TASK_LABEL, Table, row_label
+from .tables import latency_cols, preferred_latency
 
 
 def _png(fig) -> bytes:
@@ -30,9 +31,23 @@ def _plt():
     return plt
 
 
-def pareto_points(d):
-    """Per config group of trial runs: task, label, mean primary score (×100), std, n, x (latency or size)."""
-    lat = _preferred_latency(_latency_cols(d))
+@dataclass
+class ParetoPoint:
+    """One config group of runs on the score-vs-cost plane."""
+    task: str
+    role: str                    # "trial" (a student) or "teacher"
+    label: str
+    score: float                 # mean primary dev metric ×100 over the group's runs
+    scores: list[float]          # each run's
+    std: float                   # sample std (0 for one run)
+    n: int
+    x: float                     # mean latency (ms) or parameter count, as named by pareto_points' xcol
+    run_ids: list[str]
+
+
+def pareto_points(d) -> tuple[list[ParetoPoint], str]:
+    """Per config group of trial and teacher runs, a :class:`ParetoPoint`; and the x column (latency or size)."""
+    lat = preferred_latency(latency_cols(d))
     xcol = lat or "params_count"
     pts = []
     if d is None or len(d) == 0 or xcol not in d.columns:
@@ -45,22 +60,22 @@ def pareto_points(d):
         for (task, grp), g in sub.groupby([sub["task"], sub["config_group"].fillna(sub["run_id"])]):
             s = g["final/primary"].astype(float) * 100
             first = g.iloc[0]
-            label = "teacher" if role == "teacher" else _row_label(first["base_variant"], bool(first["bt"]),
+            label = "teacher" if role == "teacher" else row_label(first["base_variant"], bool(first["bt"]),
                                                                    first["student_layers"], first["layer_strategy"])
-            pts.append({"task": task, "role": role, "label": label, "score": float(s.mean()), "scores": list(s),
-                        "std": float(s.std(ddof=1)) if len(s) > 1 else 0.0, "n": len(s),
-                        "x": float(g[xcol].astype(float).mean()), "run_ids": list(g["run_id"])})
+            pts.append(ParetoPoint(task=task, role=role, label=label, score=float(s.mean()), scores=list(s),
+                                   std=float(s.std(ddof=1)) if len(s) > 1 else 0.0, n=len(s),
+                                   x=float(g[xcol].astype(float).mean()), run_ids=list(g["run_id"])))
     return pts, xcol
 
 
-def _front(points: list[dict]) -> list[dict]:
+def _front(points: list[ParetoPoint]) -> list[ParetoPoint]:
     """Non-dominated points (lower x, higher score), sorted by x."""
-    pts = sorted(points, key=lambda p: (p["x"], -p["score"]))
+    pts = sorted(points, key=lambda p: (p.x, -p.score))
     front, best = [], -math.inf
     for p in pts:
-        if p["score"] > best:
+        if p.score > best:
             front.append(p)
-            best = p["score"]
+            best = p.score
     return front
 
 
@@ -69,18 +84,18 @@ def plot_pareto(d) -> tuple[bytes | None, str]:
     if not pts:
         return None, "no finished runs with final/primary and " + xcol
     plt = _plt()
-    tasks = sorted({p["task"] for p in pts})
+    tasks = sorted({p.task for p in pts})
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.2), squeeze=False)
     for ax, task in zip(axes[0], tasks):
-        tp = [p for p in pts if p["task"] == task]
-        students = [p for p in tp if p["role"] == "trial"]
-        ax.errorbar([p["x"] for p in students], [p["score"] for p in students], yerr=[p["std"] for p in students],
+        tp = [p for p in pts if p.task == task]
+        students = [p for p in tp if p.role == "trial"]
+        ax.errorbar([p.x for p in students], [p.score for p in students], yerr=[p.std for p in students],
                     fmt="o", color="tab:blue", alpha=0.6, label="student configs (mean ± std)")
         front = _front(students)
-        ax.plot([p["x"] for p in front], [p["score"] for p in front], "-o", color="tab:red", mfc="none", ms=10,
+        ax.plot([p.x for p in front], [p.score for p in front], "-o", color="tab:red", mfc="none", ms=10,
                 label="Pareto front")
-        for p in [p for p in tp if p["role"] == "teacher"]:
-            ax.plot([p["x"]], [p["score"]], "*", ms=14, color="black", label="teacher")
+        for p in [p for p in tp if p.role == "teacher"]:
+            ax.plot([p.x], [p.score], "*", ms=14, color="black", label="teacher")
         ax.set_title(TASK_LABEL.get(task, task))
         ax.set_xlabel(xcol.replace("latency/", "latency ") if xcol != "params_count" else "parameters")
         ax.set_ylabel(f"dev {TASKS[task].primary_metric} × 100" if task in TASKS else "score")
@@ -176,7 +191,7 @@ def plot_table2(t: Table) -> bytes | None:
     return _png(fig)
 
 
-def _external_pareto(d) -> tuple[dict[str, bytes], str] | None:
+def external_pareto(d) -> tuple[dict[str, bytes], str] | None:
     """One PNG per task from ``mixkd.deploy.selection.plot_pareto`` (the selection command's plot), when that
     module is importable; None otherwise (the report then draws its own scatter)."""
     try:
@@ -191,11 +206,11 @@ def _external_pareto(d) -> tuple[dict[str, bytes], str] | None:
     figs = {}
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            for task in sorted({p["task"] for p in pts}):
-                groups = [{"latency_ms": p["x"], "score": p["score"], "score_std": p["std"], "label": p["label"],
-                           "scores": p["scores"]} for p in pts if p["task"] == task and p["role"] == "trial"]
-                teachers = [{"latency_ms": p["x"], "score": p["score"], "label": "teacher"}
-                            for p in pts if p["task"] == task and p["role"] == "teacher"]
+            for task in sorted({p.task for p in pts}):
+                groups = [{"latency_ms": p.x, "score": p.score, "score_std": p.std, "label": p.label,
+                           "scores": p.scores} for p in pts if p.task == task and p.role == "trial"]
+                teachers = [{"latency_ms": p.x, "score": p.score, "label": "teacher"}
+                            for p in pts if p.task == task and p.role == "teacher"]
                 path = Path(tmp) / f"pareto_{task}.png"
                 metric = TASKS[task].primary_metric if task in TASKS else "score"
                 versus = "latency" if xcol != "params_count" else "size"

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import paper_numbers as P
 
@@ -65,6 +65,32 @@ class ScoreRow:
     verdict: str = "no runs"
     note: str = ""
     run_ids: list = field(default_factory=list)
+
+
+@dataclass
+class TrialRun:
+    """A finished trial run as the scorecard groups it: its setting, its arm (variant, +BT), seed and score."""
+    run_id: str
+    task: str | None
+    teacher: str | None
+    fraction: float
+    cap: int | None              # --max-train-samples (None: no cap)
+    k: Any                       # student depth, as the run store holds it
+    variant: str | None
+    bt: bool                     # trained with back-translated data
+    seed: Any
+    group: Any                   # config_group: runs that differ only in seed
+    score: float                 # the primary dev metric x100
+    params: dict
+
+
+class ContrastSetting(NamedTuple):
+    """What two arms of a contrast share: task, teacher backbone, data fraction, row cap, student depth."""
+    task: str | None
+    teacher: str | None
+    fraction: float
+    cap: int | None
+    k: Any
 
 
 # --- statistics ------------------------------------------------------------------------------------
@@ -132,8 +158,8 @@ def _num(v: Any) -> Any:
     return None if math.isnan(f) else f
 
 
-def trial_rows(df) -> list[dict]:
-    """Finished trial runs with a primary score, as plain dicts with the fields the scorecard groups by."""
+def trial_rows(df) -> list[TrialRun]:
+    """Finished trial runs with a primary score, with the fields the scorecard groups by."""
     if df is None or df.empty or PRIMARY not in df.columns:
         return []
     rows = []
@@ -142,11 +168,11 @@ def trial_rows(df) -> list[dict]:
             continue
         p = r.get("params") or {}
         cap = _num(p.get("max_train_samples"))
-        rows.append({"run_id": r["run_id"], "task": r.get("task"), "teacher": r.get("teacher_model"),
-                     "fraction": float(r.get("data_fraction") or 1.0), "cap": None if cap is None else int(cap),
-                     "k": r.get("student_layers"), "variant": r.get("variant"),
-                     "bt": (r.get("augmentation") or "none") != "none", "seed": r.get("seed"),
-                     "group": r.get("config_group"), "score": 100.0 * float(r[PRIMARY]), "params": p})
+        rows.append(TrialRun(run_id=r["run_id"], task=r.get("task"), teacher=r.get("teacher_model"),
+                             fraction=float(r.get("data_fraction") or 1.0), cap=None if cap is None else int(cap),
+                             k=r.get("student_layers"), variant=r.get("variant"),
+                             bt=(r.get("augmentation") or "none") != "none", seed=r.get("seed"),
+                             group=r.get("config_group"), score=100.0 * float(r[PRIMARY]), params=p))
     return rows
 
 
@@ -161,26 +187,26 @@ def setting_label(task, teacher, fraction, cap, k) -> str:
     return f"{task}, teacher {teacher}, {data_label(fraction, cap)}, {k}-layer student"
 
 
-def _arm(rows: list[dict], variant: str, bt: bool) -> tuple[dict, int]:
+def _arm(rows: list[TrialRun], variant: str, bt: bool) -> tuple[dict, int]:
     """Scores by seed of one arm (its config with the most seeds, ties: the best mean) and the number of
     configurations the arm held."""
-    groups: dict[Any, list[dict]] = {}
+    groups: dict[Any, list[TrialRun]] = {}
     for r in rows:
-        if r["variant"] == variant and r["bt"] == bt:
-            groups.setdefault(r["group"], []).append(r)
+        if r.variant == variant and r.bt == bt:
+            groups.setdefault(r.group, []).append(r)
     if not groups:
         return {}, 0
-    best = max(groups.values(), key=lambda g: (len({r["seed"] for r in g}), sum(r["score"] for r in g) / len(g)))
+    best = max(groups.values(), key=lambda g: (len({r.seed for r in g}), sum(r.score for r in g) / len(g)))
     by_seed: dict[Any, list[float]] = {}
     for r in best:
-        by_seed.setdefault(r["seed"], []).append(r["score"])
+        by_seed.setdefault(r.seed, []).append(r.score)
     return {s: sum(v) / len(v) for s, v in by_seed.items()}, len(groups)
 
 
-def _settings(rows: list[dict]) -> dict[tuple, list[dict]]:
-    out: dict[tuple, list[dict]] = {}
+def _settings(rows: list[TrialRun]) -> dict[ContrastSetting, list[TrialRun]]:
+    out: dict[ContrastSetting, list[TrialRun]] = {}
     for r in rows:
-        out.setdefault((r["task"], r["teacher"], r["fraction"], r["cap"], r["k"]), []).append(r)
+        out.setdefault(ContrastSetting(r.task, r.teacher, r.fraction, r.cap, r.k), []).append(r)
     return dict(sorted(out.items(), key=lambda kv: tuple(str(x) for x in kv[0])))
 
 
@@ -231,12 +257,13 @@ def _paper_limited(task: str, fraction: float, reference: float = 1.0, capped: b
     return round(a - b, 2), f"{wa} minus {wb}"
 
 
-def _limited_rows(settings: dict) -> list[ScoreRow]:
+def _limited_rows(settings: dict[ContrastSetting, list[TrialRun]]) -> list[ScoreRow]:
     """The gain over FT at each smaller data size minus the gain at the largest size measured for the same task,
     teacher and depth: full data when there are runs on it, else the largest fraction (e.g. 1% vs 10%)."""
     cid, claim, source = LIMITED
-    size = lambda key: (key[2] >= 1 and not key[3], key[2] if not key[3] else 0.0, -(key[3] or 0))   # noqa: E731
-    largest: dict[tuple, tuple] = {}
+    size = lambda key: (key.fraction >= 1 and not key.cap, key.fraction if not key.cap else 0.0,  # noqa: E731
+                        -(key.cap or 0))
+    largest: dict[tuple, ContrastSetting] = {}
     for key in settings:
         task, teacher, _, _, k = key
         if (task, teacher, k) not in largest or size(key) > size(largest[(task, teacher, k)]):
@@ -247,7 +274,7 @@ def _limited_rows(settings: dict) -> list[ScoreRow]:
         ref_key = largest[(task, teacher, k)]
         if ref_key == key:
             continue
-        ref_frac, ref_cap = ref_key[2], ref_key[3]
+        ref_frac, ref_cap = ref_key.fraction, ref_key.cap
         ref_label = data_label(ref_frac, ref_cap)
         paper, where = _paper_limited(task, frac, ref_frac, bool(cap), bool(ref_cap))
         row = ScoreRow(cid, claim, source, setting_label(task, teacher, frac, cap, k) + f" vs {ref_label}",
@@ -273,7 +300,8 @@ def _limited_rows(settings: dict) -> list[ScoreRow]:
 
 # --- the scorecard -----------------------------------------------------------------------------------
 
-def _contrast_rows(settings: dict, cid, claim, source, method, baseline) -> list[ScoreRow]:
+def _contrast_rows(settings: dict[ContrastSetting, list[TrialRun]], cid, claim, source, method,
+                   baseline) -> list[ScoreRow]:
     out = []
     for (task, teacher, frac, cap, k), rows in settings.items():
         a, na = _arm(rows, *method)
@@ -291,29 +319,29 @@ def _contrast_rows(settings: dict, cid, claim, source, method, baseline) -> list
         row.verdict = verdict(row.ours)
         if max(na, nb) > 1:
             row.note = f"best-seeded of {na} vs {nb} configurations"
-        row.run_ids = [r["run_id"] for r in rows if (r["variant"], r["bt"]) in (method, baseline)]
+        row.run_ids = [r.run_id for r in rows if (r.variant, r.bt) in (method, baseline)]
         out.append(row)
     return out
 
 
-def _stability_rows(settings: dict) -> list[ScoreRow]:
+def _stability_rows(settings: dict[ContrastSetting, list[TrialRun]]) -> list[ScoreRow]:
     out = []
     for param, label in STABILITY:
         src = P.FIG3_SENSITIVITY["params"][param]["no_bt"]
         paper = round(max(src) - min(src), 2)
         for (task, teacher, frac, cap, k), rows in settings.items():
-            fams: dict[tuple, dict[Any, list[dict]]] = {}
+            fams: dict[tuple, dict[Any, list[TrialRun]]] = {}
             for r in rows:
-                rest = tuple(sorted((n, v) for n, v in r["params"].items()
+                rest = tuple(sorted((n, v) for n, v in r.params.items()
                                     if n not in (param, "seed", "data_seed", "teacher", "output_dir", "resume",
                                                  "overwrite", "progress", "device", "data_dir", "augment_dir")))
-                fams.setdefault((r["variant"], r["bt"], rest), {}).setdefault(r["params"].get(param), []).append(r)
+                fams.setdefault((r.variant, r.bt, rest), {}).setdefault(r.params.get(param), []).append(r)
             for (variant, bt, _), by_value in fams.items():
                 if len(by_value) < 2:
                     continue
-                means = {v: sum(r["score"] for r in rs) / len(rs) for v, rs in by_value.items()}
+                means = {v: sum(r.score for r in rs) / len(rs) for v, rs in by_value.items()}
                 hi_v, lo_v = max(means, key=means.get), min(means, key=means.get)
-                seeds = [{r["seed"]: r["score"] for r in by_value[v]} for v in (hi_v, lo_v)]
+                seeds = [{r.seed: r.score for r in by_value[v]} for v in (hi_v, lo_v)]
                 eff = contrast(*seeds)
                 eff.method += f"; {label} {lo_v} to {hi_v}"
                 row = ScoreRow(f"stable:{param}", f"scores are stable across {label}", "Fig. 3",

@@ -12,8 +12,9 @@ import re
 
 from . import paper_numbers as P
 from ..core.tasks import TASKS
-from .cells import (PAPER_TEACHERS, TASK_LABEL, Cell, Row, Table, TextTable, _frac, _our_row_keys, _row_label,
-                    _select, _setting_text, best_group_cell, column_label, in_setting, paper_comparable, task_metrics)
+from .cells import (PAPER_TEACHERS, TASK_LABEL, Cell, Row, Table, TextTable, best_group_cell, column_label,
+                    fraction_text, in_setting, our_row_keys, paper_comparable, row_label, select_runs, setting_text,
+                    task_metrics)
 
 
 def _score_table(key, spec, d, setting, columns: list[tuple[str, tuple[str, ...]]], paper_of, extra_rows=True,
@@ -32,20 +33,20 @@ def _score_table(key, spec, d, setting, columns: list[tuple[str, tuple[str, ...]
             if prow.get("reference_only"):
                 cells.append(Cell(metrics=metrics, paper=paper, paper_fmt=paper_fmt))
             else:
-                cells.append(best_group_cell(_select(sub, task, prow["key"]), metrics, paper, paper_fmt=paper_fmt))
+                cells.append(best_group_cell(select_runs(sub, task, prow["key"]), metrics, paper, paper_fmt=paper_fmt))
         label = prow["label"]
-        if variant == "teacher" and setting is not None and setting[0] not in PAPER_TEACHERS:
-            label = f"{label} · ours: teacher [{setting[0]}]"   # our teacher is another model: say which
+        if variant == "teacher" and setting is not None and setting.teacher not in PAPER_TEACHERS:
+            label = f"{label} · ours: teacher [{setting.teacher}]"   # our teacher is another model: say which
         rows.append(Row(label, cells, paper_only=bool(prow.get("reference_only"))))
     if extra_rows:
-        for v, bt, k, strat in _our_row_keys(sub):
+        for v, bt, k, strat in our_row_keys(sub):
             if (v, bt, k, strat) in paper_keys:
                 continue
-            cells = [best_group_cell(_select(sub, task, (v, bt, k), strat), metrics, None)
+            cells = [best_group_cell(select_runs(sub, task, (v, bt, k), strat), metrics, None)
                      for task, metrics in columns]
             if any(c.has_run for c in cells):
-                rows.append(Row(_row_label(v, bt, k, strat), cells, ours_only=True))
-    title = f"{spec['title']}{title_suffix} — ours: {_setting_text(setting)}"
+                rows.append(Row(row_label(v, bt, k, strat), cells, ours_only=True))
+    title = f"{spec['title']}{title_suffix} — ours: {setting_text(setting)}"
     table = Table(key, title, [column_label(t, m) for t, m in columns], rows,
                   notes=[f"Paper: {spec['source']}", *notes, *spec.get("notes", [])])
     if setting is not None and not paper_comparable(*setting):
@@ -101,14 +102,15 @@ def table3(d, setting) -> Table:
     return t
 
 
-def _latency_cols(d) -> list[str]:
+def latency_cols(d) -> list[str]:
+    """The latency/* columns Table 2 shows: p50 and p90 per batch size and sequence length."""
     if d is None:
         return []
     # p50 and p90 per batch / seq len: the table stays readable (every stat is in report.json and MLflow)
     return sorted(c for c in d.columns if re.match(r"latency/b\d+_s\d+_p(50|90)_ms$", c))
 
 
-def _preferred_latency(cols: list[str]) -> str | None:
+def preferred_latency(cols: list[str]) -> str | None:
     """The latency column for speed-ups and the Pareto plot: b1 s128 p90 if logged, else the first p90/p50."""
     for pat in (r"latency/b1_s128_p90_ms$", r"latency/b1_s\d+_p90_ms$", r"_p90_ms$", r"_p50_ms$", r"_ms$"):
         hits = [c for c in cols if re.search(pat, c)]
@@ -117,76 +119,94 @@ def _preferred_latency(cols: list[str]) -> str | None:
     return None
 
 
-def table2(d) -> Table:
-    spec = P.TABLE2_SPEED
-    lat_cols = _latency_cols(d)
-    lat = _preferred_latency(lat_cols)
-    columns = ["parameters", "samples/s (paper: b16, TITAN X)", "speed-up vs teacher"] + \
-              [c.replace("latency/", "") for c in lat_cols]
-    paper_speed = {r["key"][2]: r["samples_per_s"] for r in spec["rows"]}
-    teacher_sps = paper_speed[None]
-    rows = []
-    models = sorted({str(t) for t in d["teacher_model"]}) if d is not None and len(d) else []
-
-    def agg(runs, col, fmt="{:.2f}", scale=1.0) -> Cell:
-        c = Cell(metrics=(col,), fmt=fmt)
-        if runs is None or len(runs) == 0 or col not in runs.columns or not runs[col].notna().any():
-            return c
-        r = runs[runs[col].notna()]
-        v = r[col].astype(float) * scale
-        c.mean, c.std, c.n = [float(v.mean())], [float(v.std(ddof=1)) if len(v) > 1 else math.nan], len(v)
-        c.runs = [(str(e), str(i)) for e, i in zip(r["experiment_id"], r["run_id"])]
+def _agg(runs, col, fmt="{:.2f}", scale=1.0) -> Cell:
+    """Mean ± std of ``col`` over the runs that logged it (an empty cell when none did)."""
+    c = Cell(metrics=(col,), fmt=fmt)
+    if runs is None or len(runs) == 0 or col not in runs.columns or not runs[col].notna().any():
         return c
+    r = runs[runs[col].notna()]
+    v = r[col].astype(float) * scale
+    c.mean, c.std, c.n = [float(v.mean())], [float(v.std(ddof=1)) if len(v) > 1 else math.nan], len(v)
+    c.runs = [(str(e), str(i)) for e, i in zip(r["experiment_id"], r["run_id"])]
+    return c
 
-    def runs_for(model, k):
-        if d is None or len(d) == 0:
-            return d
-        sub = d[d["teacher_model"] == model]
-        if k is None:
-            sub = sub[sub["role"] == "teacher"]
-        else:
-            sub = sub[(sub["role"] == "trial") & (sub["student_layers"] == k)]
-        if "sst2" in set(sub["task"]):
-            sub = sub[sub["task"] == "sst2"]    # the paper's Table 2 task (heads differ by a few parameters)
-        return sub
 
+def _table2_runs(d, model, k):
+    """The runs of one Table 2 row: ``model``'s teacher (k None) or its k-layer students."""
+    if d is None or len(d) == 0:
+        return d
+    sub = d[d["teacher_model"] == model]
+    if k is None:
+        sub = sub[sub["role"] == "teacher"]
+    else:
+        sub = sub[(sub["role"] == "trial") & (sub["student_layers"] == k)]
+    if "sst2" in set(sub["task"]):
+        sub = sub[sub["task"] == "sst2"]    # the paper's Table 2 task (heads differ by a few parameters)
+    return sub
+
+
+def _table2_depths(d) -> list[int | None]:
+    """The rows' depths: the teacher (None), the paper's 6 and 3, then our other depths, deepest first."""
     keys = [None, 6, 3]
     if d is not None and len(d):
         keys += sorted({int(k) for k in d["student_layers"] if k is not None and int(k) not in (6, 3)}, reverse=True)
-    for model in models or [None]:
-        t_runs = runs_for(model, None) if model else None
-        t_lat = agg(t_runs, lat) if lat else Cell(metrics=("latency",))
-        for k in keys:
-            runs = runs_for(model, k) if model else None
-            prow = next((r for r in spec["rows"] if r["key"][2] == k), None)
-            if prow is None and (runs is None or len(runs) == 0):
-                continue
-            label = ("teacher" if k is None else f"{k}-layer student") + (f" [{model}]" if model else "")
-            if prow:
-                label = f"{prow['label']} · ours: {label}"
-            params = agg(runs, "params_count", fmt="{:,.0f}")
-            params.paper = [prow["params"]] if prow else None
-            params.paper_fmt, params.delta_fmt = "{:,.0f}", "{:+,.0f}"
-            sps = Cell(metrics=("samples_per_s",), paper=[prow["samples_per_s"]] if prow else None,
-                       note="not measured by mixkd (see the latency columns)", paper_fmt="{:.0f}")
-            speed = Cell(metrics=("speedup",), fmt="{:.2f}×", paper_fmt="{:.2f}×",
-                         paper=[round(prow["samples_per_s"] / teacher_sps, 2)] if prow else None)
-            s_lat = agg(runs, lat) if lat else Cell(metrics=("latency",))
-            if lat and s_lat.has_run and t_lat.has_run:
-                speed.mean, speed.std, speed.n = [t_lat.mean[0] / s_lat.mean[0]], [math.nan], s_lat.n
-                speed.runs = s_lat.runs + t_lat.runs
-                speed.note = f"teacher {lat} / this row's"
-            elif not lat:
-                speed.note = "missing: no latency/* metrics in the store"
-            lat_cells = [agg(runs, c) for c in lat_cols]
-            rows.append(Row(label, [params, sps, speed, *lat_cells], ours_only=prow is None))
+    return keys
+
+
+def _table2_row(prow, model, k, runs, t_lat: Cell, lat: str | None, lat_cols: list[str], teacher_sps) -> Row:
+    """One Table 2 row: parameters, the paper's samples/s, the speed-up (teacher latency / ours), latencies."""
+    label = ("teacher" if k is None else f"{k}-layer student") + (f" [{model}]" if model else "")
+    if prow:
+        label = f"{prow['label']} · ours: {label}"
+    params = _agg(runs, "params_count", fmt="{:,.0f}")
+    params.paper = [prow["params"]] if prow else None
+    params.paper_fmt, params.delta_fmt = "{:,.0f}", "{:+,.0f}"
+    sps = Cell(metrics=("samples_per_s",), paper=[prow["samples_per_s"]] if prow else None,
+               note="not measured by mixkd (see the latency columns)", paper_fmt="{:.0f}")
+    speed = Cell(metrics=("speedup",), fmt="{:.2f}×", paper_fmt="{:.2f}×",
+                 paper=[round(prow["samples_per_s"] / teacher_sps, 2)] if prow else None)
+    s_lat = _agg(runs, lat) if lat else Cell(metrics=("latency",))
+    if lat and s_lat.has_run and t_lat.has_run:
+        speed.mean, speed.std, speed.n = [t_lat.mean[0] / s_lat.mean[0]], [math.nan], s_lat.n
+        speed.runs = s_lat.runs + t_lat.runs
+        speed.note = f"teacher {lat} / this row's"
+    elif not lat:
+        speed.note = "missing: no latency/* metrics in the store"
+    lat_cells = [_agg(runs, c) for c in lat_cols]
+    return Row(label, [params, sps, speed, *lat_cells], ours_only=prow is None)
+
+
+def _table2_notes(spec, lat_cols: list[str]) -> list[str]:
     notes = [f"Paper: {spec['source']}",
              "Ours: params_count (the model's parameters) and latency/* metrics (ms) as logged; speed-up = the "
              "teacher's latency / the student's, same metric. Paper speed-up = student samples/s ÷ teacher's."]
     if not lat_cols:
         notes.append("**Latency missing**: no run in the store logged latency/* metrics (measure with `mixkd latency` "
                      "or sweep with --latency-budget-ms); samples/s and speed-up are therefore not filled in.")
-    return Table("table2", spec["title"], columns, rows, notes=notes)
+    return notes
+
+
+def table2(d) -> Table:
+    """Parameters, latency and speed-up per teacher backbone: the teacher, the paper's 6- and 3-layer students
+    and our other depths, the paper's samples/s and speed-ups beside them."""
+    spec = P.TABLE2_SPEED
+    lat_cols = latency_cols(d)
+    lat = preferred_latency(lat_cols)
+    columns = ["parameters", "samples/s (paper: b16, TITAN X)", "speed-up vs teacher"] + \
+              [c.replace("latency/", "") for c in lat_cols]
+    teacher_sps = {r["key"][2]: r["samples_per_s"] for r in spec["rows"]}[None]
+    models = sorted({str(t) for t in d["teacher_model"]}) if d is not None and len(d) else []
+    rows = []
+    for model in models or [None]:
+        t_runs = _table2_runs(d, model, None) if model else None
+        t_lat = _agg(t_runs, lat) if lat else Cell(metrics=("latency",))
+        for k in _table2_depths(d):
+            runs = _table2_runs(d, model, k) if model else None
+            prow = next((r for r in spec["rows"] if r["key"][2] == k), None)
+            if prow is None and (runs is None or len(runs) == 0):
+                continue
+            rows.append(_table2_row(prow, model, k, runs, t_lat, lat, lat_cols, teacher_sps))
+    return Table("table2", spec["title"], columns, rows, notes=_table2_notes(spec, lat_cols))
 
 
 def fig1_table(d) -> Table:
@@ -203,20 +223,20 @@ def fig1_table(d) -> Table:
     for frac in fractions:
         fsub = limited[limited["data_fraction"] == frac] if limited is not None and len(limited) else limited
         keys = [(v, bt, 3, "first") for (v, bt), _ in spec["variants"]] if frac in spec["values"] else []
-        keys += [k for k in _our_row_keys(fsub) if k not in keys]
+        keys += [k for k in our_row_keys(fsub) if k not in keys]
         for v, bt, k, strat in [("teacher", False, None, "first")] + keys:
             paper_vals = spec["values"].get(frac, {}).get((v, bt)) if k == 3 and strat == "first" else None
             cells = []
             for i, (task, metric) in enumerate(columns):
                 paper = [paper_vals[i]] if paper_vals is not None and i < len(paper_cols) else None
-                cells.append(best_group_cell(_select(fsub, task, (v, bt, k), strat), (metric,), paper,
+                cells.append(best_group_cell(select_runs(fsub, task, (v, bt, k), strat), (metric,), paper,
                                              paper_fmt="{:.1f}"))
             if v == "teacher" and not any(c.has_run for c in cells):
                 continue
             name = "teacher" if v == "teacher" else (
                 f"BERT{k} {vlabel[(v, bt)]}" if (v, bt) in vlabel and k == 3 and strat == "first"
-                else _row_label(v, bt, k, strat))
-            rows.append(Row(f"{_frac(frac)} · {name}", cells, ours_only=paper_vals is None))
+                else row_label(v, bt, k, strat))
+            rows.append(Row(f"{fraction_text(frac)} · {name}", cells, ours_only=paper_vals is None))
     notes = [f"Paper: {spec['source']}",
              f"Paper metric: {spec['metric_note']}; FT+MixKD = the SM+TMKD variant. Paper values are read from the "
              "figure (marked 'fig' in the notes), not printed numbers.",
@@ -270,7 +290,7 @@ def fig3_tables(d) -> list[Table]:
             rows.append(Row(f"{p['label']} = {x:g}", cells, ours_only=not any(c.paper for c in cells)))
         ours = ("no SM+TMKD runs" if setting is None else
                 f"SM+TMKD, {TASK_LABEL.get(setting[0], setting[0])}, {setting[1]}-layer student, teacher {setting[3]}, "
-                f"{_frac(setting[2])} data")
+                f"{fraction_text(setting[2])} data")
         notes = [f"Paper: {spec['source']}", f"Paper FT baseline: {spec['ft_baseline']}.",
                  f"Ours: {ours}; runs grouped by the value of {pname} (other knobs as each run had them; a cell "
                  "with several configurations shows the best)."]
