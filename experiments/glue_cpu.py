@@ -40,6 +40,14 @@ PRESET = REPO / "mixkd" / "platform" / "presets" / "glue-cpu.yaml"
 RESULTS = REPO / "experiments" / "results" / "glue-cpu"
 LR_GRID = (1e-4, 3e-4)
 SELECT_SEED = 0
+# Tasks whose 1-3 layer students the defaults study saw at chance: before the lr sweep, ft students on seed 0 try
+# each setting below (at depth PROBE_DEPTH, both lrs), cheapest first; the first whose better run LEARNS is fixed for
+# every variant and depth of the task alike. LEARNS: dev score >= chance + max(2 points, half the teacher's gain
+# over chance). None learns: the default stays and the failure is reported with the probe's numbers. (Fixed before
+# any probe ran, 2026-12-04.)
+PROBE_TASKS = ("rte", "mrpc")
+PROBE_DEPTH = 3
+SETTINGS = (("default", 0, 1), ("deeper", 1, 1), ("longer", 0, 3))   # (name, layers added, x the rule's epochs)
 SESSION = ""   # this start of the driver (teachers.json): set by main
 
 
@@ -84,7 +92,9 @@ def trial_rows(stores: list[Path], name: str) -> list[dict]:
             continue
         rows.append({"variant": r["variant"], "student_layers": int(r["student_layers"]),
                      "augment": p.get("augment", "none"), "lr": float(p["lr"]), "seed": int(r["seed"]),
-                     "primary": float(r["final/primary"]), "run_id": r["run_id"]})
+                     "epochs": float(p["epochs"]) if p.get("epochs") not in (None, "None") else None,
+                     "primary": float(r["final/primary"]), "chance": float(r.get("chance_primary", "nan")),
+                     "run_id": r["run_id"]})
     return rows
 
 
@@ -178,6 +188,83 @@ def note_teacher(out: Path, exp: Path, phase: str) -> dict:
     return me
 
 
+def train_rows(task: str, data_dir: str | None = None) -> int:
+    """Rows of the task's training set (one per line after the header, as GLUE's TSVs are)."""
+    from mixkd.core.tasks import get_task
+    with open(Path(data_dir or os.environ["GLUE_DIR"]) / get_task(task).folder / "train.tsv", encoding="utf-8") as fh:
+        return sum(1 for line in fh if line.strip()) - 1
+
+
+def learns(score: float, chance: float, teacher: float) -> bool:
+    return score >= chance + max(0.02, 0.5 * (teacher - chance))
+
+
+def teacher_score(stores: list[Path], name: str) -> float | None:
+    from mixkd.core.errors import UsageError
+    from mixkd.tracking.runstore import load_runs
+    try:
+        df = load_runs([str(p) for p in stores], name)
+    except UsageError:
+        return None
+    t = df[(df["role"] == "teacher") & (df["status"] == "FINISHED")]
+    return float(t["final/primary"].iloc[0]) if len(t) else None
+
+
+def choose_setting(task: str, base: dict, storage: Path, do_commit: bool, results: Path) -> dict:
+    """The setting every cell of ``task`` runs with (``<task>/setting.json``): the default, or for PROBE_TASKS the
+    first of SETTINGS whose ft student learns on seed 0 (see PROBE_TASKS)."""
+    out, f = results / task, results / task / "setting.json"
+    if f.is_file():
+        return json.loads(f.read_text())
+    if task not in PROBE_TASKS:
+        return {"name": "default", "layers_added": 0, "epochs": None}
+    from mixkd.core.defaults import epochs_for
+    rule = epochs_for(train_rows(task, base.get("data_dir")), base["base"]["batch_size"])
+    probe = [{"name": n, "layers": PROBE_DEPTH + add, "epochs": rule * k} for n, add, k in SETTINGS]
+    name, root = f"glue-cpu-{task}-probe", results / "stores-probe"
+
+    def key(layers, epochs, lr):
+        return layers, float(epochs), f"{lr:g}"
+    done = {key(r["student_layers"], r["epochs"], r["lr"]) for r in trial_rows(store_parts(root, task), name)}
+    todo = [{"variant": "ft", "student_layers": p["layers"], "lr": lr, "student_seed": SELECT_SEED,
+             "epochs": p["epochs"]} for p in probe for lr in LR_GRID
+            if key(p["layers"], p["epochs"], lr) not in done]
+    if todo:
+        print(f"{task}: probe for a setting that learns, {len(todo)} run(s) to go", flush=True)
+        spec = {**base, "tasks": [task], "student_seeds": [], "grid": todo}
+        exp = sweep(spec, name, storage, storage / f"{task}.log",
+                    Snapshots(new_part(root, task), out, do_commit, f"{task} probe"))
+        note_teacher(out, exp, "probe")
+    rows = trial_rows(store_parts(root, task), name)
+    teacher = teacher_score(store_parts(root, task), name)
+    tried, chosen = [], None
+    for p, (n, add, k) in zip(probe, SETTINGS):
+        runs = sorted((r for r in rows if key(r["student_layers"], r["epochs"], r["lr"])[:2] == key(
+            p["layers"], p["epochs"], 0)[:2]), key=lambda r: (-r["primary"], r["lr"]))
+        best = runs[0]
+        ok = learns(best["primary"], best["chance"], teacher)
+        tried.append({"name": n, "layers": p["layers"], "epochs": p["epochs"], "best_lr": best["lr"],
+                      "scores": {f"{r['lr']:g}": r["primary"] for r in runs}, "learns": ok})
+        if ok and chosen is None:
+            chosen = {"name": n, "layers_added": add, "epochs": None if k == 1 else p["epochs"]}
+    setting = {**(chosen or {"name": "default", "layers_added": 0, "epochs": None}), "task": task,
+               "none_learns": chosen is None, "teacher": teacher, "chance": rows[0]["chance"],
+               "bar": rows[0]["chance"] + max(0.02, 0.5 * (teacher - rows[0]["chance"])), "rule_epochs": rule,
+               "probe_depth": PROBE_DEPTH, "select_seed": SELECT_SEED, "tried": tried, "cpu": cpu_model()}
+    f.write_text(json.dumps(setting, indent=2) + "\n")
+    if do_commit:
+        commit([out, root], f"glue-cpu {task}: setting '{setting['name']}' chosen on seed {SELECT_SEED} "
+                            f"({'none of the settings learns' if chosen is None else 'it learns'})")
+    return setting
+
+
+def reuse_teacher(src_exp: Path, dst_exp: Path) -> None:
+    """This session's teacher of an earlier phase, copied into the next phase's sweep (not fine-tuned again)."""
+    if (src_exp / "teachers").is_dir() and not (dst_exp / "teachers").exists():
+        src = next((src_exp / "teachers").iterdir())
+        shutil.copytree(src, dst_exp / "teachers" / src.name)
+
+
 def run_task(task: str, base: dict, storage: Path, do_commit: bool, results: Path = RESULTS) -> None:
     out = results / task
     if (out / "done.json").is_file():
@@ -185,11 +272,14 @@ def run_task(task: str, base: dict, storage: Path, do_commit: bool, results: Pat
         return
     out.mkdir(parents=True, exist_ok=True)
     log = storage / f"{task}.log"
-    cells = base["grid"]
+    setting = choose_setting(task, base, storage, do_commit, results)
+    cells = [{**c, "student_layers": c["student_layers"] + setting["layers_added"],
+              **({"epochs": setting["epochs"]} if setting["epochs"] else {})} for c in base["grid"]]
     spec = {**base, "tasks": [task], "student_seeds": []}
     t0 = time.time()
     choice_file = out / "lr_choice.json"
-    lr_name, name = f"glue-cpu-{task}-lr", f"glue-cpu-{task}"
+    tag = "" if setting["name"] == "default" else f"-{setting['name']}"
+    lr_name, name = f"glue-cpu-{task}-lr{tag}", f"glue-cpu-{task}{tag}"
     lr_exp, exp_dir = storage / lr_name, storage / name
     plain = [c for c in cells if c.get("augment", "none") == "none"]
     if not choice_file.is_file():
@@ -202,6 +292,7 @@ def run_task(task: str, base: dict, storage: Path, do_commit: bool, results: Pat
         if todo:
             print(f"{task}: lr sweep, {len(todo)} run(s) to go ({len(done)} kept from earlier sessions)", flush=True)
             part = new_part(lr_root, task)
+            reuse_teacher(storage / f"glue-cpu-{task}-probe", lr_exp)
             sweep({**spec, "grid": todo}, lr_name, storage, log, Snapshots(part, out, do_commit, f"{task} lr"))
             note_teacher(out, lr_exp, "lr")
         rows = [r for r in trial_rows(store_parts(lr_root, task), lr_name) if r["seed"] == SELECT_SEED]
@@ -232,9 +323,7 @@ def run_task(task: str, base: dict, storage: Path, do_commit: bool, results: Pat
             if (c["variant"], c["student_layers"], c.get("augment", "none"), s) not in done]
     if todo:
         print(f"{task}: {len(todo)} reported run(s) to go ({len(done)} kept from earlier sessions)", flush=True)
-        if lr_exp.is_dir() and (lr_exp / "teachers").is_dir() and not (exp_dir / "teachers").exists():
-            src = next((lr_exp / "teachers").iterdir())   # this session's teacher, not fine-tuned again
-            shutil.copytree(src, exp_dir / "teachers" / src.name)
+        reuse_teacher(lr_exp, exp_dir)
         part = new_part(root, task)
         sweep({**spec, "grid": todo}, name, storage, log, Snapshots(part, out, do_commit, task))
         note_teacher(out, exp_dir, "reported")

@@ -24,27 +24,12 @@ MAX_FUNCTION_LINES = 60
 # third-party frameworks and the first layer allowed to import them
 FRAMEWORKS = {"ray": "platform", "optuna": "platform", "mlflow": "tracking"}
 
-# functions over MAX_FUNCTION_LINES lines that stay for now, each with why (path::qualified name: reason)
-LONG_FUNCTIONS = {
-    "mixkd/platform/driver.py::run_sweep": "the sweep's whole lifecycle; the lead is changing driver.py now",
-    "mixkd/core/config.py::validate": "one check per user-facing value in field order; core/ is being changed now",
-    "mixkd/platform/estimate.py::calibrate": "the dry run's calibration, new in issue 27; the lead is changing it now",
-    "mixkd/platform/estimate.py::plan": "the dry run's plan, new in issue 27; the lead is changing it now",
-    "mixkd/platform/trial.py::run_trial": "one Tune trial end to end; waits for the loss-terms work in core/ and jobs/",
-    "mixkd/core/trainer.py::Trainer.__init__": "sets up every loss term; core/ is being changed by the loss-terms work",
-    "mixkd/platform/spec.py::SweepSpec.validate": "one check per spec field; spec.py is being changed now",
-}
+# functions over MAX_FUNCTION_LINES lines that stay for now, each with why (path::qualified name: reason); none today
+LONG_FUNCTIONS: dict[str, str] = {}
 
 # imports of another module's private name that wait for their owners (importing module: {module.name, ...}); the
 # fix is to drop the underscore at the definition and in every user, or to move the helper to its one user
-PRIVATE_IMPORTS_PENDING = {
-    # core/ is being changed by the loss-terms work
-    "mixkd/core/evaluation.py": {"mixkd.core.mixup._token_type_table"},
-    # platform/ and report/: import lines only until the owners' changes land
-    "mixkd/platform/estimate.py": {"mixkd.platform.prepare._bt_cells", "mixkd.platform.prepare._kd_cells",
-                                   "mixkd.platform.spec._student_knobs"},
-    "mixkd/platform/prepare.py": {"mixkd.platform.spec._student_knobs"},
-}
+PRIVATE_IMPORTS_PENDING: dict[str, set[str]] = {}   # none today
 
 
 def _modules() -> dict[str, Path]:

@@ -63,6 +63,42 @@ def test_the_plan_schedules_trials_on_the_slots_the_resources_allow(tmp_path, ti
     assert not spec.experiment_dir.exists()                      # planning writes nothing
 
 
+def test_latency_and_selection_cost_every_architecture_configuration_and_format(tmp_path, tiny_bert_dir,
+                                                                               small_glue_dir):
+    """The latency phase times each architecture under the protocol (fp32, (batch, seq) inputs at the latency
+    calibration's rates); the choice within a budget scores every configuration in every format (onnx-int8 twice)."""
+    from dataclasses import replace
+
+    from mixkd.deploy import latency as L
+    cal = replace(CAL, fwd32_layer=1e-4, fwd32_base=2e-5, lat1_layer=3e-5, lat1_base=1e-5, latn_layer=1e-5,
+                  latn_base=5e-6, lat_seq_len=128)
+    assert cal.latency_iter(1, 128, 2) == pytest.approx(128 * (1e-5 + 2 * 3e-5))
+    assert cal.latency_iter(32, 128, 2) == pytest.approx(32 * 128 * (5e-6 + 2 * 1e-5))
+    assert cal.forward32(1000, 2) == pytest.approx(1000 * (2e-5 + 2e-4))
+    formats = ["torch", "onnx", "onnx-int8"]
+    spec = tiny_spec(tmp_path, tiny_bert_dir, small_glue_dir, measure_latency=True, latency_budget_ms=5.0,
+                     latency_batch_sizes=[1, 32], select_formats=formats)
+    p = plan(spec, parse_resources("cpu=2"), calibration=cal)
+    lat = next(j for j in p.jobs if j.phase == "latency")
+
+    def proto(k, b):
+        it = cal.latency_iter(b, 128, k)
+        return L.DEFAULT_WARMUP * it + max(L.DEFAULT_MIN_SECONDS, L.DEFAULT_MIN_ITERS * it) + 0.5
+    from mixkd.platform.estimate import FORMAT_S, RUN_START_S, _depth
+    t = _depth(str(tiny_bert_dir))
+    other = ["onnx", "onnx-int8", "onnx-int8"]
+    expected = sum(proto(k, b) for k in (t, 1, 2) for b in (1, 32)) + sum(FORMAT_S[f] + proto(k, 1)
+                                                                         for f in other for k in (1, 2))
+    assert lat.seconds == pytest.approx(expected)
+    sel = next(j for j in p.jobs if j.phase == "select")
+    assert "3 configuration(s)" in sel.what
+    from mixkd.platform.estimate import data_stats
+    d = data_stats(spec, "sst2", 1.0, 0)
+    dev = {k: cal.forward32(d.dev_rows * d.dev_mean_tokens, k) for k in (1, 2)}
+    per = sum(2.0 + dev[k] + sum(FORMAT_S[f] + dev[k] for f in other) for k in (1, 2, 2))   # ft k1, sm+tmkd/kd k2
+    assert sel.seconds == pytest.approx(RUN_START_S + FORMAT_S["onnx-int8"] + 2.0 + per + proto(1, 1) + proto(2, 1))
+
+
 def test_a_finished_teacher_costs_nothing(tmp_path, tiny_bert_dir, small_glue_dir):
     spec = tiny_spec(tmp_path, tiny_bert_dir, small_glue_dir)
     before = next(j for j in plan(spec, parse_resources("cpu=2"), calibration=CAL).jobs if j.phase == "teacher")
@@ -79,8 +115,9 @@ def test_calibration_times_the_sweeps_own_steps_once(tmp_path, tiny_bert_dir, sm
     spec = tiny_spec(tmp_path, tiny_bert_dir, small_glue_dir)
     cal = estimate.calibrate(spec, "sst2", 1.0, 0, threads=1)
     assert cal.measured and cal.threads == 1 and cal.packed
-    for v in (cal.train_layer, cal.mix_layer, cal.fwd_layer):
+    for v in (cal.train_layer, cal.mix_layer, cal.fwd_layer, cal.fwd32_layer, cal.lat1_layer, cal.latn_layer):
         assert 0 < v < 1e-2 and math.isfinite(v)
+    assert cal.lat_seq_len == spec.latency_seq_len
     assert cal.mix_base + cal.mix_layer > cal.train_base + cal.train_layer   # MixKD's step costs more per token
     import mixkd.core.trainer
     monkeypatch.setattr(mixkd.core.trainer, "Trainer", None)     # a second call must not time anything

@@ -129,10 +129,10 @@ def test_mixup_goes_through_each_familys_own_embeddings(family, tok):
     """lambda = 1 reproduces the model's own forward on input ids (segment ids where the family has segment
     embeddings, none where it has not or has a single one: RoBERTa, XLM-R, Longformer)."""
     import torch
-    from mixkd.core.mixup import MixPlan, _token_type_table, mix_embeddings
+    from mixkd.core.mixup import MixPlan, mix_embeddings, token_type_table
     from mixkd.core.trainer import model_inputs
     model = _classifier(family, tok)
-    assert (_token_type_table(model) is not None) == (family in SEGMENTS)
+    assert (token_type_table(model) is not None) == (family in SEGMENTS)
     batch = dict(tok(["a gripping film", "the plot is thin"], ["it works", "boring"], padding=True,
                      return_tensors="pt"))
     batch["attention_mask"][:] = 1   # no padding: the union of two masks is each mask

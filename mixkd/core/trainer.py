@@ -71,7 +71,27 @@ class Trainer:
                  wrap_model: Callable[[nn.Module], nn.Module] | None = None):
         from .models import quiet_transformers
         quiet_transformers()
-        if cfg.lr is None or cfg.epochs is None:    # used directly (not through jobs.run): the step-aware defaults
+        cfg = self._with_schedule_defaults(cfg, student, data)
+        self.cfg, self.task, self.data, self.tokenizer = cfg, task, data, tokenizer
+        self.output_dir = Path(output_dir)
+        self.ckpt_dir = self.output_dir / "checkpoints"
+        self.world_size, self.rank = distributed_context()
+        self.is_main = self.rank == 0
+        self._place_student(student, wrap_model)
+        self._set_up_terms(teacher)
+        self.collator = make_collator(tokenizer)
+        self._set_up_teacher_cache()
+        self.callbacks = list(callbacks or [])
+        self.lengths = batching.row_lengths(data.train) if cfg.group_by_length else None
+        self._set_up_schedule()
+        self._reset_progress()
+
+    # --- setup ------------------------------------------------------------------------------
+    @staticmethod
+    def _with_schedule_defaults(cfg, student: nn.Module, data: GlueData):
+        """``cfg`` with the step-aware lr and epochs filled in where unset (the Trainer used directly, not through
+        jobs.run)."""
+        if cfg.lr is None or cfg.epochs is None:
             from .defaults import resolve_schedule
             from .models import encoder_depth
             try:
@@ -79,18 +99,21 @@ class Trainer:
             except UsageError:
                 depth = None
             cfg = resolve_schedule(cfg, len(data.train), depth, distributed_context()[0])
-        self.cfg, self.task, self.data, self.tokenizer = cfg, task, data, tokenizer
-        self.output_dir = Path(output_dir)
-        self.ckpt_dir = self.output_dir / "checkpoints"
-        self.world_size, self.rank = distributed_context()
-        self.is_main = self.rank == 0
-        self.device = resolve_device(cfg.device)
+        return cfg
+
+    def _place_student(self, student: nn.Module, wrap_model: Callable[[nn.Module], nn.Module] | None) -> None:
+        """The device, the student on it and ``model``, the module that runs the forward passes."""
+        self.device = resolve_device(self.cfg.device)
         self.student = student.to(self.device)
         # ``model`` runs the forward passes: the student itself, or a DDP wrapper of it (e.g. Ray's
         # prepare_model); ``student`` is used for attribute access (embeddings) and saving.
         self.model = wrap_model(self.student) if wrap_model else self.student
         if wrap_model:
             self.device = next(self.student.parameters()).device
+
+    def _set_up_terms(self, teacher: nn.Module | None) -> None:
+        """The variant's loss terms, what they need, their weights, the frozen teacher and packing."""
+        cfg = self.cfg
         self.terms = cfg.terms   # what each term needs: its row in mixkd.core.terms.TERMS
         self.needs_teacher = loss_terms.needs_teacher(self.terms)
         self.mixup, self.hidden = loss_terms.uses_mixup(self.terms), loss_terms.uses_hidden(self.terms)
@@ -113,20 +136,23 @@ class Trainer:
         if self.pkd_pairs == [] and self.is_main:
             import warnings
             warnings.warn("variant pkd with a 1-layer student: no intermediate layer to match, L_PT is 0 "
-                          "(the run is Hinton KD)", stacklevel=2)
-        self.collator = make_collator(tokenizer)
-        # kd/pkd: the teacher's outputs on the training rows, computed once (mixkd.core.teacher_cache)
+                          "(the run is Hinton KD)", stacklevel=3)   # the caller of Trainer(...)
+
+    def _set_up_teacher_cache(self) -> None:
+        """kd/pkd: the teacher's outputs on the training rows, computed once (mixkd.core.teacher_cache)."""
+        cfg = self.cfg
         self.teacher_cache = None
         if self.teacher_on_originals and cfg.teacher_outputs == "cache":
             from .teacher_cache import teacher_outputs
             self.teacher_cache = teacher_outputs(
-                self.teacher, cfg.teacher, data.train, self.collator, cfg.eval_batch_size, self.device,
+                self.teacher, cfg.teacher, self.data.train, self.collator, cfg.eval_batch_size, self.device,
                 "bf16" if resolve_precision(self.device, cfg.precision)[0] else "fp32", self.packed,
                 hidden=self.hidden)
-        self.callbacks = list(callbacks or [])
-        self.lengths = batching.row_lengths(data.train) if cfg.group_by_length else None
 
-        n = math.ceil(len(data.train) / self.world_size)   # this rank's shard
+    def _set_up_schedule(self) -> None:
+        """Steps per epoch of this rank, the total steps, the optimizer and the linear warmup schedule."""
+        cfg = self.cfg
+        n = math.ceil(len(self.data.train) / self.world_size)   # this rank's shard
         self.micro_per_epoch = math.ceil(n / cfg.batch_size)
         self.steps_per_epoch = math.ceil(self.micro_per_epoch / cfg.grad_accum)
         self.total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
@@ -134,7 +160,9 @@ class Trainer:
         from transformers import get_linear_schedule_with_warmup
         self.scheduler = get_linear_schedule_with_warmup(
             self.optimizer, int(cfg.warmup_ratio * self.total_steps), self.total_steps)
-        # progress counters (restored on resume)
+
+    def _reset_progress(self) -> None:
+        """The progress counters (restored on resume) and the logged loss sums."""
         self.step, self.epoch, self.step_in_epoch = 0, 0, 0
         self.best_value: float | None = None
         self.best_step: int | None = None
@@ -147,7 +175,6 @@ class Trainer:
         self._sum_count = 0
         self.last_total = float("nan")             # the last step's total loss (read by its NaN check)
 
-    # --- setup ------------------------------------------------------------------------------
     def _make_optimizer(self) -> torch.optim.Optimizer:
         decay, no_decay = [], []
         for name, p in self.student.named_parameters():

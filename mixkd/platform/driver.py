@@ -15,17 +15,16 @@ from ..core.config import MixKDConfig
 from ..core.atomic import write_json_atomic
 from ..core.errors import UsageError
 from .prepare import (latency_key, measure_latencies, prepare_augmentations, prepare_teacher_outputs,
-                      prepare_teachers)
-from .search_space import DefineByRun, build_space, grid_cells
-from .spec import CONFIG_FIELDS, SweepSpec, preflight, saved_spec, sweep_params
+                      prepare_teachers, teacher_latency_key)
+from .search_space import DefineByRun, grid_cells
+from .spec import SweepPlan, SweepSpec, TrialGroup, group_name, preflight, saved_spec, sweep_params
 from .summary import summarize
 from .trial import run_trial, trial_failure_reason
 
 
 # --- the Tune callback that records trials in MLflow ----------------------------------------------
 
-def _mlflow_callback(tracker, trials_dir: Path, spec: SweepSpec, teachers: dict[str, str],
-                     latency: dict[str, dict] | None = None):
+def _mlflow_callback(tracker, plan: SweepPlan):
     from ray.tune import Callback
 
     from ..tracking.writer import SweepTracker
@@ -33,17 +32,19 @@ def _mlflow_callback(tracker, trials_dir: Path, spec: SweepSpec, teachers: dict[
     class MLflowSweepCallback(Callback):
         """Driver-side: one nested MLflow run per trial, metrics per eval, artifacts at the end."""
 
+        def __init__(self):
+            super().__init__()
+            self.configs: dict[str, MixKDConfig] = {}   # trial id -> its config, resolved once (plan.trial_config)
+
         def _cfg(self, trial) -> MixKDConfig:
-            cell = dict(trial.config.get("cell", {}))
-            task, fraction, seed = cell.pop("task"), cell.pop("data_fraction"), cell.pop("seed")
-            knobs = {**cell, **{k: v for k, v in trial.config.items() if k in CONFIG_FIELDS}}
-            teacher = teachers[spec.teacher_key(task, fraction, seed)]
-            return spec.student_config(task, fraction, seed, teacher, str(trials_dir / trial.trial_id), **knobs)
+            if trial.trial_id not in self.configs:
+                self.configs[trial.trial_id] = plan.trial_config(trial.config, trial.trial_id)
+            return self.configs[trial.trial_id]
 
         def on_trial_start(self, iteration, trials, trial, **info):
             cfg = self._cfg(trial)
             tracker.child(trial.trial_id, cfg, role="trial", name=f"trial {trial.trial_id}")
-            lat = (latency or {}).get(latency_key(cfg))
+            lat = plan.latency.get(latency_key(cfg))
             if lat:
                 tracker.submit(SweepTracker.log_latency, trial.trial_id, lat["metrics"], lat["tags"])
 
@@ -53,15 +54,16 @@ def _mlflow_callback(tracker, trials_dir: Path, spec: SweepSpec, teachers: dict[
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             tracker.child(trial.trial_id, self._cfg(trial), role="trial")
-            out = trials_dir / trial.trial_id
+            out = plan.trials_dir / trial.trial_id
             finished = (out / "metrics.json").is_file()
             tracker.finish(trial.trial_id, out, status="FINISHED" if finished else "KILLED",
                            reason=None if finished else "stopped early by the scheduler", log_model=False)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             tracker.child(trial.trial_id, self._cfg(trial), role="trial")
-            out = trials_dir / trial.trial_id
-            reason = trial_failure_reason(trial.error_file, out, trial.run_metadata.num_failures, spec.max_failures)
+            out = plan.trials_dir / trial.trial_id
+            reason = trial_failure_reason(trial.error_file, out, trial.run_metadata.num_failures,
+                                          plan.spec.max_failures)
             tracker.finish(trial.trial_id, out, status="FAILED", reason=reason, log_model=False)
 
     return MLflowSweepCallback()
@@ -82,20 +84,11 @@ def max_concurrent(spec: SweepSpec) -> int:
     return max(1, n)
 
 
-def _trainable(spec: SweepSpec, fixed: dict):
+def _tuner(plan: SweepPlan, group: str, callbacks, resume: bool, param_space: dict, search_alg=None, scheduler=None,
+           num_samples: int = 1):
     from ray import tune
-    fn = tune.with_parameters(run_trial, fixed=fixed)
-    if spec.workers_per_trial == 1:
-        return tune.with_resources(fn, {"CPU": spec.cpus_per_trial, "GPU": spec.gpus_per_trial})
-    # the trial only drives a TorchTrainer, whose workers hold the CPUs/GPUs (env_probe §4.4)
-    return tune.with_resources(fn, {"CPU": 0.01})
-
-
-def _tuner(spec: SweepSpec, exp_dir: Path, group: str, fixed: dict, callbacks, resume: bool,
-           param_space: dict, search_alg=None, scheduler=None, num_samples: int = 1):
-    from ray import tune
-    path = exp_dir / "tune" / group
-    trainable = _trainable(spec, fixed)
+    spec, path = plan.spec, plan.tune_dir / group
+    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), plan.resources)
     if resume and tune.Tuner.can_restore(str(path)):
         print(f"{group}: resuming from {path}")
         return tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True,
@@ -107,7 +100,7 @@ def _tuner(spec: SweepSpec, exp_dir: Path, group: str, fixed: dict, callbacks, r
                                     search_alg=search_alg, scheduler=scheduler,
                                     num_samples=num_samples, max_concurrent_trials=max_concurrent(spec),
                                     reuse_actors=True),   # a trial process imports torch/transformers once
-        run_config=tune.RunConfig(name=group, storage_path=str(exp_dir / "tune"), callbacks=callbacks,
+        run_config=tune.RunConfig(name=group, storage_path=str(plan.tune_dir), callbacks=callbacks,
                                   failure_config=tune.FailureConfig(max_failures=spec.max_failures), verbose=1),
     )
 
@@ -148,21 +141,50 @@ def check_sweep(spec: SweepSpec, resume: bool = False) -> CheckedSweep:
 
 def run_sweep(spec: SweepSpec | CheckedSweep, resume: bool = False) -> dict[str, Any]:
     """Teachers first, then the trials of every group; returns the summary (also summary.json). ``spec``: a
-    :class:`CheckedSweep` (the CLI checks before it connects to Ray), or a spec, checked here."""
-    from ..tracking.writer import BackgroundTracker
+    :class:`CheckedSweep` (the CLI checks before it connects to Ray), or a spec, checked here.
 
+    The stages: open the experiment (sweep.yaml, the MLflow parent run), prepare (+BT files, teachers, their kd/pkd
+    outputs, latencies), plan the trials once (:func:`plan_trials`), run them on Tune, summarize (and with a latency
+    budget, select the best student within it)."""
     checked = spec if isinstance(spec, CheckedSweep) else check_sweep(spec, resume)
-    spec, resume, uri = checked.spec, checked.resume, checked.tracking_uri
-    exp_dir = spec.experiment_dir
-    spec_file = exp_dir / "sweep.yaml"
+    tracker = open_experiment(checked)
+    teachers, latency = prepare(checked.spec, tracker, checked.tracking_uri)
+    plan = plan_trials(checked.spec, teachers, latency)
+    status = "FAILED"
+    try:
+        saved = run_trials(plan, tracker, checked.resume)
+        summary = finish(plan, tracker, saved)
+        status = "FINISHED"
+        return summary
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracker.close(status)
+
+
+def open_experiment(checked: CheckedSweep):
+    """Announce each task's data source, write sweep.yaml (a new experiment; a resumed one matches it), and open the
+    sweep's MLflow parent run (a BackgroundTracker: the store opens on its writer thread meanwhile)."""
     from ..core.data import announce_data_source
+    from ..tracking.writer import BackgroundTracker
+    spec = checked.spec
+    exp_dir = spec.experiment_dir
     for source, task in checked.sources:
         announce_data_source(source, task)
     exp_dir.mkdir(parents=True, exist_ok=True)
+    spec_file = exp_dir / "sweep.yaml"
     if not spec_file.is_file():
         spec_file.write_text(yaml.safe_dump(saved_spec(spec), sort_keys=False))
-    tracker = BackgroundTracker(uri, spec.experiment_name or spec.name, sweep_id=str(exp_dir),
-                                artifact_dir=exp_dir / "mlartifacts", sweep_params=sweep_params(spec))
+    return BackgroundTracker(checked.tracking_uri, spec.experiment_name or spec.name, sweep_id=str(exp_dir),
+                             artifact_dir=exp_dir / "mlartifacts", sweep_params=sweep_params(spec))
+
+
+def prepare(spec: SweepSpec, tracker, uri: str) -> tuple[dict[str, str], dict[str, dict]]:
+    """What the trials need, as Ray tasks before any of them: the +BT files, the teachers, their outputs for kd/pkd,
+    the latencies (the teachers' logged on the parent run). Returns (teachers, latency); a UsageError when the MLflow
+    store failed to open meanwhile."""
+    exp_dir = spec.experiment_dir
     prepare_augmentations(spec, exp_dir, tracker)   # +BT files first (sets base.augment_dir); no-op without BT
     teachers = prepare_teachers(spec, exp_dir, tracker)
     prepare_teacher_outputs(spec, teachers)   # kd/pkd: the teacher on the training rows once, not once per trial
@@ -170,26 +192,46 @@ def run_sweep(spec: SweepSpec | CheckedSweep, resume: bool = False) -> dict[str,
     if latency:
         from ..tracking.writer import SweepTracker
         for task, fraction, seed in spec.groups():
-            tcfg = spec.teacher_config(task, fraction, seed, teachers[spec.teacher_key(task, fraction, seed)])
-            lat = latency[latency_key(tcfg, "teacher")]
+            lat = latency[teacher_latency_key(task)]
             tracker.submit(SweepTracker.log_latency, f"teacher-{spec.teacher_key(task, fraction, seed)}",
                            lat["metrics"], lat["tags"])
     if tracker.failed():   # the store opens on the writer thread meanwhile (see BackgroundTracker)
         tracker.close("FAILED", quiet=True)
         from ..tracking.store import redact_uri
         raise UsageError(f"MLflow store {redact_uri(uri)}: {tracker.failed()[:300]}")
-    # the budget decides what trains: an architecture over it in its fastest considered format never does
-    budget = resolve_budget(spec, latency, teachers) if spec.latency_budget_ms is not None else None
+    return teachers, latency
+
+
+def plan_trials(spec: SweepSpec, teachers: dict[str, str], latency: dict[str, dict]) -> SweepPlan:
+    """The sweep's trials, planned once from the checked spec and what was prepared: the groups, the latency budget
+    (an architecture over it in its fastest considered format never trains: one UsageError when a task has none
+    within it), and the grid's cells within the budget or the search space. The plan's spec is the trials' copy
+    (saved_spec: the tracking URI masked), taken after the preparations (base.augment_dir set for +BT)."""
+    budget = resolve_budget(spec, latency) if spec.latency_budget_ms is not None else None
     infeasible = {}
     if budget is not None:
         from .budget import check_some_feasible, over_budget
         infeasible = over_budget(latency, budget)
         check_some_feasible(spec, latency, infeasible, budget)
-    saved = 0
-    trials_dir = exp_dir / "trials"
-    trials_dir.mkdir(exist_ok=True)
-    fixed = {"spec": saved_spec(spec), "trials_dir": str(trials_dir), "teachers": teachers,
-             "train_storage": str(exp_dir / "train"), "latency": latency, "tune_dir": str(exp_dir / "tune")}
+    groups = [TrialGroup(t, f, s, key, group_name(spec, t, f, s), teachers[key])
+              for t, f, s in spec.groups() for key in [spec.teacher_key(t, f, s)]]
+    plan = SweepPlan(SweepSpec.from_dict(saved_spec(spec)), spec.experiment_dir, groups, latency, budget, infeasible)
+    if spec.mode != "grid":
+        plan.space = spec.space()
+        return plan
+    plan.cells = [{**c, **g.cell, **({} if ss is None else {"student_seed": ss})}
+                  for g in groups for c in grid_cells(spec.grid) for ss in (spec.student_seeds or [None])]
+    if infeasible:
+        from .budget import grid_cells_within
+        plan.cells, skipped = grid_cells_within(spec, plan.cells, infeasible)
+        plan.skipped = len(skipped)
+    return plan
+
+
+def run_trials(plan: SweepPlan, tracker, resume: bool) -> int:
+    """Every group's trials on Ray Tune, recorded in MLflow; returns how many configurations over the latency budget
+    never trained."""
+    plan.trials_dir.mkdir(exist_ok=True)
     # Tune saves its experiment state (what --resume restores) every 10 s or more by default; a trial
     # waits until it is saved before writing anything (wait_until_persisted, overlapped with its loading),
     # so save often
@@ -198,75 +240,85 @@ def run_sweep(spec: SweepSpec | CheckedSweep, resume: bool = False) -> dict[str,
     # holds every metric, and tensorboardX alone takes seconds to import); 0 brings them back
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-    callbacks = [CSVLoggerCallback(), JsonLoggerCallback(),
-                 _mlflow_callback(tracker, trials_dir, spec, teachers, latency)]
-    status = "FAILED"
-    try:
-        if spec.mode == "grid":
-            cells = [{**c, "task": t, "data_fraction": f, "seed": s, **({} if ss is None else {"student_seed": ss})}
-                     for (t, f, s) in spec.groups() for c in grid_cells(spec.grid)
-                     for ss in (spec.student_seeds or [None])]
-            if infeasible:
-                from .budget import describe, grid_cells_within
-                cells, skipped = grid_cells_within(spec, cells, infeasible)
-                saved = len(skipped)
-                if skipped:
-                    print(f"latency budget: {len(skipped)} grid cell(s) skipped, never trained: "
-                          f"{describe(infeasible, budget)}", flush=True)
-            from ray import tune
-            tuner = _tuner(spec, exp_dir, "grid", fixed, callbacks, resume, {"cell": tune.grid_search(cells)})
-            _fit_all(tuner, len(cells))
-        else:
-            import optuna
-            from ray.tune.schedulers import ASHAScheduler
-            from ray.tune.search.optuna import OptunaSearch
+    callbacks = [CSVLoggerCallback(), JsonLoggerCallback(), _mlflow_callback(tracker, plan)]
+    if plan.spec.mode == "grid":
+        return _run_grid(plan, callbacks, resume)
+    return _run_search(plan, callbacks, resume)
 
-            from .samplers import SAMPLERS
-            space = build_space(spec.search_space, spec.base)
-            storage = optuna.storages.RDBStorage(f"sqlite:///{exp_dir / 'optuna.db'}")
-            from ..core.defaults import MAX_EPOCHS
-            epochs = spec.base.get("epochs") or MAX_EPOCHS     # unset: step-aware, at most MAX_EPOCHS evals
-            max_t = max(1, math.ceil(epochs)) if not spec.base.get("eval_steps") else 1000
-            for task, fraction, seed in spec.groups():
-                group = f"search-{spec.teacher_key(task, fraction, seed)}"
-                two = spec.latency_budget_ms is not None   # latency becomes the second objective
-                kind = spec.searcher if spec.searcher != "auto" else ("nsga2" if two else "tpe")
-                sampler = SAMPLERS[kind](seed=seed)      # picklable by Tune (Optuna 5.1's NSGA-II holds a lock)
-                common = dict(space=DefineByRun(space, spec.base),
-                              metric=["primary", "latency_ms"] if two else "primary",
-                              mode=["max", "min"] if two else "max", sampler=sampler,
-                              study_name=f"{spec.name}-{group}", storage=storage)
-                if two:   # configurations over the budget: told to Optuna as infeasible, never trained (.budget)
-                    from .budget import ArchitectureKey, BudgetedOptunaSearch
-                    searcher = BudgetedOptunaSearch(**common, infeasible=infeasible, budget=budget,
-                                                    key=ArchitectureKey(spec, task, fraction, seed))
-                else:
-                    searcher = OptunaSearch(**common)
-                scheduler = ASHAScheduler(metric="primary", mode="max", max_t=max_t,
-                                          grace_period=min(spec.grace_period, max_t),
-                                          reduction_factor=spec.reduction_factor)
-                cell = {"task": task, "data_fraction": fraction, "seed": seed}
-                tuner = _tuner(spec, exp_dir, group, fixed, callbacks, resume, {"cell": cell},
-                               search_alg=searcher, scheduler=scheduler, num_samples=spec.num_samples)
-                _fit_all(tuner, spec.num_samples)
-                close_orphan_optuna_trials(storage, f"{spec.name}-{group}")
-                saved += count_infeasible(storage, f"{spec.name}-{group}")
-        summary = summarize(exp_dir, tracker)
-        if budget is not None:
-            summary["trials_saved_by_budget"] = saved
-            summary["over_budget"] = infeasible
-            print(f"latency budget {budget:g} ms: {saved} configuration(s) over it were never trained", flush=True)
-            tracker.flush()
-            summary["latency_budget_ms"] = budget
-            summary["selection"] = select_under_budget(spec, exp_dir, tracker.uri, budget)
-            write_json_atomic(exp_dir / "summary.json", summary)
-        status = "FINISHED"
+
+def _run_grid(plan: SweepPlan, callbacks, resume: bool) -> int:
+    """Every cell once, as one Tune experiment (``tune/grid``); returns the cells skipped for the budget."""
+    from ray import tune
+    if plan.skipped:
+        from .budget import describe
+        print(f"latency budget: {plan.skipped} grid cell(s) skipped, never trained: "
+              f"{describe(plan.infeasible, plan.budget)}", flush=True)
+    tuner = _tuner(plan, "grid", callbacks, resume, {"cell": tune.grid_search(plan.cells)})
+    _fit_all(tuner, len(plan.cells))
+    return plan.skipped
+
+
+def _run_search(plan: SweepPlan, callbacks, resume: bool) -> int:
+    """Per group, ``num_samples`` trials proposed by Optuna (one study each, in optuna.db) and stopped early by ASHA;
+    returns the configurations told to Optuna as over the latency budget (never trained)."""
+    import optuna
+    storage = optuna.storages.RDBStorage(f"sqlite:///{plan.exp_dir / 'optuna.db'}")
+    saved = 0
+    for group in plan.groups:
+        study = f"{plan.spec.name}-{group.name}"
+        tuner = _tuner(plan, group.name, callbacks, resume, {"cell": group.cell},
+                       search_alg=_searcher(plan, group, storage, study), scheduler=_scheduler(plan.spec),
+                       num_samples=plan.spec.num_samples)
+        _fit_all(tuner, plan.spec.num_samples)
+        close_orphan_optuna_trials(storage, study)
+        saved += count_infeasible(storage, study)
+    return saved
+
+
+def _searcher(plan: SweepPlan, group: TrialGroup, storage, study: str):
+    """The group's OptunaSearch: TPE (NSGA-II on dev score and latency with a budget) unless the spec names one."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    from .samplers import SAMPLERS
+    spec = plan.spec
+    two = plan.budget is not None   # latency becomes the second objective
+    kind = spec.searcher if spec.searcher != "auto" else ("nsga2" if two else "tpe")
+    sampler = SAMPLERS[kind](seed=group.seed)      # picklable by Tune (Optuna 5.1's NSGA-II holds a lock)
+    common = dict(space=DefineByRun(plan.space, spec.base), metric=["primary", "latency_ms"] if two else "primary",
+                  mode=["max", "min"] if two else "max", sampler=sampler, study_name=study, storage=storage)
+    if not two:
+        return OptunaSearch(**common)
+    # configurations over the budget: told to Optuna as infeasible, never trained (.budget)
+    from .budget import ArchitectureKey, BudgetedOptunaSearch
+    return BudgetedOptunaSearch(**common, infeasible=plan.infeasible, budget=plan.budget,
+                                key=ArchitectureKey(spec, group.task, group.fraction, group.seed))
+
+
+def _scheduler(spec: SweepSpec):
+    """ASHA over the evals of a trial: at most the epochs' evals (steps-based evals: up to 1000)."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    from ..core.defaults import MAX_EPOCHS
+    epochs = spec.base.get("epochs") or MAX_EPOCHS     # unset: step-aware, at most MAX_EPOCHS evals
+    max_t = max(1, math.ceil(epochs)) if not spec.base.get("eval_steps") else 1000
+    return ASHAScheduler(metric="primary", mode="max", max_t=max_t, grace_period=min(spec.grace_period, max_t),
+                         reduction_factor=spec.reduction_factor)
+
+
+def finish(plan: SweepPlan, tracker, saved: int) -> dict[str, Any]:
+    """The summary (summary.json); with a latency budget also what it saved and the best student within it per
+    task, exported (select_under_budget)."""
+    summary = summarize(plan.exp_dir, tracker)
+    if plan.budget is None:
         return summary
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        tracker.close(status)
+    summary["trials_saved_by_budget"] = saved
+    summary["over_budget"] = plan.infeasible
+    print(f"latency budget {plan.budget:g} ms: {saved} configuration(s) over it were never trained", flush=True)
+    tracker.flush()
+    summary["latency_budget_ms"] = plan.budget
+    summary["selection"] = select_under_budget(plan.spec, plan.exp_dir, tracker.uri, plan.budget)
+    write_json_atomic(plan.exp_dir / "summary.json", summary)
+    return summary
 
 
 def _drop_tune_restore_hint(record) -> bool:
@@ -329,13 +381,13 @@ def count_infeasible(storage, study_name: str) -> int:
     return sum(INFEASIBLE_ATTR in t.user_attrs for t in study.get_trials(deepcopy=False))
 
 
-def resolve_budget(spec: SweepSpec, latency: dict, teachers: dict[str, str]) -> float:
+def resolve_budget(spec: SweepSpec, latency: dict) -> float:
     """The latency budget in ms: the spec's number, or for ``auto`` half the fastest teacher's latency at the
-    spec's percentile and batch size (as measured before the trials)."""
+    spec's percentile and batch size (as measured before the trials; a teacher's latency key is its task's)."""
     if spec.latency_budget_ms != "auto":
         return float(spec.latency_budget_ms)
-    t = [latency[k]["objective_ms"] for k in {latency_key(spec.teacher_config(task, f, s, teachers[
-        spec.teacher_key(task, f, s)]), "teacher") for task, f, s in spec.groups()} if k in latency]
+    t = [latency[k]["objective_ms"] for k in {teacher_latency_key(task) for task, _, _ in spec.groups()}
+         if k in latency]
     if not t:
         raise UsageError("latency_budget_ms auto needs the teacher's latency; keep measure_latency on")
     return round(min(t) / 2, 3)

@@ -63,6 +63,16 @@ class Calibration:
     packed: bool
     measured: bool = True
     note: str = ""
+    # fp32, unpacked, as latency measurement and the selection run a model (deploy/): a forward over rows of their
+    # own lengths (a dev evaluation), and per position of a (batch, latency_seq_len) input at batch 1 and LAT_BATCH,
+    # with every CPU of the node (the latency phase reserves the node); 0: not measured (a GPU: fwd_* assumed)
+    fwd32_layer: float = 0.0
+    fwd32_base: float = 0.0
+    lat1_layer: float = 0.0
+    lat1_base: float = 0.0
+    latn_layer: float = 0.0
+    latn_base: float = 0.0
+    lat_seq_len: int = 0
 
     def train(self, tokens: float, layers: int) -> float:
         return tokens * (self.train_base + layers * self.train_layer)
@@ -72,6 +82,20 @@ class Calibration:
 
     def forward(self, tokens: float, layers: int) -> float:
         return tokens * (self.fwd_base + layers * self.fwd_layer)
+
+    def forward32(self, tokens: float, layers: int) -> float:
+        """A dev evaluation as the selection runs it (fp32, padded by length)."""
+        if not self.fwd32_layer:
+            return self.forward(tokens, layers)
+        return tokens * (self.fwd32_base + layers * self.fwd32_layer)
+
+    def latency_iter(self, batch_size: int, seq_len: int, layers: int) -> float:
+        """One timed forward of the latency protocol: a (batch_size, seq_len) input, fp32, every CPU."""
+        if not self.lat1_layer:
+            return self.forward(batch_size * seq_len, layers)
+        small = batch_size < (1 + LAT_BATCH) / 2
+        base, layer = (self.lat1_base, self.lat1_layer) if small else (self.latn_base, self.latn_layer)
+        return batch_size * seq_len * (base + layers * layer)
 
 
 @dataclass
@@ -98,6 +122,8 @@ class Plan:
 # --- the calibration -----------------------------------------------------------------------------
 
 CAL_STEPS = 6
+CAL_VERSION = 2     # in the cache key: a calibration of an older layout is measured again
+LAT_BATCH = 16      # the larger batch the latency forward is timed at
 
 
 def calibrate(spec: SweepSpec, task: str, fraction: float, seed: int, threads: int,
@@ -108,15 +134,13 @@ def calibrate(spec: SweepSpec, task: str, fraction: float, seed: int, threads: i
     architecture (the cost does not depend on the values). About ten seconds; cached per CPU, threads, precision,
     architecture and rows."""
     import hashlib
-    import tempfile
 
     import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoConfig
 
     from ..core.data import cache_dir, load_glue
     from ..core.device import resolve_precision
-    from ..core.models import build_student, load_tokenizer, quiet_transformers, resolve_model
-    from ..core.trainer import Trainer
+    from ..core.models import load_tokenizer, quiet_transformers, resolve_model
     from ..deploy.latency import cpu_model
     quiet_transformers()
     t = spec.task_spec(task)
@@ -129,11 +153,28 @@ def calibrate(spec: SweepSpec, task: str, fraction: float, seed: int, threads: i
     bs = int(spec.base.get("batch_size", MixKDConfig.batch_size))
     key = {"cpu": cpu_model(), "threads": threads, "bf16": bf16, "arch": config.to_diff_dict(), "bs": bs,
            "rows": data.info.get("subset_fingerprint"), "task": t.name, "seq": tcfg.max_seq_length,
-           "torch": torch.__version__, "version": 2}
+           "torch": torch.__version__, "version": CAL_VERSION,
+           "lat_seq": spec.latency_seq_len, "node_threads": os.cpu_count()}
     name = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
     cache = cache_dir() / "calibration" / f"{name}.json"
     if use_cache and cache.is_file():
         return Calibration(**json.loads(cache.read_text()))
+    load_s, per_token, packed = _time_steps(spec, t, tok, data, path, config, bf16, threads)
+    cal = _fitted_calibration(per_token, load_s, threads, bf16, packed,
+                              f"{CAL_STEPS} steps of batch {bs} on {t.name}'s rows", spec.latency_seq_len)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(asdict(cal), indent=1))
+    return cal
+
+
+def _time_steps(spec: SweepSpec, t, tok, data, path, config, bf16: bool, threads: int) -> tuple[float, dict, bool]:
+    """With ``threads`` threads: the seconds loading the teacher takes, the seconds per token of each (variant or
+    ``fwd``, layers) timed by :func:`_time_student` on a random teacher of the architecture, and whether the steps
+    ran packed."""
+    import tempfile
+
+    import torch
+    from transformers import AutoModelForSequenceClassification
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -150,45 +191,93 @@ def calibrate(spec: SweepSpec, task: str, fraction: float, seed: int, threads: i
         with tempfile.TemporaryDirectory() as tmp:
             for variant in ("ft", "sm+tmkd"):
                 for k in (1, 2):
-                    student = build_student(teacher, k).requires_grad_(True)
-                    tr = Trainer(base.replace(variant=variant, output_dir=tmp), t, student, tok, data, Path(tmp),
-                                 teacher=teacher if variant != "ft" else None)
-                    packed = tr.packed
-                    steps = tr._epoch_steps(0)[:CAL_STEPS + 1]
-                    micro = [[tr.collator(data.train.__getitems__(m)) for m in st] for st in steps]
-                    tokens = [sum(int(b["attention_mask"].sum()) for b in mb) for mb in micro]
-                    tr.train_step(micro[0], steps[0])                 # warm-up
-                    rates = []
-                    for mb, st, n in zip(micro[1:], steps[1:], tokens[1:]):
-                        t0 = time.perf_counter()
-                        tr.train_step(mb, st)
-                        rates.append((time.perf_counter() - t0) / n)
-                    per_token[(variant, k)] = statistics.median(rates)   # a busy neighbour spoils one step, not all
-                    if variant == "ft":   # a no-grad forward over the same rows, as evaluation runs it
-                        from ..core.evaluation import predict
-                        rows = data.train.select([i for st in steps[1:] for m in st for i in m])
-                        predict(student, rows.select(range(min(8, len(rows)))), tr.collator, 256, tr.device,
-                                base.precision, packed=packed)
-                        t0 = time.perf_counter()
-                        predict(student, rows, tr.collator, 256, tr.device, base.precision, packed=packed)
-                        per_token[("fwd", k)] = (time.perf_counter() - t0) / sum(tokens[1:])
+                    packed = _time_student(base.replace(variant=variant, output_dir=tmp), t, tok, data, teacher, k,
+                                           Path(tmp), per_token, spec.latency_seq_len)
                     teacher.float()   # the trainer held it in bf16 for a bf16 step
     finally:
         torch.set_num_threads(before)
+    return load_s, per_token, packed
 
-    def fit(kind):   # (per layer, the rest) from the 1- and 2-layer timings
-        one, two = per_token[(kind, 1)], per_token[(kind, 2)]
-        layer = max(two - one, 0.05 * one)
-        return layer, max(one - layer, 0.0)
-    (tl, tb), (ml, mb), (fl, fb) = fit("ft"), fit("sm+tmkd"), fit("fwd")
-    cal = Calibration(train_layer=tl, train_base=tb, mix_layer=ml, mix_base=mb, fwd_layer=fl, fwd_base=fb,
-                      load_s=round(load_s, 3), device="cpu", threads=threads, precision="bf16" if bf16 else "fp32",
-                      packed=packed,
-                      note=f"{cpu_model()}, {threads} thread(s), {'bf16' if bf16 else 'fp32'}, "
-                           f"{'packed' if packed else 'padded'}, {CAL_STEPS} steps of batch {bs} on {t.name}'s rows")
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(asdict(cal), indent=1))
-    return cal
+
+def _time_student(cfg: MixKDConfig, t, tok, data, teacher, k: int, out: Path, per_token: dict,
+                  lat_seq_len: int) -> bool:
+    """Time CAL_STEPS training steps of a ``k``-layer student of ``teacher`` under ``cfg`` (after one warm-up step)
+    into ``per_token[(cfg.variant, k)]``; for ft also a no-grad forward over the same rows into ``per_token[("fwd",
+    k)]``, and the forwards the deploy side runs (:func:`_time_deploy_forwards`). Returns whether the trainer
+    packs."""
+    from ..core.models import build_student
+    from ..core.trainer import Trainer
+    student = build_student(teacher, k).requires_grad_(True)
+    tr = Trainer(cfg, t, student, tok, data, out, teacher=teacher if cfg.variant != "ft" else None)
+    packed = tr.packed
+    steps = tr._epoch_steps(0)[:CAL_STEPS + 1]
+    micro = [[tr.collator(data.train.__getitems__(m)) for m in st] for st in steps]
+    tokens = [sum(int(b["attention_mask"].sum()) for b in mb) for mb in micro]
+    tr.train_step(micro[0], steps[0])                 # warm-up
+    rates = []
+    for mb, st, n in zip(micro[1:], steps[1:], tokens[1:]):
+        t0 = time.perf_counter()
+        tr.train_step(mb, st)
+        rates.append((time.perf_counter() - t0) / n)
+    per_token[(cfg.variant, k)] = statistics.median(rates)   # a busy neighbour spoils one step, not all
+    if cfg.variant == "ft":   # a no-grad forward over the same rows, as evaluation runs it
+        from ..core.evaluation import predict
+        rows = data.train.select([i for st in steps[1:] for m in st for i in m])
+        predict(student, rows.select(range(min(8, len(rows)))), tr.collator, 256, tr.device, cfg.precision,
+                packed=packed)
+        t0 = time.perf_counter()
+        predict(student, rows, tr.collator, 256, tr.device, cfg.precision, packed=packed)
+        per_token[("fwd", k)] = (time.perf_counter() - t0) / sum(tokens[1:])
+        t0 = time.perf_counter()
+        predict(student, rows, tr.collator, 256, tr.device, "fp32", by_length=True)
+        per_token[("fwd32", k)] = (time.perf_counter() - t0) / sum(tokens[1:])
+        _time_deploy_forwards(student.float(), k, lat_seq_len, per_token)
+    return packed
+
+
+def _time_deploy_forwards(model, k: int, seq_len: int, per_token: dict) -> None:
+    """Seconds per position of the latency protocol's forward (fp32, a random (batch, seq_len) input, every CPU of
+    the node) at batch 1 and LAT_BATCH, into ``per_token[("lat1" / "latn", k)]``; the median of a few."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    try:
+        model.eval()
+        for b, name, reps in ((1, "lat1", 7), (LAT_BATCH, "latn", 3)):
+            gen = torch.Generator().manual_seed(0)
+            ids = torch.randint(0, int(model.config.vocab_size), (b, seq_len), generator=gen)
+            mask = torch.ones_like(ids)
+            times = []
+            with torch.inference_mode():
+                for i in range(reps + 1):
+                    t0 = time.perf_counter()
+                    model(input_ids=ids, attention_mask=mask)
+                    if i:   # the first is a warm-up
+                        times.append(time.perf_counter() - t0)
+            per_token[(name, k)] = statistics.median(times) / (b * seq_len)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _fit(per_token: dict, kind: str) -> tuple[float, float]:
+    """(per layer, the rest) from the 1- and 2-layer timings of ``kind``."""
+    one, two = per_token[(kind, 1)], per_token[(kind, 2)]
+    layer = max(two - one, 0.05 * one)
+    return layer, max(one - layer, 0.0)
+
+
+def _fitted_calibration(per_token: dict, load_s: float, threads: int, bf16: bool, packed: bool,
+                        rows: str, lat_seq_len: int) -> Calibration:
+    """The CPU calibration fitted to the timings; ``rows`` says what was timed."""
+    from ..deploy.latency import cpu_model
+    (tl, tb), (ml, mb), (fl, fb) = _fit(per_token, "ft"), _fit(per_token, "sm+tmkd"), _fit(per_token, "fwd")
+    (f32l, f32b), (l1l, l1b), (lnl, lnb) = _fit(per_token, "fwd32"), _fit(per_token, "lat1"), _fit(per_token, "latn")
+    return Calibration(train_layer=tl, train_base=tb, mix_layer=ml, mix_base=mb, fwd_layer=fl, fwd_base=fb,
+                       load_s=round(load_s, 3), device="cpu", threads=threads, precision="bf16" if bf16 else "fp32",
+                       packed=packed, fwd32_layer=f32l, fwd32_base=f32b, lat1_layer=l1l, lat1_base=l1b,
+                       latn_layer=lnl, latn_base=lnb, lat_seq_len=lat_seq_len,
+                       note=f"{cpu_model()}, {threads} thread(s), {'bf16' if bf16 else 'fp32'}, "
+                            f"{'packed' if packed else 'padded'}, {rows}")
 
 
 def gpu_calibration(teacher_model: str, num_labels: int = 2) -> Calibration:
@@ -316,28 +405,14 @@ def parse_resources(text: str | None) -> dict:
 
 def plan(spec: SweepSpec, resources: dict | None = None, calibration: Calibration | None = None) -> Plan:
     """The jobs of ``spec`` with their estimated seconds, scheduled on ``resources``."""
-    from .prepare import _bt_cells, _kd_cells
-    from .search_space import grid_cells
+    from .prepare import bt_cells, kd_cells
     res = resources or parse_resources(None)
     gpu = spec.gpus_per_trial > 0
-    slots = int(res["cpu"] // spec.cpus_per_trial) if spec.cpus_per_trial else 1
-    if gpu:
-        slots = min(slots or 10**6, int(res["gpu"] // spec.gpus_per_trial))
-    if spec.max_concurrent_trials:
-        slots = min(slots, spec.max_concurrent_trials)
-    slots = max(1, slots)
+    slots = _slots(spec, res, gpu)
     notes: list[str] = []
     t_depth = _depth(spec.teacher_model)
-    if calibration is not None:
-        cal = calibration
-    elif gpu:
-        cal = gpu_calibration(spec.teacher_model)
-    else:
-        cal = calibrate(spec, *spec.groups()[0], threads=max(1, int(spec.cpus_per_trial)))
-    notes.append(f"calibration: {cal.note}; per token: a training step {cal.train_base * 1e6:.3g} + "
-                 f"{cal.train_layer * 1e6:.3g}/layer us, a MixKD step {cal.mix_base * 1e6:.3g} + "
-                 f"{cal.mix_layer * 1e6:.3g}/layer us, a forward {cal.fwd_base * 1e6:.3g} + "
-                 f"{cal.fwd_layer * 1e6:.3g}/layer us")
+    cal = _plan_calibration(spec, gpu, calibration)
+    notes.append(_calibration_note(cal))
     jobs = [Job("start", "Ray and the driver", RAY_START_S, 0)]
     stats: dict[tuple, DataStats] = {}
     for task, fraction, seed in spec.groups():
@@ -346,7 +421,7 @@ def plan(spec: SweepSpec, resources: dict | None = None, calibration: Calibratio
             notes.append(d.assumed)
         key = spec.teacher_key(task, fraction, seed)
         tdir = spec.experiment_dir / "teachers" / key
-        if any(c.get("augment") == "bt" for c in _bt_cells(spec)):
+        if any(c.get("augment") == "bt" for c in bt_cells(spec)):
             jobs.append(_bt_job(spec, task, fraction, seed, d, gpu, notes))
         if (tdir / "metrics.json").is_file():
             jobs.append(Job("teacher", f"{key}: reused ({tdir})", 0.0))
@@ -354,39 +429,15 @@ def plan(spec: SweepSpec, resources: dict | None = None, calibration: Calibratio
             s, parts = run_seconds(spec.teacher_config(task, fraction, seed, "t"), cal, d, t_depth, None, d.rows)
             jobs.append(Job("teacher", f"{key}: fine-tune {spec.teacher_model} ({parts['steps']} steps)", s,
                             detail=parts))
-        if _kd_cells(spec):
+        if kd_cells(spec):
             jobs.append(Job("teacher-outputs", f"{key}: teacher outputs for kd/pkd",
                             cal.forward(d.rows * d.mean_tokens, t_depth) + cal.load_s + RUN_START_S))
     if spec.measure_latency:
-        from ..deploy.formats import parse_formats
-        archs = {c.get("student_layers", spec.base.get("student_layers", MixKDConfig.student_layers))
-                 for c in (grid_cells(spec.grid) if spec.mode == "grid" else [{}])}
-        if spec.mode == "search":
-            from .spec import _student_knobs
-            archs = {c.get("student_layers", spec.base.get("student_layers", 2)) for c in _student_knobs(spec)}
-        from ..deploy import latency as L
-        proto = {"warmup": L.DEFAULT_WARMUP, "min_iters": L.DEFAULT_MIN_ITERS, "min_seconds": L.DEFAULT_MIN_SECONDS,
-                 **spec.latency_protocol}
-
-        def measure(layers: int, b: int) -> float:   # the protocol: warmup, then min_iters and min_seconds both met
-            it = cal.forward(b * spec.latency_seq_len, layers)
-            return proto["warmup"] * it + max(proto["min_seconds"], proto["min_iters"] * it) + 0.5
-        per = sum(measure(k, b) for k in [t_depth, *archs] for b in spec.latency_batch_sizes)
-        if spec.latency_budget_ms is not None:
-            fmts = [f for f in parse_formats(spec.select_formats, "cuda" if gpu else "cpu") if f != "torch"]
-            per += sum(FORMAT_S.get(f, 4.0) + measure(k, spec.latency_batch_size) for f in fmts for k in archs)
-        jobs.append(Job("latency", f"{len(archs) + 1} architecture(s) per task x {len(spec.tasks)} task(s), "
-                                   f"every CPU of one node", per * len(spec.tasks), 0))
+        jobs.append(_latency_job(spec, cal, t_depth, gpu))
     trials = _trial_jobs(spec, cal, stats, t_depth, notes)
     jobs += trials
     if spec.latency_budget_ms is not None:
-        from ..deploy.formats import parse_formats
-        fmts = parse_formats(spec.select_formats, "cuda" if gpu else "cpu")
-        for task, fraction, seed in spec.groups():
-            d = stats[(task, fraction, seed)]
-            s = sum(FORMAT_S.get(f, 4.0) + 2.0 for f in fmts) + len(fmts) * cal.forward(
-                d.dev_rows * d.dev_mean_tokens, 3) + RUN_START_S
-            jobs.append(Job("select", f"{task}: the best student within the budget, {len(fmts)} format(s)", s, 0))
+        jobs += _select_jobs(spec, cal, stats, gpu, notes)
     if spec.report:
         jobs.append(Job("report", "scorecard, tables, figures", REPORT_S, 0))
     p = Plan(jobs, slots, res, cal, list(dict.fromkeys(notes)), device_kind="GPU" if gpu else "CPU")
@@ -395,6 +446,101 @@ def plan(spec: SweepSpec, resources: dict | None = None, calibration: Calibratio
     whole = res["gpu"] if gpu else res["cpu"]
     p.device_hours = sum(j.seconds * (per_run if j.slots else whole) for j in jobs if j.phase != "start") / 3600
     return p
+
+
+def _slots(spec: SweepSpec, res: dict, gpu: bool) -> int:
+    """How many trials run at once on ``res``."""
+    slots = int(res["cpu"] // spec.cpus_per_trial) if spec.cpus_per_trial else 1
+    if gpu:
+        slots = min(slots or 10**6, int(res["gpu"] // spec.gpus_per_trial))
+    if spec.max_concurrent_trials:
+        slots = min(slots, spec.max_concurrent_trials)
+    return max(1, slots)
+
+
+def _plan_calibration(spec: SweepSpec, gpu: bool, calibration: Calibration | None) -> Calibration:
+    """The one given, the GPU's assumed one, or this machine's, measured on the first group's rows."""
+    if calibration is not None:
+        return calibration
+    if gpu:
+        return gpu_calibration(spec.teacher_model)
+    return calibrate(spec, *spec.groups()[0], threads=max(1, int(spec.cpus_per_trial)))
+
+
+def _calibration_note(cal: Calibration) -> str:
+    return (f"calibration: {cal.note}; per token: a training step {cal.train_base * 1e6:.3g} + "
+            f"{cal.train_layer * 1e6:.3g}/layer us, a MixKD step {cal.mix_base * 1e6:.3g} + "
+            f"{cal.mix_layer * 1e6:.3g}/layer us, a forward {cal.fwd_base * 1e6:.3g} + "
+            f"{cal.fwd_layer * 1e6:.3g}/layer us")
+
+
+def _archs(spec: SweepSpec) -> set:
+    """The student depths of the sweep (its architectures, per task)."""
+    from .spec import student_knobs
+    return {int(c.get("student_layers", spec.base.get("student_layers", MixKDConfig.student_layers)))
+            for c in student_knobs(spec)}
+
+
+def _protocol_s(spec: SweepSpec, cal: Calibration, layers: int, batch_size: int) -> float:
+    """One latency measurement under the protocol: warmup iterations, then min_iters and min_seconds both met."""
+    from ..deploy import latency as L
+    proto = {"warmup": L.DEFAULT_WARMUP, "min_iters": L.DEFAULT_MIN_ITERS, "min_seconds": L.DEFAULT_MIN_SECONDS,
+             **spec.latency_protocol}
+    it = cal.latency_iter(batch_size, spec.latency_seq_len, layers)
+    return proto["warmup"] * it + max(proto["min_seconds"], proto["min_iters"] * it) + 0.5
+
+
+def _other_formats(spec: SweepSpec, gpu: bool) -> list[str]:
+    """The selection's formats other than torch, onnx-int8 twice (both weight types are tried)."""
+    from ..deploy.formats import parse_formats
+    fmts = [f for f in parse_formats(spec.select_formats, "cuda" if gpu else "cpu") if f != "torch"]
+    return fmts + ["onnx-int8"] * fmts.count("onnx-int8")
+
+
+def _latency_job(spec: SweepSpec, cal: Calibration, t_depth: int, gpu: bool) -> Job:
+    """Measuring the latency of the teacher and every student architecture of each task at every batch size (and,
+    with a latency budget, of the students in the selection's other formats at its batch size), on every CPU of one
+    node."""
+    archs = _archs(spec)
+    per = sum(_protocol_s(spec, cal, k, b) for k in [t_depth, *archs] for b in spec.latency_batch_sizes)
+    if spec.latency_budget_ms is not None:
+        per += sum(FORMAT_S.get(f, 4.0) + _protocol_s(spec, cal, k, spec.latency_batch_size)
+                   for f in _other_formats(spec, gpu) for k in archs)
+    return Job("latency", f"{len(archs) + 1} architecture(s) per task x {len(spec.tasks)} task(s), "
+                          f"every CPU of one node", per * len(spec.tasks), 0)
+
+
+def _configurations(spec: SweepSpec) -> list[dict]:
+    """The configurations the selection groups the trials into (seeds together): the grid's cells, or in search mode
+    at most one per trial."""
+    from .search_space import grid_cells
+    if spec.mode == "grid":
+        return [{k: v for k, v in c.items() if k != "student_seed"} for c in (grid_cells(spec.grid) or [{}])]
+    return [{}] * spec.num_samples
+
+
+def _select_jobs(spec: SweepSpec, cal: Calibration, stats: dict, gpu: bool, notes: list[str]) -> list[Job]:
+    """Per task: the best student within the latency budget. Every configuration's best seed is loaded, scored on dev
+    in PyTorch, converted to each other format and scored again (onnx-int8 with both weight types); the chosen one
+    is exported. Configurations at chance are left out, which this counts as if none were."""
+    from ..deploy.formats import parse_formats
+    fmts = parse_formats(spec.select_formats, "cuda" if gpu else "cpu")
+    other = _other_formats(spec, gpu)
+    confs = _configurations(spec)
+    jobs = []
+    for task, fraction, seed in spec.groups():
+        d = stats[(task, fraction, seed)]
+        s = RUN_START_S + FORMAT_S.get(fmts[-1], 4.0) + 2.0          # the process, the export and its model card
+        for c in confs:
+            k = int(c.get("student_layers", spec.base.get("student_layers", MixKDConfig.student_layers)))
+            dev = cal.forward32(d.dev_rows * d.dev_mean_tokens, k)
+            s += 2.0 + dev + sum(FORMAT_S.get(f, 4.0) + dev for f in other)
+        if "onnx-int8" in fmts:   # the second weight type's latency, per architecture
+            s += sum(_protocol_s(spec, cal, k, spec.latency_batch_size) for k in _archs(spec))
+        jobs.append(Job("select", f"{task}: the best of {len(confs)} configuration(s) within the budget, "
+                                  f"{len(fmts)} format(s)", s, 0))
+    notes.append("select: every configuration counted (those at chance are skipped when it runs)")
+    return jobs
 
 
 def calibrate_bt(spec: SweepSpec, task: str, threads: int, rows: int = 12, use_cache: bool = True) -> float:

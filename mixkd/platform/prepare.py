@@ -8,8 +8,8 @@ from ..core.config import MixKDConfig
 from ..core.terms import teacher_on_originals, uses_hidden
 from ..core.atomic import write_json_atomic
 from ..core.errors import SweepFailed, UsageError
-from .search_space import build_space, grid_cells
-from .spec import SweepSpec, _student_knobs
+from .search_space import grid_cells
+from .spec import SweepSpec, student_knobs
 
 
 # --- back-translation (+BT) data (issue 6) ------------------------------------------------------------
@@ -19,12 +19,12 @@ def _bt_task(cfg_dict: dict) -> str:
     return str(bt_file_for_config(MixKDConfig.from_dict(cfg_dict), progress=False).path)
 
 
-def _bt_cells(spec: SweepSpec) -> list[dict]:
+def bt_cells(spec: SweepSpec) -> list[dict]:
     """Knob sets of the sweep's student runs that can decide ``augment``: the grid cells, or, in search
     mode, ``augment: bt`` when the search space offers it."""
     if spec.mode == "grid":
         return grid_cells(spec.grid) if spec.grid else [{}]
-    aug = build_space(spec.search_space, spec.base).get("augment")
+    aug = spec.space().get("augment")
     return [{}, {"augment": "bt"}] if aug and "bt" in (aug.get("values") or []) else [{}]
 
 
@@ -42,7 +42,7 @@ def prepare_augmentations(spec: SweepSpec, exp_dir: Path, tracker=None) -> dict[
     aug_dir = spec.base.get("augment_dir") or str(exp_dir / "augment")
     wanted: dict[str, tuple[str, MixKDConfig]] = {}
     for task, fraction, seed in spec.groups():
-        for cell in _bt_cells(spec):
+        for cell in bt_cells(spec):
             cfg = spec.student_config(task, fraction, seed, "teacher", "out", **cell).replace(augment_dir=aug_dir)
             if cfg.augment == "bt":
                 path = str(bt_cache_path(cfg))
@@ -146,15 +146,14 @@ def _teacher_outputs_task(cfg_dict: dict) -> dict:
     return teacher_outputs(MixKDConfig.from_dict(cfg_dict))
 
 
-def _kd_cells(spec: SweepSpec) -> list[dict]:
+def kd_cells(spec: SweepSpec) -> list[dict]:
     """Knob sets of the sweep's students that query the teacher on the training rows (kd, pkd): the grid's cells
     of those variants, or in search mode each such variant the space offers (with and without +BT if offered)."""
     if spec.mode == "grid":
         cells = grid_cells(spec.grid) if spec.grid else [{}]
     else:
-        space = build_space(spec.search_space, spec.base)
-        variants = (space.get("variant") or {}).get("values") or [spec.base.get("variant", MixKDConfig.variant)]
-        cells = [{"variant": v, **bt} for v in variants for bt in _bt_cells(spec)]
+        variants = (spec.space().get("variant") or {}).get("values") or [spec.base.get("variant", MixKDConfig.variant)]
+        cells = [{"variant": v, **bt} for v in variants for bt in bt_cells(spec)]
     plain = [{k: v for k, v in c.items() if k != "student_seed"} for c in cells]   # a cell's seed is no config field
     return [c for c, p in zip(cells, plain) if teacher_on_originals(MixKDConfig.from_dict({**spec.base, **p}).terms)]
 
@@ -167,7 +166,7 @@ def prepare_teacher_outputs(spec: SweepSpec, teachers: dict[str, str]) -> dict[s
     wanted: dict[tuple, tuple[str, MixKDConfig]] = {}
     for task, fraction, seed in spec.groups():
         tdir = teachers[spec.teacher_key(task, fraction, seed)]
-        for cell in _kd_cells(spec):
+        for cell in kd_cells(spec):
             cfg = spec.student_config(task, fraction, seed, tdir, "out", **cell)
             what = (tdir, cfg.augmentation, cfg.max_seq_length, uses_hidden(cfg.terms), cfg.precision, cfg.packing)
             label = f"{spec.teacher_key(task, fraction, seed)}/{cfg.augmentation}" + ("/hidden" if what[3] else "")
@@ -196,8 +195,13 @@ def prepare_teacher_outputs(spec: SweepSpec, teachers: dict[str, str]) -> dict[s
 def latency_key(cfg: MixKDConfig, role: str = "trial") -> str:
     """Runs with the same key have the same architecture (so the same latency)."""
     if role == "teacher":
-        return f"{cfg.task}/teacher"
+        return teacher_latency_key(cfg.task)
     return f"{cfg.task}/" + (f"model:{cfg.student_model}" if cfg.student_model else f"k{cfg.student_layers}")
+
+
+def teacher_latency_key(task: str) -> str:
+    """The latency key of a task's teacher (every teacher of a sweep has the teacher model's architecture)."""
+    return f"{task}/teacher"
 
 
 def _latency_task(jobs: list[dict], batch_sizes: list[int], seq_len: int, device: str, threads: int,
@@ -233,9 +237,8 @@ def measure_latencies(spec: SweepSpec, exp_dir: Path, teachers: dict[str, str]) 
     for task, fraction, seed in spec.groups():
         tdir = teachers[spec.teacher_key(task, fraction, seed)]
         n = spec.task_spec(task).num_labels
-        tcfg = spec.teacher_config(task, fraction, seed, tdir)
-        jobs.setdefault(latency_key(tcfg, "teacher"), {"source": tdir, "layers": None, "num_labels": n})
-        for knobs in _student_knobs(spec):
+        jobs.setdefault(teacher_latency_key(task), {"source": tdir, "layers": None, "num_labels": n})
+        for knobs in student_knobs(spec):
             cfg = spec.student_config(task, fraction, seed, tdir, "out", **knobs)
             src, layers = (cfg.student_model, None) if cfg.student_model else (tdir, cfg.student_layers)
             jobs.setdefault(latency_key(cfg), {"source": src, "layers": layers, "num_labels": n})

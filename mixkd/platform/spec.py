@@ -93,6 +93,16 @@ class SweepSpec:
         return asdict(self)
 
     def validate(self) -> "SweepSpec":
+        """Every check of the spec that reads no Ray, in this order: its shape (mode, tasks, seeds, fractions, trial
+        counts and resources, searcher), the latency settings, then the configs it makes (a probe student, the grid's
+        cells or the search space). One UsageError; custom tasks are read and recorded in custom_tasks."""
+        self._check_shape()
+        self._check_latency()
+        self._check_configs()
+        self.validated = True   # not a field: check_sweep does not validate (and read custom data) twice
+        return self
+
+    def _check_shape(self) -> None:
         def bad(msg):
             raise UsageError(msg)
         if self.mode not in ("search", "grid"):
@@ -119,6 +129,10 @@ class SweepSpec:
             bad("student_seeds works in grid mode only (a search samples its own configurations); use seeds")
         if self.searcher not in ("auto", "tpe", "nsga2", "random"):
             bad(f"searcher {self.searcher!r} is invalid; use auto, tpe, nsga2 or random")
+
+    def _check_latency(self) -> None:
+        def bad(msg):
+            raise UsageError(msg)
         from ..deploy.formats import parse_formats
         parse_formats(self.select_formats, "cuda" if self.gpus_per_trial > 0 else "cpu")   # names checked early
         if self.latency_budget_ms is not None:
@@ -140,6 +154,10 @@ class SweepSpec:
         if self.latency_batch_size not in self.latency_batch_sizes:
             bad(f"latency_batch_size {self.latency_batch_size} is not among latency_batch_sizes "
                 f"{self.latency_batch_sizes}; add it there")
+
+    def _check_configs(self) -> None:
+        def bad(msg):
+            raise UsageError(msg)
         for section in ("base", "teacher"):
             for k in getattr(self, section):
                 if k not in CONFIG_FIELDS:
@@ -149,7 +167,7 @@ class SweepSpec:
         probe = self.student_config(self.tasks[0], self.data_fractions[0], self.seeds[0], "teacher", "out")
         validate(probe, "distill")
         if self.mode == "search":
-            build_space(self.search_space, self.base)
+            self.space()
         else:
             if not self.grid:
                 bad("grid mode needs a grid: section, e.g. {variant: [ft, sm+tmkd], student_layers: [2, 3]}")
@@ -157,8 +175,15 @@ class SweepSpec:
                 if "student_seed" in cell and (self.student_seeds or not isinstance(cell["student_seed"], int)):
                     bad(f"grid cell {cell}: student_seed must be an integer, and not given with student_seeds")
                 validate(probe.replace(**{k: v for k, v in cell.items() if k != "student_seed"}), "distill")
-        self.validated = True   # not a field: check_sweep does not validate (and read custom data) twice
-        return self
+
+    def space(self) -> dict[str, dict]:
+        """The search space (search_space over DEFAULT_SPACE, each range checked against base), built once per
+        search_space and base: validation, preflight, the preparations and the driver all read it."""
+        key = json.dumps([self.search_space, self.base], sort_keys=True, default=str)
+        cached = getattr(self, "_space", None)   # not a field: no part of the spec's dict or of sweep.yaml
+        if cached is None or cached[0] != key:
+            self._space = (key, build_space(self.search_space, self.base))
+        return self._space[1]
 
     def _task_entry(self, t) -> str:
         """A task of the preset: a GLUE name, a custom task already listed in custom_tasks, or a mapping with the
@@ -223,12 +248,12 @@ class SweepSpec:
         return [(t, f, s) for t in self.tasks for f in self.data_fractions for s in self.seeds]
 
 
-def _student_knobs(spec: SweepSpec) -> list[dict]:
+def student_knobs(spec: SweepSpec) -> list[dict]:
     """Every architecture-deciding knob set a student of this sweep can have."""
     if spec.mode == "grid":
         cells = grid_cells(spec.grid) if spec.grid else [{}]
         return [{k: c[k] for k in ("student_layers", "student_model") if k in c} for c in cells]
-    d = build_space(spec.search_space, spec.base).get("student_layers")
+    d = spec.space().get("student_layers")
     if d is None:
         return [{}]
     values = d["values"] if d["type"] == "choice" else range(int(d["low"]), int(d["high"]) + 1)
@@ -238,7 +263,7 @@ def _student_knobs(spec: SweepSpec) -> list[dict]:
 def _max_student_layers(spec: SweepSpec) -> int | None:
     """The deepest truncated student the sweep can train (None: every student is a --student-model)."""
     depths = []
-    for c in _student_knobs(spec):
+    for c in student_knobs(spec):
         knobs = {**spec.base, **c}
         if not knobs.get("student_model"):
             depths.append(int(knobs.get("student_layers", MixKDConfig.student_layers)))
@@ -297,3 +322,80 @@ def sweep_params(spec: SweepSpec) -> dict[str, Any]:
     """The parent run's MLflow params: the spec without the tracking URI; no secret is ever a param (the
     config holds none, and tokens live in the environment: MLFLOW_TRACKING_TOKEN, ...)."""
     return {k: v for k, v in spec.to_dict().items() if k != "tracking_uri"}
+
+
+# --- the plan of a sweep's trials ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrialGroup:
+    """One (task, data fraction, seed) of a sweep: its teacher, its data subset and its Tune experiment."""
+    task: str
+    fraction: float
+    seed: int
+    key: str            # the teacher's key (SweepSpec.teacher_key): teachers/<key>
+    name: str           # the Tune experiment that runs its trials: tune/<name> (group_name)
+    teacher_dir: str
+
+    @property
+    def cell(self) -> dict[str, Any]:
+        """The group's part of a trial's Tune config (``config["cell"]``)."""
+        return {"task": self.task, "data_fraction": self.fraction, "seed": self.seed}
+
+
+@dataclass
+class SweepPlan:
+    """A sweep's trials, planned once (:func:`mixkd.platform.driver.plan_trials`) from the checked spec and what was
+    prepared before them (teachers, latencies), and shared by the driver, the MLflow callback and every trial (a
+    pickled copy): the groups, the grid's cells or the search space, the latency budget, what Tune reserves per trial,
+    and the one function from a trial's Tune config to its MixKDConfig (:meth:`trial_config`).
+
+    A trial's Tune config stays JSON: ``{"cell": {task, data_fraction, seed[, grid knobs][, student_seed]}, **the
+    searched knobs}``; a resumed sweep plans again from the same spec, so its trials get the same configs."""
+    spec: SweepSpec                     # as the trials see it: the tracking URI masked (saved_spec)
+    exp_dir: Path
+    groups: list[TrialGroup]
+    latency: dict[str, dict] = field(default_factory=dict)   # measured before the trials (measure_latencies)
+    budget: float | None = None         # the latency budget in ms (None: no budget)
+    infeasible: dict[str, dict] = field(default_factory=dict)   # architectures over it (budget.over_budget)
+    cells: list[dict] = field(default_factory=list)   # grid: every trial's cell within the budget, in Tune's order
+    skipped: int = 0                    # grid: cells over the budget, never trained
+    space: dict[str, dict] | None = None   # search: the search space
+
+    @property
+    def trials_dir(self) -> Path:
+        return self.exp_dir / "trials"
+
+    @property
+    def tune_dir(self) -> Path:
+        return self.exp_dir / "tune"
+
+    @property
+    def train_storage(self) -> Path:
+        """Where a multi-worker trial's TorchTrainer keeps its Ray Train state."""
+        return self.exp_dir / "train"
+
+    @property
+    def resources(self) -> dict[str, float]:
+        """What Tune reserves per trial: its CPUs and GPUs; for a multi-worker trial only a sliver of CPU, since the
+        trial just drives a TorchTrainer whose workers hold the CPUs/GPUs (env_probe §4.4)."""
+        if self.spec.workers_per_trial == 1:
+            return {"CPU": self.spec.cpus_per_trial, "GPU": self.spec.gpus_per_trial}
+        return {"CPU": 0.01}
+
+    def group_of(self, config: dict[str, Any]) -> TrialGroup:
+        """The group of a trial, from its Tune config."""
+        cell = config["cell"]
+        where = (cell["task"], cell["data_fraction"], cell["seed"])
+        for g in self.groups:
+            if (g.task, g.fraction, g.seed) == where:
+                return g
+        raise KeyError(f"no group {where} in the sweep {self.spec.name}")
+
+    def trial_config(self, config: dict[str, Any], trial_id: str) -> MixKDConfig:
+        """A trial's student config from its Tune config: the group's data and teacher, the cell's knobs (a grid
+        cell's ``student_seed`` seeds the student), the searched knobs, output in ``trials/<trial_id>``."""
+        knobs = dict(config["cell"])
+        task, fraction, seed = knobs.pop("task"), knobs.pop("data_fraction"), knobs.pop("seed")
+        knobs.update({k: v for k, v in config.items() if k in CONFIG_FIELDS})
+        return self.spec.student_config(task, fraction, seed, self.group_of(config).teacher_dir,
+                                        str(self.trials_dir / trial_id), **knobs)

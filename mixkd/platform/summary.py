@@ -14,10 +14,10 @@ def summarize(exp_dir: Path, tracker=None) -> dict[str, Any]:
     """Best finished trial per (task, variant, student depth), from the trial folders' metrics.json."""
     from ..tracking.store import redact_uri
     best: dict[tuple, dict] = {}
-    n_finished, at_chance = 0, []
+    n_finished, at_chance, configs = 0, [], {}
     for m in sorted((exp_dir / "trials").glob("*/metrics.json")):
         d = json.loads(m.read_text())
-        cfg = MixKDConfig.from_yaml(m.parent / "config.yaml")
+        cfg = configs[m] = MixKDConfig.from_yaml(m.parent / "config.yaml")   # read once: recorded below
         n_finished += 1
         if d.get("above_chance") is False:
             at_chance.append(m.parent.name)
@@ -36,8 +36,7 @@ def summarize(exp_dir: Path, tracker=None) -> dict[str, Any]:
     write_json_atomic(exp_dir / "summary.json", summary)
     if tracker is not None:
         from ..tracking.writer import SweepTracker
-        for m in sorted((exp_dir / "trials").glob("*/metrics.json")):   # finished trials a crash left unrecorded
-            cfg = MixKDConfig.from_yaml(m.parent / "config.yaml")
+        for m, cfg in configs.items():   # finished trials a crash left unrecorded
             tracker.submit(SweepTracker.record_finished, m.parent.name, cfg, "trial", m.parent)
         tracker.submit(SweepTracker.close_stale_trials, exp_dir / "trials")
         if rows:

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..core.atomic import write_json_atomic
 from .prepare import latency_key
-from .spec import CONFIG_FIELDS, SweepSpec, group_name
+from .spec import SweepPlan, TrialGroup
 
 
 def tune_metrics(row: dict[str, Any]) -> dict[str, Any]:
@@ -42,47 +42,29 @@ def wait_until_persisted(tune_dir: Path, trial_id: str, timeout: float = 120.0) 
         time.sleep(0.25)
 
 
-def run_trial(config: dict[str, Any], fixed: dict[str, Any]) -> None:
-    """One Tune trial: a student run in ``trials/<trial_id>``, resumed from its checkpoint if it has one.
+def run_trial(config: dict[str, Any], plan: SweepPlan) -> None:
+    """One Tune trial: a student run in ``trials/<trial_id>``, resumed from its checkpoint if it has one; its config
+    from the sweep's plan (:meth:`SweepPlan.trial_config`, as the driver's MLflow callback resolves it).
 
     Nothing is written to the trial folder before Tune has saved the trial in its experiment state
     (wait_until_persisted); the wait runs in a thread while the trial imports torch and loads its
     models and data, so it costs the trial no time of its own."""
-    import threading
-
     from ray import tune
 
+    from ..core.checkpoints import read_jsonl
     from ..core.errors import NonFiniteLossError
 
     trial_id = tune.get_context().get_trial_id()
-    cell = dict(config.get("cell", {}))
-    task, fraction, seed = cell.pop("task"), cell.pop("data_fraction"), cell.pop("seed")
-    knobs = {**cell, **{k: v for k, v in config.items() if k in CONFIG_FIELDS}}
-    spec = SweepSpec.from_dict(fixed["spec"])
-    out = Path(fixed["trials_dir"]) / trial_id
-    persisted = threading.Event()
-
-    def wait() -> None:
-        try:
-            wait_until_persisted(Path(fixed["tune_dir"]) / group_name(spec, task, fraction, seed), trial_id)
-        finally:
-            persisted.set()
-    if fixed.get("tune_dir"):
-        threading.Thread(target=wait, name="mixkd-wait-persisted", daemon=True).start()
-    else:
-        persisted.set()
-
-    from ..core import faults
-    from ..core.checkpoints import append_event, read_jsonl
-    teacher_dir = fixed["teachers"][spec.teacher_key(task, fraction, seed)]
-    cfg = spec.student_config(task, fraction, seed, teacher_dir, str(out), **knobs)
-    lat = fixed.get("latency", {}).get(latency_key(cfg))
+    out = plan.trials_dir / trial_id
+    persisted = _wait_until_persisted_in_background(plan, plan.group_of(config), trial_id)
+    cfg = plan.trial_config(config, trial_id)
+    lat = plan.latency.get(latency_key(cfg))
     extra = {"latency_ms": lat["objective_ms"]} if lat else {}   # NSGA-II's second objective
 
     def report(row: dict[str, Any]) -> None:
         tune.report({**tune_metrics(row), **extra})
 
-    # reading is allowed before the trial is persisted; the first write waits (see gate below)
+    # reading is allowed before the trial is persisted; the first write waits (see _gate)
     if (out / FAILED_MARKER).is_file():   # a retry (or --resume) of a deterministic failure: fail again at once
         raise NonFiniteLossError.from_record(json.loads((out / FAILED_MARKER).read_text()))
     if (out / "metrics.json").is_file():   # finished before a driver crash: report its record again
@@ -92,34 +74,59 @@ def run_trial(config: dict[str, Any], fixed: dict[str, Any]) -> None:
     ckpts = out / "checkpoints"   # a checkpoint moved aside by a crash mid-save counts (the run repairs it)
     resume = any((ckpts / d / "trainer_state.pt").is_file() for d in ("last", "last.old"))
     cfg = cfg.replace(resume=resume, overwrite=not resume)
-
-    def gate() -> None:
-        """Called before the run's first write: wait until the trial is persisted, then record the attempt."""
-        persisted.wait()
-        import ray
-        ctx = ray.get_runtime_context()
-        append_event(out, "attempt", trial_id=trial_id, node_id=ctx.get_node_id(),
-                     node_ip=ray.util.get_node_ip_address())
-        if resume:   # rows already logged were reported before the interruption; report them again for ASHA
-            for row in read_jsonl(out / "log.jsonl"):
-                report(row)
-
     try:
-        if spec.workers_per_trial == 1:
-            from .ray_train import FinalReportLast
-            from ..jobs.run import distill
-            reporter = FinalReportLast(lambda row, ckpt: report(row))
-            distill(cfg, callbacks=[reporter], before_write=gate)
-            faults.before_final_report()
-            reporter.flush()
-        else:
-            from .ray_train import fit_distributed
-            gate()
-            fit_distributed(cfg, spec, name=f"train-{trial_id}", storage_path=fixed["train_storage"],
-                            extra_metrics=extra)
+        _train(plan, cfg, trial_id, report, _gate(out, trial_id, persisted, resume, report), extra)
     except NonFiniteLossError as e:   # deterministic: a retry from the checkpoint would hit it again
         write_json_atomic(out / FAILED_MARKER, e.record())
         raise
+
+
+def _wait_until_persisted_in_background(plan: SweepPlan, group: TrialGroup, trial_id: str):
+    """A threading.Event set once Tune's saved state lists the trial (or the wait gave up), waited for in a thread."""
+    import threading
+    persisted = threading.Event()
+
+    def wait() -> None:
+        try:
+            wait_until_persisted(plan.tune_dir / group.name, trial_id)
+        finally:
+            persisted.set()
+    threading.Thread(target=wait, name="mixkd-wait-persisted", daemon=True).start()
+    return persisted
+
+
+def _gate(out: Path, trial_id: str, persisted, resume: bool, report):
+    """The function the run calls before its first write: wait until the trial is persisted, then record the
+    attempt; a resumed run reports the rows it logged before the interruption again (for ASHA)."""
+    def gate() -> None:
+        persisted.wait()
+        import ray
+
+        from ..core.checkpoints import append_event, read_jsonl
+        ctx = ray.get_runtime_context()
+        append_event(out, "attempt", trial_id=trial_id, node_id=ctx.get_node_id(),
+                     node_ip=ray.util.get_node_ip_address())
+        if resume:
+            for row in read_jsonl(out / "log.jsonl"):
+                report(row)
+    return gate
+
+
+def _train(plan: SweepPlan, cfg, trial_id: str, report, gate, extra: dict[str, float]) -> None:
+    """The student run: in this process (one worker), or on a TorchTrainer of ``workers_per_trial`` workers."""
+    if plan.spec.workers_per_trial == 1:
+        from ..core import faults
+        from ..jobs.run import distill
+        from .ray_train import FinalReportLast
+        reporter = FinalReportLast(lambda row, ckpt: report(row))
+        distill(cfg, callbacks=[reporter], before_write=gate)
+        faults.before_final_report()
+        reporter.flush()
+    else:
+        from .ray_train import fit_distributed
+        gate()
+        fit_distributed(cfg, plan.spec, name=f"train-{trial_id}", storage_path=str(plan.train_storage),
+                        extra_metrics=extra)
 
 
 def trial_failure_reason(error_file: str | None, out: Path, failures: int, max_failures: int) -> str:
