@@ -265,7 +265,17 @@ def reuse_teacher(src_exp: Path, dst_exp: Path) -> None:
         shutil.copytree(src, dst_exp / "teachers" / src.name)
 
 
-def run_task(task: str, base: dict, storage: Path, do_commit: bool, results: Path = RESULTS) -> None:
+def other_cpu(out: Path) -> str | None:
+    """The CPU an earlier session ran this task's reported seeds on, when it is not this one (None otherwise): the
+    reported seeds are paired on one teacher, which a session retrains, and only the same CPU model repeats it bit
+    for bit (and picks the same precision: auto is bf16 only where the CPU computes bf16 natively)."""
+    f = out / "teachers.json"
+    seen = {t["cpu"] for t in (json.loads(f.read_text()) if f.is_file() else []) if t["phase"] == "reported"}
+    return next(iter(seen - {cpu_model()}), None)
+
+
+def run_task(task: str, base: dict, storage: Path, do_commit: bool, results: Path = RESULTS,
+             allow_cpu_change: bool = False) -> None:
     out = results / task
     if (out / "done.json").is_file():
         print(f"{task}: done (committed); skipped", flush=True)
@@ -313,6 +323,11 @@ def run_task(task: str, base: dict, storage: Path, do_commit: bool, results: Pat
             picks = ", ".join(f"{k} {v['lr']:g}" for k, v in chosen.items())
             commit([out, lr_root], f"glue-cpu {task}: lr chosen on seed {SELECT_SEED} ({picks})")
     choice = json.loads(choice_file.read_text())
+    if other_cpu(out) and not allow_cpu_change:
+        print(f"{task}: skipped: its reported seeds so far ran on {other_cpu(out)}, this machine is {cpu_model()}, "
+              f"so its teacher would differ; continue on such a CPU, or pass --allow-cpu-change (teachers.json then "
+              f"records two teachers)", flush=True)
+        return
     t1 = time.time()
     root = results / "stores"
     seeds = base["student_seeds"]
@@ -352,6 +367,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tasks", nargs="+", help="tasks to run, in order (default: the preset's)")
     ap.add_argument("--storage-path", default="runs/glue-cpu")
     ap.add_argument("--commit", action="store_true", help="git commit each task's results as each phase finishes")
+    ap.add_argument("--allow-cpu-change", action="store_true",
+                    help="continue a task's reported seeds on another CPU model than the one that started them")
     a = ap.parse_args(argv)
     global SESSION
     SESSION = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {Path(a.storage_path).resolve()}"
@@ -361,7 +378,7 @@ def main(argv=None) -> int:
     storage = Path(a.storage_path).resolve()
     storage.mkdir(parents=True, exist_ok=True)
     for task in a.tasks or base["tasks"]:
-        run_task(task, base, storage, a.commit, results)
+        run_task(task, base, storage, a.commit, results, a.allow_cpu_change)
     if all((results / t / "done.json").is_file() for t in base["tasks"]):
         subprocess.run([sys.executable, "-m", "mixkd", "report", "--tracking-uri", str(results / "stores"), "--out",
                         str(results / "report"), "--overwrite"], check=True)

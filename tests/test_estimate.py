@@ -64,39 +64,45 @@ def test_the_plan_schedules_trials_on_the_slots_the_resources_allow(tmp_path, ti
 
 
 def test_latency_and_selection_cost_every_architecture_configuration_and_format(tmp_path, tiny_bert_dir,
-                                                                               small_glue_dir):
+                                                                               small_glue_dir, monkeypatch):
     """The latency phase times each architecture under the protocol (fp32, (batch, seq) inputs at the latency
-    calibration's rates); the choice within a budget scores every configuration in every format (onnx-int8 twice)."""
+    calibration's rates) and converts it to each format; the choice within a budget scores every configuration in
+    every format (onnx-int8 with both weight types)."""
     from dataclasses import replace
 
     from mixkd.deploy import latency as L
+    from mixkd.platform import estimate
     cal = replace(CAL, fwd32_layer=1e-4, fwd32_base=2e-5, lat1_layer=3e-5, lat1_base=1e-5, latn_layer=1e-5,
                   latn_base=5e-6, lat_seq_len=128)
     assert cal.latency_iter(1, 128, 2) == pytest.approx(128 * (1e-5 + 2 * 3e-5))
     assert cal.latency_iter(32, 128, 2) == pytest.approx(32 * 128 * (5e-6 + 2 * 1e-5))
     assert cal.forward32(1000, 2) == pytest.approx(1000 * (2e-5 + 2e-4))
-    formats = ["torch", "onnx", "onnx-int8"]
+    conv = {"onnx": [0.5, 1.0], "onnx-int8": [1.0, 2.0]}     # [per layer, the rest] seconds
+    monkeypatch.setattr(estimate, "calibrate_conversions", lambda spec, formats: conv)
     spec = tiny_spec(tmp_path, tiny_bert_dir, small_glue_dir, measure_latency=True, latency_budget_ms=5.0,
-                     latency_batch_sizes=[1, 32], select_formats=formats)
+                     latency_batch_sizes=[1, 32], select_formats=["torch", "onnx", "onnx-int8"])
     p = plan(spec, parse_resources("cpu=2"), calibration=cal)
     lat = next(j for j in p.jobs if j.phase == "latency")
 
     def proto(k, b):
         it = cal.latency_iter(b, 128, k)
         return L.DEFAULT_WARMUP * it + max(L.DEFAULT_MIN_SECONDS, L.DEFAULT_MIN_ITERS * it) + 0.5
-    from mixkd.platform.estimate import FORMAT_S, RUN_START_S, _depth
-    t = _depth(str(tiny_bert_dir))
-    other = ["onnx", "onnx-int8", "onnx-int8"]
-    expected = sum(proto(k, b) for k in (t, 1, 2) for b in (1, 32)) + sum(FORMAT_S[f] + proto(k, 1)
-                                                                         for f in other for k in (1, 2))
+
+    def convert(f, k):
+        return conv[f][1] + k * conv[f][0]
+    t = estimate._depth(str(tiny_bert_dir))
+    expected = estimate.RUN_START_S + sum(cal.load_s + proto(k, 1) + proto(k, 32) for k in (t, 1, 2)) + sum(
+        convert(f, k) + proto(k, 1) for f in ("onnx", "onnx-int8") for k in (1, 2))
     assert lat.seconds == pytest.approx(expected)
     sel = next(j for j in p.jobs if j.phase == "select")
     assert "3 configuration(s)" in sel.what
-    from mixkd.platform.estimate import data_stats
-    d = data_stats(spec, "sst2", 1.0, 0)
+    d = estimate.data_stats(spec, "sst2", 1.0, 0)
     dev = {k: cal.forward32(d.dev_rows * d.dev_mean_tokens, k) for k in (1, 2)}
-    per = sum(2.0 + dev[k] + sum(FORMAT_S[f] + dev[k] for f in other) for k in (1, 2, 2))   # ft k1, sm+tmkd/kd k2
-    assert sel.seconds == pytest.approx(RUN_START_S + FORMAT_S["onnx-int8"] + 2.0 + per + proto(1, 1) + proto(2, 1))
+    other = ("onnx", "onnx-int8", "onnx-int8")
+    per = sum(1.0 + dev[k] + sum(convert(f, k) + dev[k] for f in other) for k in (1, 2, 2))   # ft k1; sm+tmkd, kd k2
+    second_weight_type = sum(convert("onnx-int8", k) + proto(k, 1) for k in (1, 2))
+    export = convert("onnx-int8", 2)
+    assert sel.seconds == pytest.approx(estimate.RUN_START_S + 2.0 + per + export + second_weight_type)
 
 
 def test_a_finished_teacher_costs_nothing(tmp_path, tiny_bert_dir, small_glue_dir):
@@ -122,6 +128,17 @@ def test_calibration_times_the_sweeps_own_steps_once(tmp_path, tiny_bert_dir, sm
     import mixkd.core.trainer
     monkeypatch.setattr(mixkd.core.trainer, "Trainer", None)     # a second call must not time anything
     assert estimate.calibrate(spec, "sst2", 1.0, 0, threads=1) == cal
+
+
+def test_conversions_are_timed_once_per_format(tmp_path, tiny_bert_dir, small_glue_dir, monkeypatch):
+    from mixkd.platform import estimate
+    spec = tiny_spec(tmp_path, tiny_bert_dir, small_glue_dir)
+    per = estimate.calibrate_conversions(spec, ["torch-int8", "onnx"])
+    assert set(per) == {"torch-int8", "onnx"}
+    assert all(layer > 0 and rest >= 0 and math.isfinite(layer + rest) for layer, rest in per.values())
+    import mixkd.deploy.formats
+    monkeypatch.setattr(mixkd.deploy.formats, "convert", None)     # a second call must not convert anything
+    assert estimate.calibrate_conversions(spec, ["torch-int8", "onnx"]) == per
 
 
 def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path, tiny_bert_dir, small_glue_dir, capsys):

@@ -83,3 +83,13 @@ def test_glue_cpu_driver_end_to_end(tmp_path, tiny_bert_dir, small_glue_dir, mon
     assert done["stores"] == ["mrpc", "mrpc-p2"] and done["runs"] == 6
     # CPU training repeats the teacher bit for bit on one CPU model
     assert done["teacher_weights_identical_in_every_session"] is True, teachers
+
+    # the reported seeds are paired on one teacher: another CPU model (another teacher, maybe another precision)
+    # does not continue them unless told to
+    preset["student_seeds"] = [1, 2, 3, 4]
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(preset))
+    for f in ("done.json", "runs.csv"):
+        (results / "mrpc" / f).unlink()
+    monkeypatch.setattr(glue_cpu, "cpu_model", lambda: "Another CPU")
+    assert glue_cpu.main(args[:-1] + [str(tmp_path / "s3")]) == 0
+    assert not (tmp_path / "s3" / "glue-cpu-mrpc-deeper").exists() and not (results / "mrpc" / "done.json").exists()

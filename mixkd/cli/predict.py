@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..deploy import predict as P
+    from ..deploy import predict as prediction
     if not args.text and not args.input_file:
         raise UsageError("nothing to predict; give --text \"...\" (repeatable) or --input-file FILE")
     if args.text and args.input_file:
@@ -51,11 +51,11 @@ def main(args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             raise UsageError(f"--{flag.replace('_', '-')} {value} is invalid; use a positive integer")
     if args.input_file:
-        texts, pairs = P.read_inputs(args.input_file, args.text_column, args.text_pair_column)
+        texts, pairs = prediction.read_inputs(args.input_file, args.text_column, args.text_pair_column)
     else:
-        texts, pairs = P.check_texts(args.text, args.text_pair)
-    out = P.check_output_file(args.output_file) if args.output_file else None
-    predictor = P.Predictor(args.model, args.device, args.trust_remote_code, args.threads)
+        texts, pairs = prediction.check_texts(args.text, args.text_pair)
+    out = prediction.check_output_file(args.output_file) if args.output_file else None
+    predictor = prediction.Predictor(args.model, args.device, args.trust_remote_code, args.threads)
     preds = predictor(texts, pairs, args.batch_size, args.max_length)
     rows = [{"text": t, **({"text_pair": pairs[i]} if pairs is not None else {}), **pred}
             for i, (t, pred) in enumerate(zip(texts, preds))]
@@ -63,7 +63,7 @@ def main(args: argparse.Namespace) -> int:
         for row in rows:
             print(json.dumps(row, ensure_ascii=False))
         return 0
-    P.write_jsonl(rows, out)
+    prediction.write_jsonl(rows, out)
     print(f"{len(rows)} predictions of {args.model} ({predictor.format}, max length "
           f"{args.max_length or predictor.max_length}) in {out}", file=sys.stderr)
     return 0

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ..core.errors import UsageError
-from . import formats as F
+from . import formats as deploy_formats
 
 DEFAULT_MAX_LENGTH = 128
 DEFAULT_BATCH_SIZE = 32
@@ -112,30 +112,30 @@ class Predictor:
         if str(device).split(":")[0] not in DEVICES:
             raise UsageError(f"--device {device!r} is invalid; use cpu, cuda (or cuda:N) or auto")
         folder = Path(model).expanduser()
-        self.meta = F.read_export_meta(folder) if folder.is_dir() else None
+        self.meta = deploy_formats.read_export_meta(folder) if folder.is_dir() else None
         self.path = folder if self.meta is not None else _classifier_folder(model)   # checked before torch loads
         from ..core.device import resolve_device
         from ..core.models import quiet_transformers
         quiet_transformers()
         if self.meta is not None:
             self.format = str(self.meta.get("format"))
-            runs_on_cpu = F.is_onnx(self.format) or F.is_int8(self.format)
+            runs_on_cpu = deploy_formats.is_onnx(self.format) or deploy_formats.is_int8(self.format)
             if runs_on_cpu and str(device).startswith("cuda"):
                 raise UsageError(f"--model {model} is an export in format {self.format}, which runs on CPU; "
                                  f"use --device cpu or auto")
             self.device = resolve_device("cpu" if runs_on_cpu else device)
-            self.model, self.tokenizer, _ = F.load_exported(folder, threads)
+            self.model, self.tokenizer, _ = deploy_formats.load_exported(folder, threads)
         else:
             self.format = "torch"
             self.device = resolve_device(device)
             self.model, self.tokenizer = self._load_torch(trust_remote_code)
-        if not F.is_onnx(self.format):
+        if not deploy_formats.is_onnx(self.format):
             self.model = self.model.to(self.device)
         self.model.eval()
         self.config = self.model.config
         # torch models of a packed family run their batches padding-free (same logits, less work)
         from ..core.packing import unpacked_reason
-        self.packed = not F.is_onnx(self.format) and unpacked_reason(self.model) is None
+        self.packed = not deploy_formats.is_onnx(self.format) and unpacked_reason(self.model) is None
         self.num_labels = int(self.config.num_labels)
         id2label = {int(k): str(v) for k, v in (getattr(self.config, "id2label", None) or {}).items()}
         self.labels = [id2label.get(i, f"LABEL_{i}") for i in range(self.num_labels)]

@@ -6,7 +6,7 @@ prints them with the wall time (the trials scheduled on the slots the resources 
 device-hours.
 
 The seconds come from a **calibration** measured on this machine in seconds (:func:`calibrate`): a training step
-(forward, backward, AdamW) and a no-grad forward of the teacher's architecture at 1 and 2 layers, with the sweep's
+(forward, backward, AdamW) and a no-grad forward of the teacher's architecture at 1 and 3 layers, with the sweep's
 threads per trial, precision and packing, on rows of the task's mean length. That gives seconds per token per layer
 and per token outside the layers; every run is then its token count times those (training rows x epochs, the mixed
 rows of MixKD at their union length, the teacher's passes, the evaluations), plus what loading takes. Results are
@@ -32,7 +32,7 @@ CAL_ROWS = 32
 RAY_START_S = 12.0          # a local Ray instance up, the driver's imports
 RUN_START_S = 6.0           # a run's process: imports, config, MLflow records, the first checkpoint
 FORMAT_S = {"torch": 0.5, "torch-int8": 2.0, "onnx": 4.0, "onnx-int8": 7.0}   # convert one student, per format
-REPORT_S = 20.0             # scorecard, tables, figures
+REPORT_S = 6.0              # scorecard, tables, figures
 GPU_ASSUMED = {"peak_tflops": 312.0, "mfu": 0.10, "step_overhead_s": 0.03, "bt_s_per_row": 0.01,
                "what": "an A100-class GPU: 312 TFLOP/s bf16 peak at 10% MFU (small BERT batches), 30 ms per step "
                        "outside the matmuls, back-translation 100 rows/s"}
@@ -122,6 +122,7 @@ class Plan:
 # --- the calibration -----------------------------------------------------------------------------
 
 CAL_STEPS = 6
+CAL_LAYERS = (1, 3)  # the student depths timed: a layer's cost is their difference over 2 (1 and 2 were noisier)
 CAL_VERSION = 2     # in the cache key: a calibration of an older layout is measured again
 LAT_BATCH = 16      # the larger batch the latency forward is timed at
 
@@ -129,8 +130,8 @@ LAT_BATCH = 16      # the larger batch the latency forward is timed at
 def calibrate(spec: SweepSpec, task: str, fraction: float, seed: int, threads: int,
               use_cache: bool = True) -> Calibration:
     """Time the sweep's own training steps on its own rows (the first group's training set), packed and in its
-    precision, with ``threads`` threads: a fine-tune step at 1 and 2 layers, a MixKD (sm+tmkd) step of 1- and 2-layer
-    students under the full-depth teacher, and a no-grad forward at 1 and 2 layers; random weights of the teacher's
+    precision, with ``threads`` threads: a fine-tune step at 1 and 3 layers, a MixKD (sm+tmkd) step of 1- and 3-layer
+    students under the full-depth teacher, and a no-grad forward at 1 and 3 layers; random weights of the teacher's
     architecture (the cost does not depend on the values). About ten seconds; cached per CPU, threads, precision,
     architecture and rows."""
     import hashlib
@@ -190,7 +191,7 @@ def _time_steps(spec: SweepSpec, t, tok, data, path, config, bf16: bool, threads
         packed = False
         with tempfile.TemporaryDirectory() as tmp:
             for variant in ("ft", "sm+tmkd"):
-                for k in (1, 2):
+                for k in CAL_LAYERS:
                     packed = _time_student(base.replace(variant=variant, output_dir=tmp), t, tok, data, teacher, k,
                                            Path(tmp), per_token, spec.latency_seq_len)
                     teacher.float()   # the trainer held it in bf16 for a bf16 step
@@ -228,20 +229,24 @@ def _time_student(cfg: MixKDConfig, t, tok, data, teacher, k: int, out: Path, pe
         t0 = time.perf_counter()
         predict(student, rows, tr.collator, 256, tr.device, cfg.precision, packed=packed)
         per_token[("fwd", k)] = (time.perf_counter() - t0) / sum(tokens[1:])
-        t0 = time.perf_counter()
-        predict(student, rows, tr.collator, 256, tr.device, "fp32", by_length=True)
-        per_token[("fwd32", k)] = (time.perf_counter() - t0) / sum(tokens[1:])
-        _time_deploy_forwards(student.float(), k, lat_seq_len, per_token)
+        _time_deploy_forwards(student.float(), k, lat_seq_len, per_token, rows, tr.collator, sum(tokens[1:]))
     return packed
 
 
-def _time_deploy_forwards(model, k: int, seq_len: int, per_token: dict) -> None:
-    """Seconds per position of the latency protocol's forward (fp32, a random (batch, seq_len) input, every CPU of
-    the node) at batch 1 and LAT_BATCH, into ``per_token[("lat1" / "latn", k)]``; the median of a few."""
+def _time_deploy_forwards(model, k: int, seq_len: int, per_token: dict, rows, collator, tokens: int) -> None:
+    """What the deploy side runs, with every CPU of the node (it reserves the node): a dev evaluation as the
+    selection scores a model (fp32, padded batches of 64 in the rows' order) per real token into ``per_token[("fwd32",
+    k)]``, and per position the latency protocol's forward (fp32, a random (batch, seq_len) input) at batch 1 and
+    LAT_BATCH into ``per_token[("lat1" / "latn", k)]`` (the median of a few)."""
     import torch
+
+    from ..core.evaluation import predict
     before = torch.get_num_threads()
     torch.set_num_threads(os.cpu_count() or 1)
     try:
+        t0 = time.perf_counter()
+        predict(model, rows, collator, 64, torch.device("cpu"), "fp32")
+        per_token[("fwd32", k)] = (time.perf_counter() - t0) / tokens
         model.eval()
         for b, name, reps in ((1, "lat1", 7), (LAT_BATCH, "latn", 3)):
             gen = torch.Generator().manual_seed(0)
@@ -260,10 +265,11 @@ def _time_deploy_forwards(model, k: int, seq_len: int, per_token: dict) -> None:
 
 
 def _fit(per_token: dict, kind: str) -> tuple[float, float]:
-    """(per layer, the rest) from the 1- and 2-layer timings of ``kind``."""
-    one, two = per_token[(kind, 1)], per_token[(kind, 2)]
-    layer = max(two - one, 0.05 * one)
-    return layer, max(one - layer, 0.0)
+    """(per layer, the rest) from the timings of ``kind`` at the CAL_LAYERS depths (a line through the two)."""
+    (a, b) = CAL_LAYERS
+    low, high = per_token[(kind, a)], per_token[(kind, b)]
+    layer = max((high - low) / (b - a), 0.05 * low / a)
+    return layer, max(low - a * layer, 0.0)
 
 
 def _fitted_calibration(per_token: dict, load_s: float, threads: int, bf16: bool, packed: bool,
@@ -411,6 +417,7 @@ def plan(spec: SweepSpec, resources: dict | None = None, calibration: Calibratio
     slots = _slots(spec, res, gpu)
     notes: list[str] = []
     t_depth = _depth(spec.teacher_model)
+    conversions = _conversion_costs(spec, gpu, notes)
     cal = _plan_calibration(spec, gpu, calibration)
     notes.append(_calibration_note(cal))
     jobs = [Job("start", "Ray and the driver", RAY_START_S, 0)]
@@ -433,11 +440,11 @@ def plan(spec: SweepSpec, resources: dict | None = None, calibration: Calibratio
             jobs.append(Job("teacher-outputs", f"{key}: teacher outputs for kd/pkd",
                             cal.forward(d.rows * d.mean_tokens, t_depth) + cal.load_s + RUN_START_S))
     if spec.measure_latency:
-        jobs.append(_latency_job(spec, cal, t_depth, gpu))
+        jobs.append(_latency_job(spec, cal, t_depth, gpu, conversions))
     trials = _trial_jobs(spec, cal, stats, t_depth, notes)
     jobs += trials
     if spec.latency_budget_ms is not None:
-        jobs += _select_jobs(spec, cal, stats, gpu, notes)
+        jobs += _select_jobs(spec, cal, stats, gpu, notes, conversions)
     if spec.report:
         jobs.append(Job("report", "scorecard, tables, figures", REPORT_S, 0))
     p = Plan(jobs, slots, res, cal, list(dict.fromkeys(notes)), device_kind="GPU" if gpu else "CPU")
@@ -491,23 +498,77 @@ def _protocol_s(spec: SweepSpec, cal: Calibration, layers: int, batch_size: int)
 
 
 def _other_formats(spec: SweepSpec, gpu: bool) -> list[str]:
-    """The selection's formats other than torch, onnx-int8 twice (both weight types are tried)."""
+    """The selection's formats other than torch."""
     from ..deploy.formats import parse_formats
-    fmts = [f for f in parse_formats(spec.select_formats, "cuda" if gpu else "cpu") if f != "torch"]
-    return fmts + ["onnx-int8"] * fmts.count("onnx-int8")
+    return [f for f in parse_formats(spec.select_formats, "cuda" if gpu else "cpu") if f != "torch"]
 
 
-def _latency_job(spec: SweepSpec, cal: Calibration, t_depth: int, gpu: bool) -> Job:
+def calibrate_conversions(spec: SweepSpec, formats: list[str], use_cache: bool = True) -> dict[str, list[float]]:
+    """Seconds to convert a student to each of ``formats`` ({format: [per layer, the rest]}), timed on random
+    students of the teacher's architecture at the CAL_LAYERS depths with every CPU, as the latency phase and the
+    selection convert them; cached per CPU, architecture and formats. A few seconds per format."""
+    import hashlib
+    import tempfile
+
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from ..core.data import cache_dir
+    from ..core.models import build_student, quiet_transformers, resolve_model
+    from ..deploy.formats import convert
+    from ..deploy.latency import cpu_model
+    quiet_transformers()
+    config = AutoConfig.from_pretrained(resolve_model(spec.teacher_model), num_labels=2)
+    key = {"cpu": cpu_model(), "threads": os.cpu_count(), "arch": config.to_diff_dict(), "formats": sorted(formats),
+           "torch": torch.__version__, "version": CAL_VERSION}
+    name = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    cache = cache_dir() / "calibration" / f"convert-{name}.json"
+    if use_cache and cache.is_file():
+        return json.loads(cache.read_text())
+    torch.manual_seed(0)
+    teacher = AutoModelForSequenceClassification.from_config(config).eval()
+    seconds: dict[tuple, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in CAL_LAYERS:
+            student = build_student(teacher, k).eval()
+            for fmt in formats:
+                t0 = time.perf_counter()
+                convert(student, fmt, Path(tmp) / f"{fmt}-{k}")
+                seconds[(fmt, k)] = time.perf_counter() - t0
+    out = {fmt: list(_fit(seconds, fmt)) for fmt in formats}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(out, indent=1))
+    return out
+
+
+def _conversion_costs(spec: SweepSpec, gpu: bool, notes: list[str]):
+    """(format, layers) -> seconds to convert a student: timed here (CPU), or FORMAT_S (a GPU plan; nothing is
+    timed without a latency budget, where nothing is converted)."""
+    if gpu or spec.latency_budget_ms is None:
+        return lambda fmt, layers: FORMAT_S.get(fmt, 4.0)
+    fmts = _other_formats(spec, gpu)
+    try:
+        per = calibrate_conversions(spec, fmts)
+    except Exception as e:   # a format's runtime missing here: say so, assume
+        notes.append(f"conversions not timed here ({type(e).__name__}); FORMAT_S assumed: {FORMAT_S}")
+        return lambda fmt, layers: FORMAT_S.get(fmt, 4.0)
+    notes.append("conversions (timed here, every CPU): " + ", ".join(
+        f"{f} {b:.2g} + {lay:.2g}/layer s" for f, (lay, b) in per.items()))
+    return lambda fmt, layers: per[fmt][1] + layers * per[fmt][0] if fmt in per else FORMAT_S.get(fmt, 4.0)
+
+
+def _latency_job(spec: SweepSpec, cal: Calibration, t_depth: int, gpu: bool, convert_s) -> Job:
     """Measuring the latency of the teacher and every student architecture of each task at every batch size (and,
-    with a latency budget, of the students in the selection's other formats at its batch size), on every CPU of one
-    node."""
+    with a latency budget, converting the students to the selection's other formats and measuring them there at its
+    batch size), on every CPU of one node."""
     archs = _archs(spec)
-    per = sum(_protocol_s(spec, cal, k, b) for k in [t_depth, *archs] for b in spec.latency_batch_sizes)
+    per = sum(cal.load_s + sum(_protocol_s(spec, cal, k, b) for b in spec.latency_batch_sizes)
+              for k in [t_depth, *archs])                # each model built, then timed at every batch size
     if spec.latency_budget_ms is not None:
-        per += sum(FORMAT_S.get(f, 4.0) + _protocol_s(spec, cal, k, spec.latency_batch_size)
+        per += sum(convert_s(f, k) + _protocol_s(spec, cal, k, spec.latency_batch_size)
                    for f in _other_formats(spec, gpu) for k in archs)
     return Job("latency", f"{len(archs) + 1} architecture(s) per task x {len(spec.tasks)} task(s), "
-                          f"every CPU of one node", per * len(spec.tasks), 0)
+                          f"every CPU of one node", RUN_START_S + per * len(spec.tasks), 0)
 
 
 def _configurations(spec: SweepSpec) -> list[dict]:
@@ -519,24 +580,27 @@ def _configurations(spec: SweepSpec) -> list[dict]:
     return [{}] * spec.num_samples
 
 
-def _select_jobs(spec: SweepSpec, cal: Calibration, stats: dict, gpu: bool, notes: list[str]) -> list[Job]:
+def _select_jobs(spec: SweepSpec, cal: Calibration, stats: dict, gpu: bool, notes: list[str], convert_s) -> list[Job]:
     """Per task: the best student within the latency budget. Every configuration's best seed is loaded, scored on dev
     in PyTorch, converted to each other format and scored again (onnx-int8 with both weight types); the chosen one
     is exported. Configurations at chance are left out, which this counts as if none were."""
     from ..deploy.formats import parse_formats
     fmts = parse_formats(spec.select_formats, "cuda" if gpu else "cpu")
     other = _other_formats(spec, gpu)
+    other += ["onnx-int8"] * other.count("onnx-int8")    # both weight types are converted and scored
     confs = _configurations(spec)
     jobs = []
     for task, fraction, seed in spec.groups():
         d = stats[(task, fraction, seed)]
-        s = RUN_START_S + FORMAT_S.get(fmts[-1], 4.0) + 2.0          # the process, the export and its model card
+        s = RUN_START_S + 2.0                     # the process; the export and its model card below
         for c in confs:
             k = int(c.get("student_layers", spec.base.get("student_layers", MixKDConfig.student_layers)))
             dev = cal.forward32(d.dev_rows * d.dev_mean_tokens, k)
-            s += 2.0 + dev + sum(FORMAT_S.get(f, 4.0) + dev for f in other)
+            s += 1.0 + dev + sum(convert_s(f, k) + dev for f in other)
+        s += convert_s(fmts[-1], max(_archs(spec))) if fmts[-1] != "torch" else 0.0
         if "onnx-int8" in fmts:   # the second weight type's latency, per architecture
-            s += sum(_protocol_s(spec, cal, k, spec.latency_batch_size) for k in _archs(spec))
+            s += sum(convert_s("onnx-int8", k) + _protocol_s(spec, cal, k, spec.latency_batch_size)
+                     for k in _archs(spec))
         jobs.append(Job("select", f"{task}: the best of {len(confs)} configuration(s) within the budget, "
                                   f"{len(fmts)} format(s)", s, 0))
     notes.append("select: every configuration counted (those at chance are skipped when it runs)")
