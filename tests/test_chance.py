@@ -101,10 +101,10 @@ def test_select_never_chooses_a_configuration_at_chance():
             run(3, "real", 0.78, lat=2.0), run(4, "real", 0.80, lat=2.0)]
     said = []
     groups = group_runs(rows, log=said.append)
-    assert [g["config_group"] for g in groups] == ["real"] and not groups[0]["at_chance"]
+    assert [g.config_group for g in groups] == ["real"] and not groups[0].at_chance
     assert any("skipped" in s and "at chance level" in s for s in said)
     kept = group_runs(rows, log=said.append, keep_at_chance=True)
-    assert {g["config_group"]: g["at_chance"] for g in kept} == {"real": False, "fast-but-constant": True}
+    assert {g.config_group: g.at_chance for g in kept} == {"real": False, "fast-but-constant": True}
 
 
 def test_sweep_summary_marks_trials_at_chance(tmp_path):

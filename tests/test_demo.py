@@ -27,11 +27,10 @@ def test_auto_budget_is_half_the_teachers_latency():
     from mixkd.platform.prepare import latency_key
     from mixkd.platform.spec import SweepSpec
     spec = SweepSpec.from_dict({"tasks": ["sst2"], "seeds": [0], "latency_budget_ms": "auto", "teacher_model": "x"})
-    teachers = {spec.teacher_key("sst2", 1.0, 0): "/t"}
     key = latency_key(spec.teacher_config("sst2", 1.0, 0, "/t"), "teacher")
-    assert resolve_budget(spec, {key: {"objective_ms": 24.5}}, teachers) == 12.25
+    assert resolve_budget(spec, {key: {"objective_ms": 24.5}}) == 12.25
     spec.latency_budget_ms = 7
-    assert resolve_budget(spec, {}, teachers) == 7.0
+    assert resolve_budget(spec, {}) == 7.0
 
 
 def test_demo_path_end_to_end_on_the_embedded_sample(cli_env, tmp_path, tiny_bert_dir):  # noqa: F811 (test_sweep fixture)

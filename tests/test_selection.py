@@ -135,18 +135,18 @@ def test_group_runs_mean_std_over_seeds_and_logged_latency():
             row("r6", "g1", 2, 0.99, 1.0, k=1, status="FAILED"),              # unfinished: left out
             row("t1", "tg", 0, 0.95, 4.0, role="teacher", k=None)]
     groups = group_runs(pd.DataFrame(rows), percentile="p90")
-    assert [g["config_group"] for g in groups] == ["g2", "g1"]             # by score
+    assert [g.config_group for g in groups] == ["g2", "g1"]             # by score
     g2, g1 = groups
-    assert g2["n"] == 3 and g2["score"] == pytest.approx(0.85) and g2["score_std"] == pytest.approx(0.05)
-    assert g2["best_run"]["run_id"] == "r2" and g2["run_ids"][0] == "r2"
-    lo, hi = g2["score_ci95"]
+    assert g2.n == 3 and g2.score == pytest.approx(0.85) and g2.score_std == pytest.approx(0.05)
+    assert g2.best_run["run_id"] == "r2" and g2.run_ids[0] == "r2"
+    lo, hi = g2.score_ci95
     assert lo < 0.85 < hi
-    assert g2["latency_ms"] == 2.0 and g2["latency_source"] == "sweep" and g2["latency"]["p50_ms"] == 1.0
-    assert g2["metrics"]["final/accuracy"][0] == pytest.approx(0.85)
-    assert g1["n"] == 1 and g1["run_ids"] == ["r4"] and g1["score_std"] != g1["score_std"]   # NaN std for one seed
-    assert g2["label"].startswith("sm+tmkd k=2 first")
+    assert g2.latency_ms == 2.0 and g2.latency_source == "sweep" and g2.latency["p50_ms"] == 1.0
+    assert g2.metrics["final/accuracy"][0] == pytest.approx(0.85)
+    assert g1.n == 1 and g1.run_ids == ["r4"] and g1.score_std != g1.score_std   # NaN std for one seed
+    assert g2.label.startswith("sm+tmkd k=2 first")
     p50 = group_runs(pd.DataFrame(rows), percentile="p50")
-    assert {g["config_group"]: g["latency_ms"] for g in p50} == {"g2": 1.0, "g1": 0.5}
+    assert {g.config_group: g.latency_ms for g in p50} == {"g2": 1.0, "g1": 0.5}
     with pytest.raises(UsageError, match="--percentile 'p95'"):
         group_runs(rows, percentile="p95")
 
@@ -154,7 +154,7 @@ def test_group_runs_mean_std_over_seeds_and_logged_latency():
 def test_group_runs_without_latency_or_model_is_kept_without_latency():
     msgs = []
     groups = group_runs([row("r1", "g", 0, 0.8)], log=msgs.append)
-    assert groups[0]["latency_ms"] is None and "no latency" in msgs[0]
+    assert groups[0].latency_ms is None and "no latency" in msgs[0]
 
 
 # --- plot ---------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..core.errors import UsageError
-from . import formats as F
+from . import formats as deploy_formats
 
 MIN_AGREEMENT = 0.995
 
@@ -62,7 +62,7 @@ def resolve_source(model: str, task: str | None) -> tuple[str, str, Any]:
     from ..core.models import resolve_model
     from ..core.tasks import task_name
     from .latency import load_config
-    meta = F.read_export_meta(model) if Path(model).expanduser().is_dir() else None
+    meta = deploy_formats.read_export_meta(model) if Path(model).expanduser().is_dir() else None
     if meta is not None:
         raise UsageError(f"--model {model} is already an export ({meta.get('format')}); export from the PyTorch "
                          f"model it came from ({meta.get('source')})")
@@ -134,7 +134,8 @@ def convert_and_score(torch_model, fmt: str, work: Path, data, tok, ref: dict[st
     wts = (WEIGHT_TYPES if weight_type == "auto" else (weight_type,)) if fmt == "onnx-int8" else (None,)
     candidates = []
     for wt in wts:
-        module, info = F.convert(torch_model, fmt, Path(work) / (wt or fmt), weight_type=wt or "qint8", threads=threads)
+        module, info = deploy_formats.convert(torch_model, fmt, Path(work) / (wt or fmt), weight_type=wt or "qint8",
+                                              threads=threads)
         logits = _dev_logits(module, data, tok, eval_batch_size)
         m = dev_metrics(data.task, data, logits)
         candidates.append({"module": module, "weight_type": wt, "metrics": m,
@@ -153,7 +154,7 @@ def _checked_format(fmt: str, quantize: str | None, out: str | os.PathLike, weig
     ONNX Runtime, before any model is loaded."""
     from ..core.config import check_writable_dir
     from .onnx_export import WEIGHT_TYPES
-    fmt = F.format_name(fmt, quantize)
+    fmt = deploy_formats.format_name(fmt, quantize)
     outp = Path(out).expanduser()
     if outp.exists():
         raise UsageError(f"--out {out} already exists; choose a new folder or remove it")
@@ -162,7 +163,7 @@ def _checked_format(fmt: str, quantize: str | None, out: str | os.PathLike, weig
         raise UsageError(f"--weight-type {weight_type!r} is invalid; use auto, {' or '.join(WEIGHT_TYPES)}")
     if weight_type != "auto" and fmt != "onnx-int8":
         raise UsageError(f"--weight-type applies to --format onnx --quantize int8 only, not {fmt}")
-    if F.is_onnx(fmt):
+    if deploy_formats.is_onnx(fmt):
         from .onnx_export import require_onnxruntime
         require_onnxruntime()
     if not 0 < min_agreement <= 1:
@@ -177,7 +178,7 @@ def _write_model(tmp: Path, fmt: str, torch_model, tok, work: Path, data, ref: d
     with their scores: onnx formats only)."""
     info: dict[str, Any] = {}
     candidates: list[dict] = []
-    if F.is_onnx(fmt):
+    if deploy_formats.is_onnx(fmt):
         best, candidates = convert_and_score(torch_model, fmt, work, data, tok, ref, weight_type=weight_type,
                                              threads=threads, eval_batch_size=eval_batch_size, log=log)
         info = best["info"]
@@ -186,7 +187,7 @@ def _write_model(tmp: Path, fmt: str, torch_model, tok, work: Path, data, ref: d
     else:
         torch_model.save_pretrained(tmp, safe_serialization=True)
         if fmt == "torch-int8":
-            info = {"quantization": F.torch_int8_info()}
+            info = {"quantization": deploy_formats.torch_int8_info()}
     tok.save_pretrained(tmp)
     return info, candidates
 
@@ -194,7 +195,8 @@ def _write_model(tmp: Path, fmt: str, torch_model, tok, work: Path, data, ref: d
 def _export_meta(fmt: str, model: str, src: str, task_name: str, primary: str, seq: int, data, info: dict[str, Any],
                  candidates: list[dict], threads: int | None, extra: dict | None) -> dict[str, Any]:
     """``mixkd_export.json`` before the reload check adds its numbers: format, runtime, conversion, data."""
-    runtime = F.runtime_fingerprint(fmt, threads, (info.get("quantization") or {}).get("weight_type", "qint8"))
+    weight_type = (info.get("quantization") or {}).get("weight_type", "qint8")
+    runtime = deploy_formats.runtime_fingerprint(fmt, threads, weight_type)
     meta = {"format": fmt, "task": task_name, "source": str(Path(src).resolve()), "model": model,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "primary_metric": primary,
             "runtime": runtime.get("runtime", "torch"), "runtime_version": runtime.get("runtime_version"),
@@ -212,7 +214,7 @@ def _check_reloaded(tmp: Path, fmt: str, meta: dict[str, Any], torch_model, tok,
                     min_agreement: float, log: Callable[[str], None]) -> None:
     """The folder loaded back as a user would and scored again; its metrics, agreement with PyTorch, parameters and
     size added to ``meta``. ExportCheckFailed when an fp32 format disagrees with PyTorch too often."""
-    loaded, _, _ = F.load_exported(tmp, threads)
+    loaded, _, _ = deploy_formats.load_exported(tmp, threads)
     new = _dev_logits(loaded, data, tok, eval_batch_size)
     after = dev_metrics(data.task, data, new)
     agree = agreement(data.task, ref, new)
@@ -222,7 +224,7 @@ def _check_reloaded(tmp: Path, fmt: str, meta: dict[str, Any], torch_model, tok,
     log(f"{fmt} reloaded from the export: {primary} {after[primary]:.4f} (fp32 torch {before[primary]:.4f}, "
         f"delta {after[primary] - before[primary]:+.4f}); same label on {agree['same_label']}/{agree['rows']} "
         f"rows ({agree['label_agreement']:.2%}), max |logit diff| {agree['max_abs_logit_diff']:.2e}")
-    if not F.is_int8(fmt) and agree["label_agreement"] < min_agreement:
+    if not deploy_formats.is_int8(fmt) and agree["label_agreement"] < min_agreement:
         raise ExportCheckFailed(
             f"the {fmt} export gives PyTorch's label on {agree['label_agreement']:.2%} "
             f"of {agree['rows']} dev rows "
@@ -255,12 +257,12 @@ def export_model(model: str, fmt: str, out: str | os.PathLike, *, quantize: str 
             info, candidates = _write_model(tmp, fmt, torch_model, tok, work, data, ref, weight_type=weight_type,
                                             threads=threads, eval_batch_size=eval_batch_size, log=log)
             meta = _export_meta(fmt, model, src, task_name, primary, seq, data, info, candidates, threads, extra)
-            (tmp / F.EXPORT_META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+            (tmp / deploy_formats.EXPORT_META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
             _check_reloaded(tmp, fmt, meta, torch_model, tok, data, ref, before, primary, threads=threads,
                             eval_batch_size=eval_batch_size, min_agreement=min_agreement, log=log)
             if write_extra is not None:
                 write_extra(tmp)
-            (tmp / F.EXPORT_META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+            (tmp / deploy_formats.EXPORT_META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
             (tmp / "README.md").write_text(export_card(meta, str(outp)))
     finally:
         shutil.rmtree(work, ignore_errors=True)

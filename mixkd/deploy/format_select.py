@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..core.errors import UsageError
-from . import formats as F
+from . import formats as deploy_formats
 from .pareto import choose, is_finite, pareto_front, plot_pareto
-from .records import FormatPoint, LatencyQuery, LatencyRecord
+from .records import CONFIG_FIELDS, ConfigGroup, FormatPoint, LatencyQuery, LatencyRecord
 from .select_export import group_summary, json_safe, model_folder
 
 # what selection.json keeps of a point besides its group's fields (:func:`mixkd.deploy.select_export.group_summary`)
@@ -36,32 +36,30 @@ POINT_FIELDS = ("format", "weight_type", "seed_mean", "torch_score", "converted_
 SCORE_NOTE = ("score = the configuration's mean dev score over seeds plus the change that conversion to the format "
               "caused on its best seed (measured on the dev set: converted_score - torch_score)")
 # the configuration's fields a point carries over from its group
-GROUP_FIELDS = ("task", "variant", "student_layers", "layer_strategy", "data_fraction", "augmentation", "experiment",
-                "run_ids", "params_count", "metrics")
+GROUP_FIELDS = (*CONFIG_FIELDS, "run_ids", "params_count", "metrics")
 
 
 def _summary(p: FormatPoint) -> dict:
-    d = p.as_dict()
-    return {**(group_summary(d) or {}), **json_safe({k: d[k] for k in POINT_FIELDS})}
+    return {**(group_summary(p) or {}), **json_safe({k: getattr(p, k) for k in POINT_FIELDS})}
 
 
-def _source(g: Mapping[str, Any], gi: int, tracking_uri: str | None, workdir: Path, log) -> str | None:
+def _source(g: ConfigGroup, gi: int, tracking_uri: str | None, workdir: Path, log) -> str | None:
     """The model folder of a configuration's best run (downloaded from MLflow if needed); None, said, if none."""
     try:
-        return model_folder(g.get("best_run") or {}, tracking_uri, workdir / f"dl{gi}")
+        return model_folder(g.best_run or {}, tracking_uri, workdir / f"dl{gi}")
     except UsageError as e:
-        log(f"skipping {g.get('label')}: {e}")
+        log(f"skipping {g.label}: {e}")
         return None
 
 
 def _format_latency(src: str, fmt: str, query: LatencyQuery, weight_type: str = "qint8") -> dict[str, Any]:
     """The latency result of the architecture in ``src`` in ``fmt`` (fp32 activations; cached)."""
-    return F.format_latencies(src, fmt, [query.batch_size], query.seq_len, query.device, "fp32", query.cache_dir,
-                              threads=query.threads, weight_type=weight_type,
-                              **(query.protocol or {}))[query.batch_size]
+    return deploy_formats.format_latencies(src, fmt, [query.batch_size], query.seq_len, query.device, "fp32",
+                                           query.cache_dir, threads=query.threads, weight_type=weight_type,
+                                           **(query.protocol or {}))[query.batch_size]
 
 
-def check_budget_first(groups: list[dict], formats: list[str], budget_ms: float, query: LatencyQuery, *,
+def check_budget_first(groups: list[ConfigGroup], formats: list[str], budget_ms: float, query: LatencyQuery, *,
                        tracking_uri: str | None, workdir: Path, log: Callable[[str], None],
                        what: str | None = None) -> dict[int, str]:
     """Each group's model folder, once some (configuration, format) is known to meet ``budget_ms``: latency depends
@@ -77,37 +75,37 @@ def check_budget_first(groups: list[dict], formats: list[str], budget_ms: float,
         for fmt in formats:
             wts = ("qint8", "quint8") if fmt == "onnx-int8" else ("qint8",)
             lat = min(_format_latency(src, fmt, query, wt)[f"{query.percentile}_ms"] for wt in wts)
-            pre.append({"label": f"{g['label']} [{fmt}]", "score": g.get("score"), "latency_ms": lat})
+            pre.append({"label": f"{g.label} [{fmt}]", "score": g.score, "latency_ms": lat})
     pre = [p for p in pre if is_finite(p["score"])]
     if pre:
         choose(pre, budget_ms, what=what or query.describe())   # UsageError naming the fastest point when none fits
     return sources
 
 
-def _point(g: Mapping[str, Any], fmt: str, src: str, best: Mapping[str, Any], torch_score: float, primary: str,
+def _point(g: ConfigGroup, fmt: str, src: str, best: Mapping[str, Any], torch_score: float, primary: str,
            query: LatencyQuery) -> FormatPoint:
     """The point of configuration ``g`` in ``fmt``, from its best seed's conversion ``best``
     (:func:`mixkd.deploy.export.convert_and_score`) and its latency in that format."""
-    br = g.get("best_run") or {}
+    br = g.best_run or {}
     wt = best["weight_type"]
     latency = LatencyRecord.of_measurement(_format_latency(src, fmt, query, wt or "qint8"))
     converted = best["metrics"][primary]
     # the configuration's mean over seeds (as logged, in PyTorch) shifted by what conversion to this format cost its
     # best seed, measured on the same dev rows: a seed mean, like the fp32 choice uses
     delta = converted - torch_score
-    mean = g.get("score")
-    seeds_scores = [s + delta for s in g.get("scores") or []] if is_finite(mean) else [converted]
+    mean = g.score
+    seeds_scores = [s + delta for s in g.scores or []] if is_finite(mean) else [converted]
     return FormatPoint(
-        config_group=f"{g['config_group']}/{fmt}", base_config_group=g["config_group"], label=f"{g['label']} [{fmt}]",
-        format=fmt, weight_type=wt, best_run=br, n=len(seeds_scores), seeds=g.get("seeds") or [br.get("seed")],
+        config_group=f"{g.config_group}/{fmt}", base_config_group=g.config_group, label=f"{g.label} [{fmt}]",
+        format=fmt, weight_type=wt, best_run=br, n=len(seeds_scores), seeds=g.seeds or [br.get("seed")],
         score=mean + delta if is_finite(mean) else converted,
-        score_std=g.get("score_std", math.nan) if is_finite(mean) else math.nan, scores=seeds_scores,
+        score_std=g.score_std if is_finite(mean) else math.nan, scores=seeds_scores,
         seed_mean=mean, torch_score=torch_score, converted_score=converted, conversion_delta=delta,
-        agreement=best["agreement"], source_dir=src, **{k: g.get(k) for k in GROUP_FIELDS},
+        agreement=best["agreement"], source_dir=src, **{k: getattr(g, k) for k in GROUP_FIELDS},
         **latency.group_fields(query.percentile))
 
 
-def format_points(groups: list[dict], formats: list[str], *, task: str, tracking_uri: str | None, workdir: Path,
+def format_points(groups: list[ConfigGroup], formats: list[str], *, task: str, tracking_uri: str | None, workdir: Path,
                   data_dir: str | None = None, max_eval_samples: int | None = None, query: LatencyQuery | None = None,
                   log: Callable[[str], None] = print, sources: dict[int, str] | None = None) -> list[FormatPoint]:
     """One point per (configuration, format): score measured after conversion, latency measured in that format.
@@ -120,7 +118,7 @@ def format_points(groups: list[dict], formats: list[str], *, task: str, tracking
         src = (sources or {}).get(gi) if sources is not None else _source(g, gi, tracking_uri, workdir, log)
         if src is None:
             continue
-        seq = int(float(((g.get("best_run") or {}).get("params") or {}).get("max_seq_length") or 128))
+        seq = int(float(((g.best_run or {}).get("params") or {}).get("max_seq_length") or 128))
         model, tok, data, ref = load_reference(src, task, data_dir, max_eval_samples, seq)
         primary = metric_key(data.task.primary_metric, data.dev_splits[0])
         torch_score = dev_metrics(data.task, data, ref)[primary]
@@ -136,26 +134,26 @@ def format_points(groups: list[dict], formats: list[str], *, task: str, tracking
 
 def _selection_record(points: list[FormatPoint], chosen: FormatPoint, formats: list[str], budget_ms: float,
                       out: Path, task: str, query: LatencyQuery, *, tracking_uri: str | None, experiment: str | None,
-                      teacher: Mapping | None, primary_metric: str) -> dict:
+                      teacher: ConfigGroup | None, primary_metric: str) -> dict:
     """The selection dict of a choice over (configuration × format), in :func:`mixkd.deploy.selection.select`'s
-    layout plus each point's format fields."""
-    t_lat = (teacher or {}).get("latency_ms")
+    layout plus each point's format fields (the teacher's: every field of its group)."""
+    t_lat = teacher.latency_ms if teacher is not None else None
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "tracking_uri": tracking_uri, "experiment": experiment,
         "task": task, "budget_ms": float(budget_ms), "percentile": query.percentile, "batch_size": query.batch_size,
         "seq_len": query.seq_len, "device": query.device, "dtype": "fp32", "formats": list(formats),
         "primary_metric": primary_metric, "chosen": _summary(chosen), "out": str(out),
-        "teacher": json_safe(dict(teacher)) if teacher else None,
+        "teacher": json_safe(teacher.as_dict()) if teacher is not None else None,
         "speedup_vs_teacher": float(t_lat) / float(chosen.latency_ms) if t_lat and chosen.latency_ms else None,
         "front": [_summary(p) for p in pareto_front(points)], "groups": [_summary(p) for p in points],
         "feasible": [p.label for p in points if p.latency_ms <= float(budget_ms)], "score_note": SCORE_NOTE}
 
 
 def _write_choice(folder: Path, selection: dict, points: list[FormatPoint], chosen: FormatPoint,
-                  teacher: Mapping | None, budget_ms: float, task: str, query: LatencyQuery) -> None:
+                  teacher: ConfigGroup | None, budget_ms: float, task: str, query: LatencyQuery) -> None:
     """pareto.png and selection.json, into the export's folder before it is renamed."""
-    plot_pareto([p.as_dict() for p in points], folder / "pareto.png", trials=[],
-                teachers=[teacher] if teacher else [], budget_ms=float(budget_ms), chosen=chosen.as_dict(),
+    plot_pareto(points, folder / "pareto.png", trials=[],
+                teachers=[teacher] if teacher is not None else [], budget_ms=float(budget_ms), chosen=chosen,
                 title=f"{task}: dev score after conversion vs {query.percentile} latency (configuration × format)",
                 xlabel=f"{query.percentile} latency (ms), batch {query.batch_size}, seq {query.seq_len}, "
                        f"{query.device}",
@@ -164,8 +162,8 @@ def _write_choice(folder: Path, selection: dict, points: list[FormatPoint], chos
                                                       indent=2, default=str) + "\n")
 
 
-def select_over_formats(groups: list[dict], formats: list[str], budget_ms: float, out: Path, *, task: str,
-                        tracking_uri: str | None, experiment: str | None = None, teacher: Mapping | None = None,
+def select_over_formats(groups: list[ConfigGroup], formats: list[str], budget_ms: float, out: Path, *, task: str,
+                        tracking_uri: str | None, experiment: str | None = None, teacher: ConfigGroup | None = None,
                         data_dir: str | None = None, max_eval_samples: int | None = None,
                         query: LatencyQuery | None = None, primary_metric: str = "primary",
                         log: Callable[[str], None] = print) -> dict:

@@ -15,7 +15,7 @@ from ..core.metrics import above_chance
 from ..core.tasks import primary_metric_of
 from . import latency as L
 from .pareto import is_finite
-from .records import NO_LATENCY, LatencyRecord
+from .records import CONFIG_FIELDS, ConfigGroup, LatencyRecord
 
 PERCENTILES = L.PERCENTILES
 PRIMARY = "final/primary"
@@ -39,18 +39,18 @@ def _none(v: Any) -> Any:
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
 
 
-def group_label(g: Mapping[str, Any]) -> str:
+def group_label(g: ConfigGroup) -> str:
     """A short human name: ``sm+tmkd k=2 first`` (+ fraction / augmentation when not the default)."""
-    if g.get("role") == "teacher":
-        parts = ["teacher", f"{g.get('task')}"]
+    if g.role == "teacher":
+        parts = ["teacher", f"{g.task}"]
     else:
-        parts = [str(g.get("variant")), f"k={g.get('student_layers')}", str(g.get("layer_strategy") or "")]
-    frac = g.get("data_fraction")
+        parts = [str(g.variant), f"k={g.student_layers}", str(g.layer_strategy or "")]
+    frac = g.data_fraction
     if is_finite(frac) and float(frac) != 1.0:
         parts.append(f"frac={float(frac):g}")
-    if g.get("augmentation") not in (None, "none"):
-        parts.append(f"aug={g['augmentation']}")
-    parts.append(f"[{str(g.get('config_group'))[:6]}]")
+    if g.augmentation not in (None, "none"):
+        parts.append(f"aug={g.augmentation}")
+    parts.append(f"[{str(g.config_group)[:6]}]")
     return " ".join(p for p in parts if p)
 
 
@@ -180,28 +180,24 @@ def _metric_summaries(rs: list[dict]) -> dict[str, list]:
     return metrics
 
 
-def _new_group(key: str, rs: list[dict], role: str) -> dict:
+def _new_group(key: str, rs: list[dict], role: str) -> ConfigGroup:
     """A group's configuration (from its best run ``rs[0]``), label and scores over seeds; no latency yet."""
-    first = rs[0]
-    g = {"config_group": key, "role": role}
-    for col in ("task", "variant", "student_layers", "layer_strategy", "data_fraction", "augmentation",
-                "experiment"):
-        g[col] = first.get(col)
-    if is_finite(g["student_layers"]):            # 3, not 3.0 (a float column next to missing values)
-        g["student_layers"] = int(g["student_layers"])
-    g["label"] = group_label(g)
+    config = {col: rs[0].get(col) for col in CONFIG_FIELDS}
+    if is_finite(config["student_layers"]):            # 3, not 3.0 (a float column next to missing values)
+        config["student_layers"] = int(config["student_layers"])
     scores = [float(r[PRIMARY]) for r in rs]
     mean, std = _mean_std(scores)
-    g.update(n=len(scores), seeds=[r.get("seed") for r in rs], run_ids=[r["run_id"] for r in rs], scores=scores,
-             score=mean, score_std=std, score_ci95=_ci95(scores))
-    g["metrics"] = _metric_summaries(rs)
+    g = ConfigGroup(key, role, **config, n=len(scores), seeds=[r.get("seed") for r in rs],
+                    run_ids=[r["run_id"] for r in rs], scores=scores, score=mean, score_std=std,
+                    score_ci95=_ci95(scores), metrics=_metric_summaries(rs))
+    g.label = group_label(g)
     return g
 
 
-def _chance_level(g: Mapping[str, Any], params: Mapping[str, Any] | None) -> float | None:
+def _chance_level(g: ConfigGroup, params: Mapping[str, Any] | None) -> float | None:
     """The mean chance level of the group's primary metric (``final/chance_<metric>``), when the runs logged it."""
-    primary = primary_metric_of(g["task"], params) if g["task"] else None
-    chance = g["metrics"].get(f"final/chance_{primary}") if primary else None
+    primary = primary_metric_of(g.task, params) if g.task else None
+    chance = g.metrics.get(f"final/chance_{primary}") if primary else None
     return None if chance is None else chance[0]
 
 
@@ -209,11 +205,11 @@ def group_runs(runs, *, percentile: str = "p90", batch_size: int = 1, seq_len: i
                device: str = "cpu", dtype: str = "fp32", threads: int | None = None, tracking_uri: str | None = None,
                remeasure: bool = False, cache_dir: str | None = None, protocol: dict | None = None,
                role: str = "trial", log: Callable[[str], None] | None = None,
-               keep_at_chance: bool = False) -> list[dict]:
-    """One dict per ``config_group`` of the finished ``role`` runs in ``runs`` (a :func:`runstore.load_runs`
-    DataFrame or a list of its row dicts) that have ``final/primary``.
+               keep_at_chance: bool = False) -> list[ConfigGroup]:
+    """One :class:`ConfigGroup` per ``config_group`` of the finished ``role`` runs in ``runs`` (a
+    :func:`runstore.load_runs` DataFrame or a list of its row dicts) that have ``final/primary``.
 
-    Each dict: ``config_group, role, task, variant, student_layers, layer_strategy, data_fraction,
+    Each group: ``config_group, role, task, variant, student_layers, layer_strategy, data_fraction,
     augmentation, label, n, seeds, run_ids, scores, score`` (mean of final/primary), ``score_std``
     (sample std, NaN for one seed), ``score_ci95`` ([lo, hi] or None), ``metrics`` ({final/x: [mean, std]}),
     ``best_run`` (the row of the seed with the highest score; ties: lowest seed, then run id),
@@ -241,22 +237,22 @@ def group_runs(runs, *, percentile: str = "p90", batch_size: int = 1, seq_len: i
             rs.sort(key=_best_first)
             g = _new_group(key, rs, role)
             chance = _chance_level(g, rs[0].get("params"))
-            g["at_chance"] = chance is not None and not above_chance(g["score"], chance)
-            if g["at_chance"] and role == "trial" and not keep_at_chance:
-                log(f"skipped {g['label']}: at chance level (mean {g['score']:.4f}, a constant predictor scores "
+            g.at_chance = chance is not None and not above_chance(g.score, chance)
+            if g.at_chance and role == "trial" and not keep_at_chance:
+                log(f"skipped {g.label}: at chance level (mean {g.score:.4f}, a constant predictor scores "
                     f"{chance:.4f}); it learned nothing")
                 continue
-            g["best_run"] = rs[0]
-            g["params_count"] = int(rs[0]["params_count"]) if is_finite(rs[0].get("params_count")) else None
+            g.best_run = rs[0]
+            g.params_count = int(rs[0]["params_count"]) if is_finite(rs[0].get("params_count")) else None
             for r in rs:
-                r["_label"] = g["label"]
+                r["_label"] = g.label
             latency = lat(rs)
             if latency is None:
-                log(f"no latency for {g['label']}: no logged latency/b{batch_size}_s{seq_len}_{percentile}_ms and "
+                log(f"no latency for {g.label}: no logged latency/b{batch_size}_s{seq_len}_{percentile}_ms and "
                     f"no model config found (run_dir or MLflow model/ artifact); left out")
-            g.update(latency.group_fields(percentile) if latency else NO_LATENCY)
+            g.set_latency(latency, percentile)
             groups.append(g)
     finally:
         lat.close()
-    groups.sort(key=lambda g: (-g["score"], g["label"]))
+    groups.sort(key=lambda g: (-g.score, g.label))
     return groups

@@ -14,8 +14,16 @@ from ..core.errors import UsageError
 # --------------------------------------------------------------------------------------------------
 # Pareto front and budget choice
 # --------------------------------------------------------------------------------------------------
-def _get(p: Any, key: str) -> Any:
-    return p[key] if isinstance(p, Mapping) else getattr(p, key)
+_REQUIRED = object()
+
+
+def _get(p: Any, key: str, default: Any = _REQUIRED) -> Any:
+    """Field ``key`` of a point, a mapping or an object with attributes (a :class:`mixkd.deploy.records.ConfigGroup`
+    or :class:`mixkd.deploy.records.FormatPoint`); ``default`` when it has none (without one: KeyError or
+    AttributeError)."""
+    if default is _REQUIRED:
+        return p[key] if isinstance(p, Mapping) else getattr(p, key)
+    return p.get(key, default) if isinstance(p, Mapping) else getattr(p, key, default)
 
 
 def is_finite(v: Any) -> bool:
@@ -90,29 +98,29 @@ def choose(groups: Iterable[Any], budget_ms: float, score: str = "score", latenc
 # --------------------------------------------------------------------------------------------------
 # plot
 # --------------------------------------------------------------------------------------------------
-def plot_pareto(groups: Sequence[Mapping[str, Any]], path: str | os.PathLike, *,
-                trials: Sequence[Mapping[str, Any]] | None = None, teachers: Sequence[Mapping[str, Any]] = (),
-                budget_ms: float | None = None, chosen: Mapping[str, Any] | None = None, title: str | None = None,
+def plot_pareto(groups: Sequence[Any], path: str | os.PathLike, *,
+                trials: Sequence[Any] | None = None, teachers: Sequence[Any] = (),
+                budget_ms: float | None = None, chosen: Any | None = None, title: str | None = None,
                 xlabel: str = "latency (ms)", ylabel: str = "dev score (mean over seeds)") -> Path:
     """A PNG of score vs latency: each trial as a small point, each configuration's mean ± std, the
     Pareto front of the configurations as a staircase, the teacher(s) as stars, the budget as a
     vertical line, feasible (latency <= budget) and infeasible points in different colours and
     markers, and the chosen configuration ringed.
 
-    ``groups``: mappings with ``latency_ms``, ``score`` and optionally ``score_std``, ``label``.
-    ``trials``: mappings with ``latency_ms`` and ``score`` (one per run; default: ``scores`` of each
-    group). ``teachers``: mappings with ``latency_ms``, ``score``, ``label``. Uses the Agg canvas (no
-    display, no pyplot state). Returns ``path``.
+    Points are mappings or objects with the fields (like :func:`pareto_front`'s). ``groups``: with
+    ``latency_ms``, ``score`` and optionally ``score_std``, ``label``, ``scores``. ``trials``: with
+    ``latency_ms`` and ``score`` (one per run; default: ``scores`` of each group). ``teachers``: with
+    ``latency_ms``, ``score``, ``label``. Uses the Agg canvas (no display, no pyplot state). Returns ``path``.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     def feasible(p) -> bool:
-        return budget_ms is None or float(p["latency_ms"]) <= float(budget_ms)
+        return budget_ms is None or float(_get(p, "latency_ms")) <= float(budget_ms)
 
-    pts = [g for g in groups if is_finite(g.get("latency_ms")) and is_finite(g.get("score"))]
+    pts = [g for g in groups if _drawable(g)]
     if trials is None:
-        trials = [{"latency_ms": g["latency_ms"], "score": s} for g in pts for s in g.get("scores", [])]
+        trials = [{"latency_ms": _get(g, "latency_ms"), "score": s} for g in pts for s in _get(g, "scores", [])]
     fig = Figure(figsize=(7.5, 5), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
@@ -120,13 +128,14 @@ def plot_pareto(groups: Sequence[Mapping[str, Any]], path: str | os.PathLike, *,
     _draw_groups(ax, pts, feasible)
     _draw_front(ax, pts)
     tpts = _draw_teachers(ax, teachers)
-    if chosen is not None and is_finite(chosen.get("latency_ms")):
-        ax.scatter([chosen["latency_ms"]], [chosen["score"]], s=260, facecolors="none", edgecolors="tab:green",
-                   linewidths=2.2, label="chosen", zorder=6)
+    if chosen is not None and is_finite(_get(chosen, "latency_ms", None)):
+        x, y = _xy(chosen)
+        ax.scatter([x], [y], s=260, facecolors="none", edgecolors="tab:green", linewidths=2.2, label="chosen",
+                   zorder=6)
     if budget_ms is not None:
         ax.axvline(float(budget_ms), color="tab:green", ls="--", lw=1.3, label=f"budget {float(budget_ms):g} ms")
         ax.axvspan(0, float(budget_ms), color="tab:green", alpha=0.06, zorder=0)
-    xs_all = [p["latency_ms"] for p in pts] + [t["latency_ms"] for t in tpts] + ([budget_ms] if budget_ms else [])
+    xs_all = [_get(p, "latency_ms") for p in (*pts, *tpts)] + ([budget_ms] if budget_ms else [])
     if xs_all:
         ax.set_xlim(0, max(xs_all) * 1.15)
     ax.set_xlabel(xlabel)
@@ -141,48 +150,58 @@ def plot_pareto(groups: Sequence[Mapping[str, Any]], path: str | os.PathLike, *,
 _WITHIN, _OVER = "tab:blue", "tab:gray"   # colours of points within and over the budget
 
 
-def _draw_trials(ax, trials: Sequence[Mapping[str, Any]], feasible: Callable[[Any], bool]) -> None:
+def _drawable(p: Any) -> bool:
+    """Has ``p`` a finite latency and score?"""
+    return is_finite(_get(p, "latency_ms", None)) and is_finite(_get(p, "score", None))
+
+
+def _xy(p: Any) -> tuple[Any, Any]:
+    """(latency, score) of ``p``."""
+    return _get(p, "latency_ms"), _get(p, "score")
+
+
+def _draw_trials(ax, trials: Sequence[Any], feasible: Callable[[Any], bool]) -> None:
     """Each trial (one seed) as a small point: blue circles within the budget, grey crosses over it."""
     for flag, colour, marker, name in ((True, _WITHIN, "o", "trial (within budget)"),
                                        (False, _OVER, "x", "trial (over budget)")):
-        sel = [t for t in trials
-               if is_finite(t.get("latency_ms")) and is_finite(t.get("score")) and feasible(t) == flag]
+        sel = [t for t in trials if _drawable(t) and feasible(t) == flag]
         if sel:
-            ax.scatter([t["latency_ms"] for t in sel], [t["score"] for t in sel], s=14, c=colour, marker=marker,
-                       alpha=0.45, label=name, zorder=2)
+            xs, ys = zip(*map(_xy, sel))
+            ax.scatter(list(xs), list(ys), s=14, c=colour, marker=marker, alpha=0.45, label=name, zorder=2)
 
 
-def _draw_groups(ax, pts: Sequence[Mapping[str, Any]], feasible: Callable[[Any], bool]) -> None:
+def _draw_groups(ax, pts: Sequence[Any], feasible: Callable[[Any], bool]) -> None:
     """Each configuration's mean ± std: filled circles within the budget, hollow squares over it."""
     for flag, colour, marker, name in ((True, _WITHIN, "o", "configuration mean ± std (within budget)"),
                                        (False, _OVER, "s", "configuration mean ± std (over budget)")):
         sel = [g for g in pts if feasible(g) == flag]
         if sel:
-            ax.errorbar([g["latency_ms"] for g in sel], [g["score"] for g in sel],
-                        yerr=[g["score_std"] if is_finite(g.get("score_std")) else 0.0 for g in sel],
+            xs, ys = zip(*map(_xy, sel))
+            ax.errorbar(list(xs), list(ys),
+                        yerr=[_get(g, "score_std") if is_finite(_get(g, "score_std", None)) else 0.0 for g in sel],
                         fmt=marker, color=colour, ms=7, mfc="white" if not flag else colour, capsize=3,
                         label=name, zorder=3)
 
 
-def _draw_front(ax, pts: Sequence[Mapping[str, Any]]) -> None:
+def _draw_front(ax, pts: Sequence[Any]) -> None:
     """The Pareto front of the configurations as a staircase, each point on it labelled."""
     front = pareto_front(pts)
     if front:
-        xs = [f["latency_ms"] for f in front]
-        ys = [f["score"] for f in front]
+        xs, ys = (list(v) for v in zip(*map(_xy, front)))
         ax.plot(xs, ys, drawstyle="steps-post", color="tab:orange", lw=1.8, label="Pareto front", zorder=4)
-        for f in front:
-            ax.annotate(str(f.get("label", ""))[:40], (f["latency_ms"], f["score"]), textcoords="offset points",
+        for f, x, y in zip(front, xs, ys):
+            ax.annotate(str(_get(f, "label", ""))[:40], (x, y), textcoords="offset points",
                         xytext=(5, 5), fontsize=7, color="0.25")
 
 
-def _draw_teachers(ax, teachers: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+def _draw_teachers(ax, teachers: Sequence[Any]) -> list[Any]:
     """The teachers with a score and a latency as labelled red stars; returns them."""
-    tpts = [t for t in teachers if is_finite(t.get("latency_ms")) and is_finite(t.get("score"))]
+    tpts = [t for t in teachers if _drawable(t)]
     for i, t in enumerate(tpts):
-        ax.scatter([t["latency_ms"]], [t["score"]], marker="*", s=220, c="tab:red", edgecolors="black",
+        xy = _xy(t)
+        ax.scatter([xy[0]], [xy[1]], marker="*", s=220, c="tab:red", edgecolors="black",
                    label="teacher" if i == 0 else None, zorder=5)
-        ax.annotate(str(t.get("label", "teacher"))[:40], (t["latency_ms"], t["score"]), textcoords="offset points",
+        ax.annotate(str(_get(t, "label", "teacher"))[:40], xy, textcoords="offset points",
                     xytext=(6, -12), fontsize=7, color="tab:red")
     return tpts
 

@@ -1,14 +1,16 @@
-"""Typed records passed between the deploy modules: a configuration's latency (:class:`LatencyRecord`) and one
-(configuration, format) point of ``mixkd select --formats`` (:class:`FormatPoint`), and the latency a selection
-compares (:class:`LatencyQuery`).
+"""Typed records passed between the deploy modules: a configuration's latency (:class:`LatencyRecord`), a
+configuration group of finished runs (:class:`ConfigGroup`), one (configuration, format) point of ``mixkd select
+--formats`` (:class:`FormatPoint`), and the latency a selection compares (:class:`LatencyQuery`).
 
-They never reach disk as such: a group dict takes a latency's fields (:meth:`LatencyRecord.group_fields`) and
-``selection.json`` takes a point's dict form (:meth:`FormatPoint.as_dict`), so the files are what they were.
+They never reach disk as such: a group takes a latency's fields (:meth:`ConfigGroup.set_latency`), and
+``selection.json`` takes what :func:`mixkd.deploy.select_export.group_summary` keeps of a group or a point (or a
+group's dict form, :meth:`ConfigGroup.as_dict`), so the files are what they were.
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..core.errors import UsageError
@@ -16,8 +18,8 @@ from . import latency as L
 
 # the statistics of a latency, as :func:`mixkd.deploy.latency.measure` names them
 LATENCY_STATS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "throughput")
-# a group's latency fields when it has no latency
-NO_LATENCY = {"latency": None, "latency_ms": None, "latency_source": None, "latency_fingerprint": None}
+# a configuration's fields, as a group takes them from its best run
+CONFIG_FIELDS = ("task", "variant", "student_layers", "layer_strategy", "data_fraction", "augmentation", "experiment")
 
 
 @dataclass(frozen=True)
@@ -41,10 +43,59 @@ class LatencyRecord:
         return self.stats[f"{percentile}_ms"]
 
     def group_fields(self, percentile: str) -> dict[str, Any]:
-        """The latency fields of a group dict: ``latency`` (the statistics), ``latency_ms`` (at ``percentile``),
-        ``latency_source`` and ``latency_fingerprint``."""
+        """The latency fields of a group or a point: ``latency`` (the statistics), ``latency_ms`` (at
+        ``percentile``), ``latency_source`` and ``latency_fingerprint``."""
         return {"latency": self.stats, "latency_ms": self.ms(percentile), "latency_source": self.source,
                 "latency_fingerprint": self.fingerprint}
+
+
+@dataclass
+class ConfigGroup:
+    """A configuration group: the finished runs of one ``config_group`` (its seeds) with the configuration, the dev
+    score over seeds and a latency (:func:`mixkd.deploy.groups.group_runs`), or a teacher measured from its run dir
+    when the store has no teacher run (then ``path`` is that dir, and there is no ``config_group`` nor best run).
+
+    The fields are in the order the group's dict form (:meth:`as_dict`) has them."""
+    config_group: str | None           # the tag config_group (the config hash without seeds)
+    role: str                          # trial | teacher
+    # the configuration (:data:`CONFIG_FIELDS`), from the best run
+    task: str | None = None
+    variant: str | None = None
+    student_layers: int | None = None
+    layer_strategy: str | None = None
+    data_fraction: float | None = None
+    augmentation: str | None = None
+    experiment: str | None = None
+    label: str = ""                    # a short human name (:func:`mixkd.deploy.groups.group_label`)
+    n: int = 0                         # seeds
+    seeds: list = field(default_factory=list)
+    run_ids: list = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)   # each seed's final/primary, best first
+    score: float | None = None         # mean of final/primary over seeds
+    score_std: float = math.nan        # sample std (NaN for one seed)
+    score_ci95: list[float] | None = None   # [lo, hi]; None for one seed
+    metrics: dict[str, list] = field(default_factory=dict)   # {final/x: [mean, std, runs]}
+    at_chance: bool = False            # the mean score does not beat the chance level the runs logged
+    best_run: dict[str, Any] | None = None   # the run row of the seed with the highest score
+    params_count: int | None = None
+    latency: dict[str, float | None] | None = None   # the statistics (:data:`LATENCY_STATS`); None when unknown
+    latency_ms: float | None = None    # at the selection's percentile
+    latency_source: str | None = None  # sweep | measured | cache
+    latency_fingerprint: dict[str, Any] | None = None
+    path: str | None = None            # a teacher measured from its run dir: that dir
+
+    def set_latency(self, latency: LatencyRecord | None, percentile: str) -> None:
+        """Take the latency fields of ``latency`` at ``percentile`` (:meth:`LatencyRecord.group_fields`); None when
+        it is None."""
+        self.latency = latency.stats if latency is not None else None
+        self.latency_ms = latency.ms(percentile) if latency is not None else None
+        self.latency_source = latency.source if latency is not None else None
+        self.latency_fingerprint = latency.fingerprint if latency is not None else None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every field, in order (``path`` only when set); values are not copied."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name != "path" or self.path is not None}
 
 
 @dataclass(frozen=True)
@@ -93,7 +144,8 @@ class FormatPoint:
     """One (configuration, deployment format) of ``mixkd select --formats``: the configuration (a group of
     :func:`mixkd.deploy.groups.group_runs`) converted to ``format``, scored on the dev set after conversion and
     measured in that format. The Pareto front and the choice (:mod:`.pareto`) read ``score``, ``latency_ms`` and
-    ``label``; ``selection.json`` holds :meth:`as_dict`."""
+    ``label``; ``selection.json`` holds its summary (:func:`mixkd.deploy.select_export.group_summary` and the
+    format's fields)."""
     config_group: str                  # the configuration's group, then /format
     base_config_group: str             # the configuration's group
     label: str                         # the configuration's label, then [format]

@@ -12,6 +12,16 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..core.errors import UsageError
+from .records import ConfigGroup, FormatPoint
+
+# what selection.json keeps of a group or a point, besides its best run's id, seed and run dir
+SUMMARY_FIELDS = ("config_group", "role", "label", "task", "variant", "student_layers", "layer_strategy",
+                  "data_fraction", "augmentation", "experiment", "n", "seeds", "run_ids", "scores", "score",
+                  "score_std", "score_ci95", "metrics", "params_count", "latency_ms", "latency", "latency_source",
+                  "latency_fingerprint")
+# what selection.json keeps of a teacher measured from its run dir (no teacher run in the store)
+TEACHER_DIR_FIELDS = ("role", "label", "task", "score", "score_std", "n", "run_ids", "latency", "latency_ms",
+                      "latency_source", "latency_fingerprint", "path")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -50,23 +60,29 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
-def group_summary(g: Mapping[str, Any] | None) -> dict | None:
-    """What ``selection.json`` keeps of a group (:func:`mixkd.deploy.groups.group_runs`): its fields and its best
-    run's id, seed and run dir, JSON-safe."""
+def group_summary(g: ConfigGroup | FormatPoint | None) -> dict | None:
+    """What ``selection.json`` keeps of a group (:func:`mixkd.deploy.groups.group_runs`) or of a (configuration,
+    format) point: its fields (:data:`SUMMARY_FIELDS`; a point has no role nor CI: None) and its best run's id,
+    seed and run dir, JSON-safe."""
     if g is None:
         return None
-    keep = ("config_group", "role", "label", "task", "variant", "student_layers", "layer_strategy", "data_fraction",
-            "augmentation", "experiment", "n", "seeds", "run_ids", "scores", "score", "score_std", "score_ci95",
-            "metrics", "params_count", "latency_ms", "latency", "latency_source", "latency_fingerprint")
-    out = {k: g.get(k) for k in keep}
-    br = g.get("best_run") or {}
+    out = {k: getattr(g, k, None) for k in SUMMARY_FIELDS}
+    br = g.best_run or {}
     out["best_run_id"] = br.get("run_id")
     out["best_seed"] = br.get("seed")
     out["run_dir"] = br.get("run_dir")
     return json_safe(out)
 
 
-def export_student(chosen: Mapping[str, Any], out: str | os.PathLike, selection: Mapping[str, Any],
+def teacher_summary(t: ConfigGroup | None) -> dict | None:
+    """What ``selection.json`` keeps of the teacher: a teacher group of the store as any group
+    (:func:`group_summary`); a teacher measured from its run dir, :data:`TEACHER_DIR_FIELDS`, JSON-safe."""
+    if t is None or t.path is None:
+        return group_summary(t)
+    return json_safe({k: getattr(t, k) for k in TEACHER_DIR_FIELDS})
+
+
+def export_student(chosen: ConfigGroup, out: str | os.PathLike, selection: Mapping[str, Any],
                    tracking_uri: str | None = None, plot: Callable[[Path], Any] | None = None) -> Path:
     """Write the best seed's model of ``chosen`` to ``out``: ``save_pretrained`` weights (safetensors)
     and tokenizer, README.md (model card), selection.json and, when ``plot`` is given, pareto.png
@@ -81,7 +97,7 @@ def export_student(chosen: Mapping[str, Any], out: str | os.PathLike, selection:
     dl = Path(tempfile.mkdtemp(prefix="mixkd-model-"))
     try:
         with atomic_folder(out) as tmp:
-            src = model_folder(chosen["best_run"], tracking_uri, dl)
+            src = model_folder(chosen.best_run, tracking_uri, dl)
             from ..core.weights import check_weights
             check_weights(src)
             try:

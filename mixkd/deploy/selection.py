@@ -29,8 +29,8 @@ from ..core.errors import UsageError
 from . import latency as L
 from .groups import PRIMARY, group_label, group_runs, run_records
 from .pareto import choose, is_finite, pareto_front, plot_pareto
-from .records import LatencyQuery
-from .select_export import export_student, group_summary, json_safe
+from .records import ConfigGroup, LatencyQuery
+from .select_export import export_student, group_summary, teacher_summary
 
 
 # --------------------------------------------------------------------------------------------------
@@ -52,26 +52,26 @@ class SweepRuns:
         return _primary_name(self.task, self.trials[0].get("params"))
 
 
-def _teacher_for(chosen: Mapping[str, Any], teachers: list[dict], teacher_rows: list[dict]) -> dict | None:
+def _teacher_for(chosen: ConfigGroup, teachers: list[ConfigGroup], teacher_rows: list[dict]) -> ConfigGroup | None:
     """The teacher group of the chosen student's sweep: the one whose run dir is the student's
     ``teacher`` param; else the teacher of the same task and data fraction; else of the same task."""
-    params = (chosen.get("best_run") or {}).get("params") or {}
+    params = (chosen.best_run or {}).get("params") or {}
     tpath = params.get("teacher")
     if tpath:
         tp = os.path.realpath(os.path.expanduser(tpath))
         for t in teachers:
-            for rid in t["run_ids"]:
+            for rid in t.run_ids:
                 rd = next((r.get("run_dir") for r in teacher_rows if r["run_id"] == rid), None)
                 if rd and os.path.realpath(os.path.expanduser(rd)) == tp:
                     return t
-    same = [t for t in teachers if t.get("task") == chosen.get("task")]
-    frac = [t for t in same if t.get("data_fraction") == chosen.get("data_fraction")]
+    same = [t for t in teachers if t.task == chosen.task]
+    frac = [t for t in same if t.data_fraction == chosen.data_fraction]
     return (frac or same or [None])[0]
 
 
-def _teacher_from_dir(chosen: Mapping[str, Any], query: LatencyQuery) -> dict | None:
+def _teacher_from_dir(chosen: ConfigGroup, query: LatencyQuery) -> ConfigGroup | None:
     """No teacher run in the store: measure the student's ``teacher`` dir from its params, if it is here."""
-    params = (chosen.get("best_run") or {}).get("params") or {}
+    params = (chosen.best_run or {}).get("params") or {}
     tpath = params.get("teacher")
     if not tpath or tpath == "None":
         return None
@@ -87,14 +87,14 @@ def _teacher_from_dir(chosen: Mapping[str, Any], query: LatencyQuery) -> dict | 
             score = json.loads(mfile.read_text()).get("primary_value")
         except ValueError:
             pass
-    return {"role": "teacher", "label": f"teacher {Path(tpath).name}", "task": chosen.get("task"), "score": score,
-            "score_std": math.nan, "n": 1 if score is not None else 0, "run_ids": [],
-            **latency.group_fields(query.percentile), "path": str(tpath)}
+    return ConfigGroup(None, "teacher", label=f"teacher {Path(tpath).name}", task=chosen.task, score=score,
+                       score_std=math.nan, n=1 if score is not None else 0, run_ids=[],
+                       **latency.group_fields(query.percentile), path=str(tpath))
 
 
-def _kind(g: Mapping[str, Any]) -> str | None:
+def _kind(g: ConfigGroup) -> str | None:
     """Where a latency comes from: 'sweep' (logged by the sweep) or 'here' (measured or cached here)."""
-    src = g.get("latency_source")
+    src = g.latency_source
     return None if src is None else ("sweep" if src == "sweep" else "here")
 
 
@@ -153,72 +153,73 @@ def load_sweep_runs(tracking_uri: str | list[str], experiment: str | None, task:
 
 
 def _grouped(runs: SweepRuns, query: LatencyQuery, *, remeasure: bool, allow_chance: bool,
-             log: Callable[[str], None]) -> tuple[list[dict], list[dict]]:
+             log: Callable[[str], None]) -> tuple[list[ConfigGroup], list[ConfigGroup]]:
     """(student groups, teacher groups) of ``runs``, each with its latency (:func:`group_runs`)."""
     kw = dict(keep_at_chance=allow_chance, tracking_uri=runs.uri, remeasure=remeasure, log=log, **query.group_args())
     return group_runs(runs.trials, **kw), group_runs(runs.teacher_rows, role="teacher", **kw)
 
 
-def _refuse_all_at_chance(groups: list[dict], runs: SweepRuns, query: LatencyQuery) -> None:
+def _refuse_all_at_chance(groups: list[ConfigGroup], runs: SweepRuns, query: LatencyQuery) -> None:
     if not groups:
         raise UsageError(f"every configuration in {runs.where} ({query.describe()}) is at chance level (see the lines "
                          f"above); nothing worth exporting: train the students longer, with another --lr or deeper "
                          f"(--allow-chance considers them anyway)")
 
 
-def _mixed_sources(groups: list[dict], teachers: list[dict]) -> bool:
+def _mixed_sources(groups: list[ConfigGroup], teachers: list[ConfigGroup]) -> bool:
     """Were some latencies logged by the sweep and others measured here? (The two machines do not compare.)"""
     return len({_kind(g) for g in groups + teachers} - {None}) > 1
 
 
-def _teacher(chosen: Mapping[str, Any], teachers: list[dict], runs: SweepRuns, query: LatencyQuery) -> dict | None:
+def _teacher(chosen: ConfigGroup, teachers: list[ConfigGroup], runs: SweepRuns,
+             query: LatencyQuery) -> ConfigGroup | None:
     """The chosen student's teacher group; without a latency, its ``teacher`` dir measured here instead (if any)."""
     teacher = _teacher_for(chosen, teachers, runs.teacher_rows)
-    if teacher is None or teacher.get("latency_ms") is None:
+    if teacher is None or teacher.latency_ms is None:
         teacher = _teacher_from_dir(chosen, query) or teacher
     return teacher
 
 
-def _speedup(teacher: Mapping[str, Any] | None, chosen: Mapping[str, Any], log: Callable[[str], None]) -> float | None:
+def _speedup(teacher: ConfigGroup | None, chosen: ConfigGroup, log: Callable[[str], None]) -> float | None:
     """The teacher's latency over the chosen student's, when both come from the same place."""
-    if teacher is None or not is_finite(teacher.get("latency_ms")) or not float(chosen["latency_ms"]) > 0:
+    if teacher is None or not is_finite(teacher.latency_ms) or not float(chosen.latency_ms) > 0:
         return None
     if _kind(teacher) == _kind(chosen):    # both from the sweep or both measured here
-        return float(teacher["latency_ms"]) / float(chosen["latency_ms"])
+        return float(teacher.latency_ms) / float(chosen.latency_ms)
     log("the teacher's latency was measured here but the students' were logged by the sweep; "
         "no speed-up reported (use --remeasure to measure all here)")
     return None
 
 
 def _selection_record(runs: SweepRuns, query: LatencyQuery, budget_ms: float, out: Path, experiment: str | None, *,
-                      chosen: dict, teacher: dict | None, groups: list[dict], usable: list[dict],
-                      front: list[dict], speedup: float | None) -> dict:
+                      chosen: ConfigGroup, teacher: ConfigGroup | None, groups: list[ConfigGroup],
+                      usable: list[ConfigGroup], front: list[ConfigGroup], speedup: float | None) -> dict:
     """The selection dict (``selection.json`` before export adds the model's fields)."""
     teacher_params = None
-    if teacher is not None and teacher.get("best_run") and is_finite(teacher["best_run"].get("params_count")):
-        teacher_params = int(teacher["best_run"]["params_count"])
+    if teacher is not None and teacher.best_run and is_finite(teacher.best_run.get("params_count")):
+        teacher_params = int(teacher.best_run["params_count"])
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "tracking_uri": runs.uri or runs.stores, "experiment": experiment or chosen.get("experiment"),
+        "tracking_uri": runs.uri or runs.stores, "experiment": experiment or chosen.experiment,
         "task": runs.task, "budget_ms": float(budget_ms), "percentile": query.percentile,
         "batch_size": query.batch_size, "seq_len": query.seq_len, "device": query.device, "dtype": query.dtype,
         "primary_metric": runs.primary_metric, "chosen": group_summary(chosen),
-        "config": _typed_params((chosen.get("best_run") or {}).get("params") or {}), "out": str(out),
-        "teacher": group_summary(teacher) if teacher and "best_run" in teacher else json_safe(teacher),
+        "config": _typed_params((chosen.best_run or {}).get("params") or {}), "out": str(out),
+        "teacher": teacher_summary(teacher),
         "teacher_params": teacher_params, "speedup_vs_teacher": speedup,
         "front": [group_summary(g) for g in front],
         "groups": [group_summary(g) for g in groups],
-        "feasible": [g["label"] for g in usable if g["latency_ms"] <= float(budget_ms)],
-        "no_latency": [g["label"] for g in groups if g["latency_ms"] is None],
+        "feasible": [g.label for g in usable if g.latency_ms <= float(budget_ms)],
+        "no_latency": [g.label for g in groups if g.latency_ms is None],
     }
 
 
-def _draw_choice(path: Path, runs: SweepRuns, query: LatencyQuery, budget_ms: float, usable: list[dict],
-                 chosen: dict, teacher: dict | None) -> Path:
+def _draw_choice(path: Path, runs: SweepRuns, query: LatencyQuery, budget_ms: float, usable: list[ConfigGroup],
+                 chosen: ConfigGroup, teacher: ConfigGroup | None) -> Path:
     """pareto.png of a selection: every seed, every configuration, the front, the teacher, the budget, the choice."""
     where = f"batch {query.batch_size}, seq {query.seq_len}, {query.device}"
-    return plot_pareto(usable, path, trials=[{"latency_ms": g["latency_ms"], "score": s} for g in usable
-                                             for s in g["scores"]],
+    return plot_pareto(usable, path, trials=[{"latency_ms": g.latency_ms, "score": s} for g in usable
+                                             for s in g.scores],
                        teachers=[teacher] if teacher is not None else [], budget_ms=float(budget_ms), chosen=chosen,
                        title=f"{runs.task}: dev {runs.primary_metric} vs {query.percentile} latency ({where})",
                        xlabel=f"{query.percentile} latency (ms), {where}")
@@ -263,7 +264,7 @@ def select(tracking_uri: str, budget_ms: float, out: str | os.PathLike, *, exper
         log("some latencies were logged by the sweep and others must be measured here; measuring all here so "
             "they compare (once per architecture)")
         groups, teachers = _grouped(runs, query, remeasure=True, allow_chance=allow_chance, log=log)
-    usable = [g for g in groups if g["latency_ms"] is not None]
+    usable = [g for g in groups if g.latency_ms is not None]
     if not usable:
         raise UsageError(f"no latency for any configuration in {runs.where} ({query.describe()}): no logged latency "
                          f"metrics and no model configs found; check that the runs' run_dir or model/ artifacts exist")
