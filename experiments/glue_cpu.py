@@ -323,8 +323,9 @@ def run_task(task: str, base: dict, storage: Path, do_commit: bool, results: Pat
             picks = ", ".join(f"{k} {v['lr']:g}" for k, v in chosen.items())
             commit([out, lr_root], f"glue-cpu {task}: lr chosen on seed {SELECT_SEED} ({picks})")
     choice = json.loads(choice_file.read_text())
-    if other_cpu(out) and not allow_cpu_change:
-        print(f"{task}: skipped: its reported seeds so far ran on {other_cpu(out)}, this machine is {cpu_model()}, "
+    started_on = other_cpu(out)
+    if started_on and not allow_cpu_change:
+        print(f"{task}: skipped: its reported seeds so far ran on {started_on}, this machine is {cpu_model()}, "
               f"so its teacher would differ; continue on such a CPU, or pass --allow-cpu-change (teachers.json then "
               f"records two teachers)", flush=True)
         return

@@ -31,7 +31,9 @@ CAL_ROWS = 32
 # fixed costs not in the token model (measured on the 2-vCPU EPYC this was written on; stated in the plan)
 RAY_START_S = 12.0          # a local Ray instance up, the driver's imports
 RUN_START_S = 6.0           # a run's process: imports, config, MLflow records, the first checkpoint
-FORMAT_S = {"torch": 0.5, "torch-int8": 2.0, "onnx": 4.0, "onnx-int8": 7.0}   # convert one student, per format
+# converting one student, per format: assumed for a GPU plan or where conversions cannot be timed here (on a CPU
+# calibrate_conversions times them); first read on the 2-vCPU EPYC, where the Xeon measured 0.03-1.7 s
+FORMAT_S = {"torch": 0.5, "torch-int8": 2.0, "onnx": 4.0, "onnx-int8": 7.0}
 REPORT_S = 6.0              # scorecard, tables, figures
 GPU_ASSUMED = {"peak_tflops": 312.0, "mfu": 0.10, "step_overhead_s": 0.03, "bt_s_per_row": 0.01,
                "what": "an A100-class GPU: 312 TFLOP/s bf16 peak at 10% MFU (small BERT batches), 30 ms per step "
